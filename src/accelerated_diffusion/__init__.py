@@ -10,7 +10,7 @@ Diffusion Models, Provably*, implemented once and checked.
 """
 
 from . import metrics, schedules, targets, updates
-from .samplers import METHODS, ModelOutputError, sample
+from .samplers import METHODS, ModelOutputError, sample, sample_with_scheduler
 from .schedules import DiscreteSchedule, paper_betas, sampling_path, timestep_subsequence
 from .targets import Gaussian, GaussianMixture
 
@@ -20,6 +20,7 @@ __all__ = [
     "METHODS",
     "ModelOutputError",
     "sample",
+    "sample_with_scheduler",
     "DiscreteSchedule",
     "paper_betas",
     "sampling_path",

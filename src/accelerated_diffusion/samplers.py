@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import updates
 from .schedules import validate_path
 
-__all__ = ["METHODS", "sample", "ModelOutputError"]
+__all__ = ["METHODS", "sample", "sample_with_scheduler", "ModelOutputError"]
 
 EpsFn = Callable[[torch.Tensor, object], torch.Tensor]
 
@@ -184,3 +184,41 @@ def sample(
     finally:
         stepper.bar.close()
     return (out, stepper.nfe) if return_nfe else out
+
+
+def sample_with_scheduler(
+    eps_fn: EpsFn,
+    noise: torch.Tensor,
+    scheduler,
+    num_inference_steps: int | None = None,
+    *,
+    timesteps=None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    return_nfe: bool = False,
+):
+    r"""Drive any diffusers scheduler (ours or diffusers' own: DDIM, DPM-Solver++, UniPC, ...) with ``eps_fn``.
+
+    The loop every diffusers pipeline runs, and nothing else: ``set_timesteps``, start from
+    ``noise * scheduler.init_noise_sigma`` (which ``DDPMPipeline`` does not do), then for each timestep
+    ``model_output = eps_fn(scheduler.scale_model_input(x, t), t)`` and ``x = scheduler.step(...).prev_sample``.
+    ``eps_fn`` must return what the scheduler's ``prediction_type`` expects. Give either ``num_inference_steps``
+    or ``timesteps`` (custom schedules, for schedulers that accept them). NFE = ``len(scheduler.timesteps)``.
+    """
+    if (num_inference_steps is None) == (timesteps is None):
+        raise ValueError("give exactly one of num_inference_steps and timesteps")
+    if timesteps is None:
+        scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    else:
+        scheduler.set_timesteps(timesteps=list(timesteps), device=noise.device)
+    x = noise * scheduler.init_noise_sigma
+    nfe = 0
+    kwargs = {"generator": generator} if generator is not None else {}
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc=type(scheduler).__name__, disable=not progress, leave=False)):
+        out = eps_fn(scheduler.scale_model_input(x, t), t)
+        nfe += 1
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelOutputError(f"step {i} (t={int(t)}): model output has shape {shape}, expected {tuple(x.shape)}")
+        x = scheduler.step(out, t, x, **kwargs).prev_sample
+    return (x, nfe) if return_nfe else x
