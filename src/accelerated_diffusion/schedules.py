@@ -157,10 +157,11 @@ def timestep_subsequence(
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
     ts = np.ascontiguousarray(ts)
+    shown = ts.tolist() if len(ts) <= 12 else ts[:6].tolist() + ["..."] + ts[-6:].tolist()
     if len(np.unique(ts)) != len(ts):
-        raise ValueError(f"spacing {spacing!r} with {s} steps visits a timestep twice: {ts.tolist()}")
+        raise ValueError(f"spacing {spacing!r} with {s} steps visits a timestep twice: {shown}")
     if ts.min() < 0 or ts.max() >= n:
-        raise ValueError(f"spacing {spacing!r} gives timesteps outside [0, {n}): {ts.tolist()}")
+        raise ValueError(f"spacing {spacing!r} with steps_offset={steps_offset} gives timesteps outside [0, {n}): {shown}")
     return torch.from_numpy(ts)
 
 
