@@ -1,0 +1,377 @@
+r"""Train a small DDPM on Fashion-MNIST, in the same form as the google/ddpm-* checkpoints.
+
+``python -m accelerated_diffusion.train --out runs/fmnist-ddpm --steps 20000`` (or ``accelerated-diffusion train``).
+
+What is trained (Ho, Jain, Abbeel 2020, Algorithm 1; the google/ddpm-church-256 set-up, scaled down):
+
+* a diffusers :class:`~diffusers.UNet2DModel` predicting the noise ``eps``;
+* the forward process ``X_t = sqrt(alpha_bar_t) X_0 + sqrt(1 - alpha_bar_t) eps`` with the *linear* betas
+  ``1e-4 .. 0.02`` over ``T = 1000`` training steps (``DDPMScheduler`` defaults, :func:`~.schedules.betas_for`);
+* the loss ``E_{t ~ U{0..999}, eps ~ N(0, I)} || eps_theta(X_t, t) - eps ||^2`` (the "simple" objective, Ho et
+  al. eq. 14), images scaled to ``[-1, 1]``;
+* AdamW with linear warm-up then constant learning rate, gradient clipping at norm 1, and an exponential moving
+  average (EMA) of the weights, which is what gets exported (as for google/ddpm-ema-*).
+
+Resolution: the images stay **28 x 28** (no padding to 32). The UNet has three resolution levels and two
+down-samplings, 28 -> 14 -> 7, which divide exactly, so nothing is padded and no border pixels are spent on
+a constant frame (about 23 % fewer pixels per step than 32 x 32, which matters on CPUs).
+
+Reproducibility and resumption: one :class:`torch.Generator` (seeded by ``--seed``) draws the batch indices,
+the time steps and the noise; a checkpoint (``<out>/checkpoint.pt``) holds the model, the EMA, the optimiser, the
+step, and that generator's state, so a run resumed from a checkpoint continues *exactly* as the uninterrupted
+run would have (up to floating-point non-determinism of multithreaded kernels; with one thread it is identical).
+The loss log is ``<out>/loss.csv`` (step, mean loss over the logging window, learning rate, seconds elapsed).
+
+``--export DIR`` writes the EMA weights in diffusers format (``config.json`` + ``diffusion_pytorch_model
+.safetensors``) and the matching ``scheduler_config.json``, loadable with ``UNet2DModel.from_pretrained(DIR)``
+and ``DDPMScheduler.from_pretrained(DIR)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import load_fashion_mnist
+from .schedules import DiscreteSchedule
+
+__all__ = [
+    "TrainConfig",
+    "build_unet",
+    "build_scheduler",
+    "images_to_unit_range",
+    "diffusion_loss",
+    "ema_update",
+    "learning_rate",
+    "Trainer",
+    "export_diffusers",
+    "main",
+]
+
+CHECKPOINT = "checkpoint.pt"
+LOSS_LOG = "loss.csv"
+
+
+def _default_config() -> dict:
+    return dict(
+        steps=20_000,
+        batch_size=64,
+        lr=2e-4,
+        warmup=500,
+        weight_decay=0.0,
+        ema_decay=0.999,
+        grad_clip=1.0,
+        seed=0,
+        block_out_channels=[32, 64, 64],
+        layers_per_block=1,
+        attention=True,
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        checkpoint_every=500,
+        log_every=50,
+        max_train_images=None,
+        threads=None,
+    )
+
+
+class TrainConfig(dict):
+    """The run's settings (a plain dict with attribute access, stored in every checkpoint)."""
+
+    def __getattr__(self, k):
+        try:
+            return self[k]
+        except KeyError as e:
+            raise AttributeError(k) from e
+
+
+def build_unet(block_out_channels=(32, 64, 64), layers_per_block: int = 1, attention: bool = True):
+    """A 1-channel 28x28 :class:`~diffusers.UNet2DModel` for eps-prediction.
+
+    Three levels (28, 14, 7); with ``attention`` the lowest-resolution (7 x 7) down and up blocks have
+    self-attention, as the google/ddpm checkpoints have at 16 x 16. Time embedding: sinusoidal positional, as in
+    DDPM (``time_embedding_type="positional"``, ``flip_sin_to_cos=False``, ``freq_shift=1``, the ddpm-church config).
+    """
+    from diffusers import UNet2DModel
+
+    n = len(block_out_channels)
+    if n < 2:
+        raise ValueError(f"block_out_channels needs at least 2 levels, got {block_out_channels}")
+    if 28 % (2 ** (n - 1)) != 0:
+        raise ValueError(f"{n} levels need 28 divisible by 2**{n - 1}; use 2 or 3 levels for 28x28 images")
+    down = ["DownBlock2D"] * n
+    up = ["UpBlock2D"] * n
+    if attention:
+        down[-1] = "AttnDownBlock2D"
+        up[0] = "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=28,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=8,
+        attention_head_dim=None,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        time_embedding_type="positional",
+    )
+
+
+def build_scheduler(cfg: dict | None = None):
+    """The diffusers :class:`~diffusers.DDPMScheduler` of the training process (linear betas, eps prediction)."""
+    from diffusers import DDPMScheduler
+
+    cfg = cfg or _default_config()
+    return DDPMScheduler(
+        num_train_timesteps=cfg["num_train_timesteps"],
+        beta_start=cfg["beta_start"],
+        beta_end=cfg["beta_end"],
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        variance_type="fixed_small",
+        clip_sample=True,
+    )
+
+
+def images_to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels ``0..255`` -> float32 in ``[-1, 1]`` (``x / 127.5 - 1``, the DDPM convention)."""
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
+    return images_uint8.float() / 127.5 - 1.0
+
+
+def diffusion_loss(model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bars: torch.Tensor) -> torch.Tensor:
+    r"""Ho et al. (2020) eq. 14: ``|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2`` (mean).
+
+    ``t`` holds 0-based training indices (diffusers' convention: index ``t`` has ``alpha_bar = alpha_bars[t]``).
+    """
+    ab = alpha_bars[t].to(x0.dtype).view(-1, 1, 1, 1)
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    pred = model(xt, t).sample
+    return torch.nn.functional.mse_loss(pred, noise)
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model``, parameter by parameter (buffers copied)."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def learning_rate(step: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps to ``lr``, then constant (as in DDPM's training)."""
+    return lr * min(1.0, (step + 1) / max(warmup, 1))
+
+
+class Trainer:
+    """The training state (model, EMA, optimiser, generator, step) with checkpoint save/load."""
+
+    def __init__(self, cfg: dict, out: str | os.PathLike, images: torch.Tensor | None = None):
+        self.cfg = TrainConfig({**_default_config(), **cfg})
+        self.out = Path(out)
+        if images is None:
+            images, _ = load_fashion_mnist("train")
+        if self.cfg.max_train_images:
+            images = images[: self.cfg.max_train_images]
+        if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"expected images of shape (n, 1, 28, 28), got {tuple(images.shape)}")
+        self.data = images_to_unit_range(images)
+        torch.manual_seed(self.cfg.seed)  # the initial weights
+        self.model = build_unet(self.cfg.block_out_channels, self.cfg.layers_per_block, self.cfg.attention)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        sched = DiscreteSchedule.from_diffusers("linear", self.cfg.num_train_timesteps, self.cfg.beta_start, self.cfg.beta_end)
+        self.alpha_bars = sched.alpha_bars.to(torch.float32)
+        self.step = 0
+        self.elapsed = 0.0
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def state_dict(self) -> dict:
+        return dict(
+            cfg=dict(self.cfg), step=self.step, elapsed=self.elapsed, model=self.model.state_dict(),
+            ema=self.ema.state_dict(), opt=self.opt.state_dict(), gen=self.gen.get_state(),
+        )
+
+    def save_checkpoint(self) -> Path:
+        """Atomically write ``<out>/checkpoint.pt``."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
+        """Restore everything from a checkpoint; its model settings must match this run's."""
+        path = Path(path) if path else self.out / CHECKPOINT
+        st = torch.load(path, map_location="cpu", weights_only=False)
+        mismatch = {k: (st["cfg"][k], self.cfg[k]) for k in ("block_out_channels", "layers_per_block", "attention", "seed", "batch_size")
+                    if _norm(st["cfg"][k]) != _norm(self.cfg[k])}
+        if mismatch:
+            raise ValueError(f"checkpoint {path} was made with different settings (checkpoint, now): {mismatch}")
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
+        self.opt.load_state_dict(st["opt"])
+        self.gen.set_state(st["gen"])
+        self.step = st["step"]
+        self.elapsed = st["elapsed"]
+
+    def train_step(self) -> float:
+        """One optimiser step on a fresh random batch; returns the loss."""
+        c = self.cfg
+        idx = torch.randint(0, len(self.data), (c.batch_size,), generator=self.gen)
+        x0 = self.data[idx]
+        t = torch.randint(0, c.num_train_timesteps, (c.batch_size,), generator=self.gen)
+        noise = torch.randn(x0.shape, generator=self.gen)
+        for g in self.opt.param_groups:
+            g["lr"] = learning_rate(self.step, c.lr, c.warmup)
+        loss = diffusion_loss(self.model, x0, t, noise, self.alpha_bars)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.opt.step()
+        ema_update(self.ema, self.model, c.ema_decay)
+        self.step += 1
+        return loss.item()
+
+    def run(self, steps: int | None = None, progress: bool = True, time_limit_s: float | None = None) -> list[float]:
+        """Train until ``steps`` (default ``cfg.steps``) in total, checkpointing and logging; returns the losses.
+
+        ``time_limit_s`` stops early (with a checkpoint) once this call has run that long; the learning rate is
+        constant after warm-up, so a run stopped at step ``n`` equals a run asked for ``--steps n``."""
+        c = self.cfg
+        started = time.perf_counter()
+        target = c.steps if steps is None else steps
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_path = self.out / LOSS_LOG
+        new_log = not log_path.exists() or self.step == 0
+        log = open(log_path, "w" if new_log else "a", newline="")
+        writer = csv.writer(log)
+        if new_log:
+            writer.writerow(["step", "loss", "lr", "elapsed_s"])
+        losses, window = [], []
+        t0 = time.perf_counter() - self.elapsed
+        bar = tqdm(total=target, initial=self.step, desc="train DDPM", disable=not progress, dynamic_ncols=True)
+        try:
+            while self.step < target:
+                loss = self.train_step()
+                losses.append(loss)
+                window.append(loss)
+                bar.update(1)
+                self.elapsed = time.perf_counter() - t0
+                if self.step % c.log_every == 0 or self.step == target:
+                    writer.writerow([self.step, f"{sum(window) / len(window):.6f}", f"{self.opt.param_groups[0]['lr']:.3g}", f"{self.elapsed:.1f}"])
+                    log.flush()
+                    bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+                    window = []
+                out_of_time = time_limit_s is not None and time.perf_counter() - started > time_limit_s
+                if self.step % c.checkpoint_every == 0 or self.step == target or out_of_time:
+                    self.save_checkpoint()
+                if out_of_time:
+                    writer.writerow([self.step, f"{sum(window) / len(window):.6f}" if window else "", f"{self.opt.param_groups[0]['lr']:.3g}", f"{self.elapsed:.1f}"])
+                    print(f"time limit reached: stopped at step {self.step}")
+                    break
+        finally:
+            bar.close()
+            log.close()
+        return losses
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool = True) -> Path:
+    """Save the (EMA) UNet with ``save_pretrained`` (safetensors) and the DDPMScheduler config to ``dest``,
+    plus ``training_state.json`` (step, elapsed seconds, settings) for the model card."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (trainer.ema if use_ema else trainer.model).save_pretrained(dest, safe_serialization=True)
+    build_scheduler(trainer.cfg).save_pretrained(dest)
+    info = dict(step=trainer.step, elapsed_s=round(trainer.elapsed, 1), weights="ema" if use_ema else "raw",
+                num_parameters=trainer.num_parameters, config=dict(trainer.cfg))
+    (dest / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
+    return dest
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = _default_config()
+    p = argparse.ArgumentParser(prog="python -m accelerated_diffusion.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/fmnist-ddpm", help="run folder (checkpoint.pt, loss.csv)")
+    p.add_argument("--steps", type=int, default=d["steps"], help="total optimiser steps")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--warmup", type=int, default=d["warmup"])
+    p.add_argument("--ema-decay", type=float, default=d["ema_decay"])
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--block-out-channels", type=int, nargs="+", default=d["block_out_channels"])
+    p.add_argument("--layers-per-block", type=int, default=d["layers_per_block"])
+    p.add_argument("--no-attention", action="store_true", help="no self-attention at the lowest resolution")
+    p.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"])
+    p.add_argument("--log-every", type=int, default=d["log_every"])
+    p.add_argument("--max-train-images", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
+    p.add_argument("--export", default=None, help="after training, write the EMA weights in diffusers format here")
+    p.add_argument("--export-only", action="store_true", help="only export the checkpoint in --out (no training)")
+    p.add_argument("--time-limit-min", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> Trainer:
+    """Command-line entry point (``accelerated-diffusion train`` dispatches here)."""
+    a = _parser().parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay, seed=a.seed,
+               block_out_channels=list(a.block_out_channels), layers_per_block=a.layers_per_block,
+               attention=not a.no_attention, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
+               max_train_images=a.max_train_images, threads=a.threads)
+    for k in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        if cfg[k] < 1:
+            raise SystemExit(f"--{k.replace('_', '-')} must be >= 1, got {cfg[k]}")
+    tr = Trainer(cfg, a.out)
+    ck = Path(a.out) / CHECKPOINT
+    if a.resume or a.export_only:
+        if ck.exists():
+            tr.load_checkpoint(ck)
+            print(f"resumed from {ck} at step {tr.step}")
+        elif a.export_only:
+            raise SystemExit(f"--export-only: no checkpoint at {ck}")
+    elif ck.exists():
+        raise SystemExit(f"{ck} exists: pass --resume to continue it, or choose another --out")
+    print(f"UNet2DModel with {tr.num_parameters:,} parameters; {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads")
+    if not a.export_only:
+        tr.run(progress=not a.no_progress, time_limit_s=None if a.time_limit_min is None else 60 * a.time_limit_min)
+    if a.export:
+        export_diffusers(tr, a.export)
+        print(f"exported EMA weights at step {tr.step} to {a.export}")
+    return tr
+
+
+if __name__ == "__main__":
+    main()
