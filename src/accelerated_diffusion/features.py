@@ -1,0 +1,217 @@
+r"""Classifier features and the Fréchet distance (an FID analogue for Fashion-MNIST).
+
+The features are the 128-unit penultimate layer of the project's small Fashion-MNIST classifier
+(:mod:`accelerated_diffusion.classifier`, shipped in ``data/fmnist-classifier/``).  The Fréchet distance between
+two Gaussians fitted to feature sets (Heusel et al. 2017, the formula behind FID) is
+
+.. math::
+    \mathrm{FD} = \lVert \mu_1 - \mu_2 \rVert^2 + \operatorname{tr} \Sigma_1 + \operatorname{tr} \Sigma_2
+                  - 2 \operatorname{tr} \big( \Sigma_1^{1/2} \Sigma_2 \Sigma_1^{1/2} \big)^{1/2}.
+
+It is computed here from symmetric eigendecompositions only (no ``scipy.linalg.sqrtm`` and its complex
+round-off): ``Sigma_1^{1/2}`` from ``eigh(Sigma_1)`` with negative round-off eigenvalues set to 0, then the
+eigenvalues of the symmetric PSD matrix ``Sigma_1^{1/2} Sigma_2 Sigma_1^{1/2}``, clipped at 0, whose square
+roots sum to the trace term.  So singular covariances (fewer samples than features) are handled exactly.
+
+**Bias.** With ``n`` samples the estimate is biased upwards even for perfect samples (roughly by terms of order
+``tr(Sigma) / n``); compare a sampler's FD with :func:`real_data_frechet_distance` at the same ``n``
+(``data/fmnist-classifier/MODEL_CARD.md`` tabulates it).
+
+Typical use::
+
+    from accelerated_diffusion import features
+    fd = features.frechet_distance(samples)            # samples: float in [-1, 1], (n, 1, 28, 28) or (n, 1, 32, 32)
+    fd_real = features.real_data_frechet_distance(len(samples))  # the floor at this n
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .classifier import FashionCNN, to_model_range
+
+__all__ = [
+    "default_classifier_dir",
+    "load_classifier",
+    "prepare_images",
+    "extract_features",
+    "feature_statistics",
+    "load_reference_stats",
+    "frechet_distance_from_stats",
+    "frechet_distance",
+    "subset_indices",
+    "real_data_frechet_distance",
+]
+
+# Images further than this from [-1, 1] are almost surely on another scale (e.g. [0, 255]); refuse them.
+MAX_ABS_VALUE = 5.0
+
+
+def default_classifier_dir() -> Path:
+    """``data/fmnist-classifier`` of the project (see :func:`accelerated_diffusion.results.data_dir`)."""
+    from .results import data_dir
+
+    return data_dir() / "fmnist-classifier"
+
+
+def _classifier_dir(path) -> Path:
+    d = Path(path) if path is not None else default_classifier_dir()
+    if not (d / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"no classifier weights at {d / 'model.safetensors'}; pass the folder written by "
+            "`accelerated-diffusion train-classifier` (default data/fmnist-classifier)"
+        )
+    return d
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, device: str) -> FashionCNN:
+    from safetensors.torch import load_file
+
+    d = Path(path)
+    cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
+    model = FashionCNN(feature_dim=cfg.get("feature_dim", 128), dropout=cfg.get("dropout", 0.3))
+    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    return model.to(device).eval()
+
+
+def load_classifier(path=None, device="cpu") -> FashionCNN:
+    """The shipped classifier (eval mode) from ``path`` (default ``data/fmnist-classifier``), cached per
+    ``(path, device)``; raises ``FileNotFoundError`` with a hint when the weights are missing."""
+    return _load_cached(str(_classifier_dir(path).resolve()), str(torch.device(device)))
+
+
+def prepare_images(images, *, clip: bool = True) -> torch.Tensor:
+    """Check and convert images for the classifier: float ``(n, 1, 28, 28)`` in ``[-1, 1]``.
+
+    * ``(n, 1, 32, 32)`` inputs (the padded size a UNet likes) are center-cropped to 28x28 (2 pixels a side);
+    * ``(n, 28, 28)`` gets its channel axis; numpy arrays are accepted;
+    * uint8 input raises (convert with ``x / 127.5 - 1``, :func:`accelerated_diffusion.classifier.to_model_range`),
+      as do NaN/Inf and values beyond +-5 (almost surely another scale, e.g. [0, 255] or [0, 1] floats are
+      *not* detected: the caller owns the scale);
+    * with ``clip`` values are clamped to ``[-1, 1]``, as saving an image would do.
+    """
+    x = torch.as_tensor(images)
+    if x.dtype == torch.uint8:
+        raise TypeError("images are uint8; convert them to [-1, 1] first (x / 127.5 - 1, classifier.to_model_range)")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"images must be a float tensor in [-1, 1], got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] != 1 or tuple(x.shape[2:]) not in ((28, 28), (32, 32)):
+        raise ValueError(f"images must have shape (n, 1, 28, 28) or (n, 1, 32, 32), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("no images")
+    if x.shape[-1] == 32:
+        x = x[..., 2:30, 2:30]
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"images contain NaN or Inf ({int((~torch.isfinite(x)).sum())} values)")
+    lo, hi = float(x.min()), float(x.max())
+    if max(-lo, hi) > MAX_ABS_VALUE:
+        raise ValueError(f"image values span [{lo:.3g}, {hi:.3g}]; expected [-1, 1] (x / 127.5 - 1 for uint8 data)")
+    x = x.float()
+    return x.clamp(-1.0, 1.0) if clip else x
+
+
+def extract_features(
+    images,
+    *,
+    model: FashionCNN | None = None,
+    path=None,
+    device="cpu",
+    batch_size: int = 500,
+    clip: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """Penultimate-layer features, float64 array ``(n, 128)``, of float images in ``[-1, 1]``
+    (see :func:`prepare_images` for the accepted shapes and checks).  ``model`` defaults to
+    :func:`load_classifier` ``(path, device)``."""
+    x = prepare_images(images, clip=clip)
+    model = model if model is not None else load_classifier(path, device)
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(x), batch_size), desc="features", disable=not progress, leave=False):
+            out.append(model.embed(x[i : i + batch_size].to(dev)).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def feature_statistics(feats) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(d,)`` and covariance ``(d, d)`` (unbiased, ``1/(n-1)``) of a feature array ``(n, d)``, float64."""
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need a feature array (n >= 2, d), got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def load_reference_stats(reference: str = "test", path=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` shipped as ``<classifier dir>/<reference>_stats.safetensors`` (``"test"``: all 10,000
+    Fashion-MNIST test images)."""
+    from safetensors.numpy import load_file
+
+    f = _classifier_dir(path) / f"{reference}_stats.safetensors"
+    if not f.exists():
+        raise FileNotFoundError(f"no reference statistics {f}; shipped references: 'test'")
+    s = load_file(str(f))
+    return s["mu"], s["sigma"]
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a PSD matrix via ``eigh`` (negative round-off eigenvalues set to 0)."""
+    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    r"""Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (module docstring formula), computed
+    with symmetric eigendecompositions only; exact for singular covariances; never negative."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"shape mismatch: mu1 {mu1.shape}, sigma1 {s1.shape}, mu2 {mu2.shape}, sigma2 {s2.shape}")
+    for name, a in (("mu1", mu1), ("mu2", mu2), ("sigma1", s1), ("sigma2", s2)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+    r = _psd_sqrt(s1)
+    m = r @ s2 @ r
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
+    fd = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * cross)
+    return max(fd, 0.0)
+
+
+def frechet_distance(images, reference="test", *, path=None, device="cpu", batch_size: int = 500, progress: bool = False) -> float:
+    """Fréchet distance between the classifier features of ``images`` (float in ``[-1, 1]``) and a reference:
+    ``"test"`` (shipped statistics of the test split), or a ``(mu, sigma)`` pair, or another image batch."""
+    mu1, s1 = feature_statistics(extract_features(images, path=path, device=device, batch_size=batch_size, progress=progress))
+    if isinstance(reference, str):
+        mu2, s2 = load_reference_stats(reference, path)
+    elif isinstance(reference, tuple) and len(reference) == 2:
+        mu2, s2 = reference
+    else:
+        mu2, s2 = feature_statistics(extract_features(reference, path=path, device=device, batch_size=batch_size))
+    return frechet_distance_from_stats(mu1, s1, mu2, s2)
+
+
+def subset_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
+    """The first ``n`` entries of a permutation of ``range(n_total)`` drawn by ``torch.randperm`` with ``seed``."""
+    if not 2 <= n <= n_total:
+        raise ValueError(f"n must lie in [2, {n_total}], got {n}")
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].numpy()
+
+
+def real_data_frechet_distance(n: int, split: str = "train", *, seed: int = 0, reference: str = "test", path=None) -> float:
+    """FD of ``n`` real Fashion-MNIST images of ``split`` (a seeded subset, :func:`subset_indices`) against the
+    reference statistics: the value a perfect sampler would get at this ``n`` (the small-sample bias).  Use
+    ``split="train"`` (independent of the test-split reference)."""
+    from .data import load_fashion_mnist
+
+    images, _ = load_fashion_mnist(split)
+    idx = subset_indices(len(images), n, seed)
+    return frechet_distance(to_model_range(images[idx]), reference, path=path)
