@@ -1,0 +1,109 @@
+"""Tests of accelerated_diffusion.train: a tiny seeded run, exact resumption, export, command line, bad input."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from accelerated_diffusion import train
+from accelerated_diffusion.data import load_fashion_mnist
+
+TINY = dict(block_out_channels=[8, 16], layers_per_block=1, attention=True, batch_size=8, lr=2e-3, warmup=2,
+            ema_decay=0.9, checkpoint_every=1000, log_every=2)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_fashion_mnist("train")[0][:64]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identical kernels, and polite on a shared machine
+    yield
+    torch.set_num_threads(n)
+
+
+def _params(module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def test_tiny_run_is_finite_seeded_and_learns(tmp_path, images):
+    a = train.Trainer({**TINY, "steps": 30}, tmp_path / "a", images)
+    losses = a.run(progress=False)
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, (first, last)  # starts near 1 (unit-variance noise), learns quickly
+    b = train.Trainer({**TINY, "steps": 30}, tmp_path / "b", images)
+    assert b.run(progress=False) == losses  # same seed, same run
+    rows = list(csv.DictReader(open(tmp_path / "a" / train.LOSS_LOG)))
+    assert [int(r["step"]) for r in rows] == list(range(2, 31, 2))
+
+
+def test_resume_continues_exactly(tmp_path, images):
+    full = train.Trainer({**TINY, "steps": 6}, tmp_path / "full", images)
+    full_losses = full.run(progress=False)
+    half = train.Trainer({**TINY, "steps": 6}, tmp_path / "half", images)
+    first = half.run(steps=3, progress=False)
+    assert (tmp_path / "half" / train.CHECKPOINT).exists()
+    resumed = train.Trainer({**TINY, "steps": 6}, tmp_path / "half", images)
+    resumed.load_checkpoint()
+    assert resumed.step == 3
+    rest = resumed.run(progress=False)
+    assert first + rest == full_losses
+    assert torch.equal(_params(resumed.model), _params(full.model))
+    assert torch.equal(_params(resumed.ema), _params(full.ema))
+    rows = list(csv.DictReader(open(tmp_path / "half" / train.LOSS_LOG)))
+    assert [int(r["step"]) for r in rows] == [2, 3, 4, 6]  # the end of each run is logged; the log is appended
+
+
+def test_resume_refuses_other_settings(tmp_path, images):
+    tr = train.Trainer({**TINY, "steps": 1}, tmp_path, images)
+    tr.run(progress=False)
+    other = train.Trainer({**TINY, "steps": 1, "batch_size": 4}, tmp_path, images)
+    with pytest.raises(ValueError, match="batch_size"):
+        other.load_checkpoint()
+
+
+def test_export_loads_with_from_pretrained(tmp_path, images):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    tr = train.Trainer({**TINY, "steps": 2}, tmp_path / "run", images)
+    tr.run(progress=False)
+    dest = train.export_diffusers(tr, tmp_path / "export")
+    assert (dest / "diffusion_pytorch_model.safetensors").exists()
+    unet = UNet2DModel.from_pretrained(dest)
+    assert torch.equal(_params(unet), _params(tr.ema))
+    sched = DDPMScheduler.from_pretrained(dest)
+    assert sched.config.beta_schedule == "linear" and sched.config.prediction_type == "epsilon"
+    assert (sched.config.beta_start, sched.config.beta_end, sched.config.num_train_timesteps) == (1e-4, 0.02, 1000)
+    x = torch.randn(2, 1, 28, 28)
+    assert unet(x, torch.tensor([999, 0])).sample.shape == x.shape
+
+
+def test_command_line(tmp_path):
+    out = tmp_path / "cli"
+    argv = ["--out", str(out), "--steps", "2", "--batch-size", "4", "--block-out-channels", "8", "16",
+            "--max-train-images", "32", "--log-every", "1", "--no-progress", "--export", str(tmp_path / "exp")]
+    tr = train.main(argv)
+    assert tr.step == 2 and (tmp_path / "exp" / "config.json").exists()
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(argv)  # an existing checkpoint is never silently overwritten
+    tr = train.main([*argv[:3], "4", *argv[4:], "--resume"])
+    assert tr.step == 4
+
+
+def test_bad_input(tmp_path, images):
+    with pytest.raises(TypeError, match="uint8"):
+        train.images_to_unit_range(images.float())
+    with pytest.raises(ValueError, match="28, 28"):
+        train.Trainer(TINY, tmp_path, images[:, :, :14])
+    with pytest.raises(ValueError, match="28 divisible"):
+        train.build_unet((8, 16, 16, 16))
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--steps", "0"])
+    x = train.images_to_unit_range(torch.tensor([0, 255], dtype=torch.uint8))
+    assert x.tolist() == [-1.0, 1.0]
