@@ -11,6 +11,7 @@ Diffusion Models, Provably*, implemented once and checked.
 
 from . import metrics, schedules, targets, updates
 from .samplers import METHODS, ModelOutputError, sample, sample_with_scheduler
+from .schedulers import AcceleratedDDIMScheduler, AcceleratedDDPMScheduler, DDIMTypeScheduler, DDPMTypeScheduler
 from .schedules import DiscreteSchedule, paper_betas, sampling_path, timestep_subsequence
 from .targets import Gaussian, GaussianMixture
 
@@ -21,6 +22,10 @@ __all__ = [
     "ModelOutputError",
     "sample",
     "sample_with_scheduler",
+    "AcceleratedDDIMScheduler",
+    "AcceleratedDDPMScheduler",
+    "DDIMTypeScheduler",
+    "DDPMTypeScheduler",
     "DiscreteSchedule",
     "paper_betas",
     "sampling_path",

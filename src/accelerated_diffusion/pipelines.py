@@ -1,0 +1,71 @@
+r"""A ``DDPMPipeline`` that honours ``scheduler.init_noise_sigma`` (and ``scale_model_input``).
+
+diffusers' ``DDPMPipeline`` (0.42) draws the start ``x_T ~ N(0, I)`` and never multiplies it by
+``scheduler.init_noise_sigma``, nor calls ``scheduler.scale_model_input``.  For every scheduler whose
+``init_noise_sigma`` is 1 and whose ``scale_model_input`` is the identity (DDPM, DDIM, and
+:class:`~accelerated_diffusion.schedulers.AcceleratedDDIMScheduler`, :class:`~accelerated_diffusion.schedulers.DDIMTypeScheduler`,
+:class:`~accelerated_diffusion.schedulers.DDPMTypeScheduler`) that is harmless.  For
+:class:`~accelerated_diffusion.schedulers.AcceleratedDDPMScheduler` the start must be ``Y_T^+ ~ N(0, (1 + (1 -
+alpha_T)/2) I)`` (``init_noise_sigma`` = 1.19, a variance of 1.41, at 10 leading steps of the DDPM schedule), and
+Euler-type schedulers need ``init_noise_sigma`` far above 1 and an input scaling; so use
+
+* :class:`InitNoiseDDPMPipeline` as a drop-in replacement of ``DDPMPipeline``
+  (``InitNoiseDDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler)``), or
+* the loop :func:`accelerated_diffusion.sample_with_scheduler` with any ``eps_fn``.
+
+Both draw the start with ``randn_tensor`` from the same ``generator`` as ``DDPMPipeline``, so for a scheduler
+with ``init_noise_sigma = 1`` they return exactly what ``DDPMPipeline`` returns.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMPipeline
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .samplers import sample_with_scheduler
+
+__all__ = ["InitNoiseDDPMPipeline"]
+
+
+class InitNoiseDDPMPipeline(DDPMPipeline):
+    """``DDPMPipeline`` whose loop is :func:`accelerated_diffusion.sample_with_scheduler`: the start is
+    ``randn * scheduler.init_noise_sigma`` and the model sees ``scheduler.scale_model_input(x, t)``.  Same
+    arguments and outputs as ``DDPMPipeline.__call__``; the UNet must predict what the scheduler's
+    ``prediction_type`` says."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, self.unet.config.in_channels, *size)
+        device = self._execution_device
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+
+        def eps_fn(x, t):
+            return self.unet(x, t).sample
+
+        image = sample_with_scheduler(
+            eps_fn, noise, self.scheduler, num_inference_steps, generator=generator, progress=self._progress_enabled()
+        )
+        image = (image / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def _progress_enabled(self) -> bool:
+        """Whether ``set_progress_bar_config(disable=True)`` was called (then no bar)."""
+        return not getattr(self, "_progress_bar_config", {}).get("disable", False)

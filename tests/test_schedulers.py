@@ -1,0 +1,467 @@
+"""The diffusers schedulers of :mod:`accelerated_diffusion.schedulers`: equivalences that pin them down, the
+closed-form law on a Gaussian target, the config contract, errors, dtypes and state.
+
+Oracles used here:
+* diffusers' own ``DDIMScheduler`` (eta = 0; ``use_clipped_model_output=True`` when clipping) for the accelerated
+  DDIM scheduler with the correction switched off;
+* the core loop :func:`accelerated_diffusion.sample` on the path built by ``schedules.sampling_path`` from the
+  scheduler's public ``alphas_cumprod`` and ``timesteps`` (same noise, drawn in the same order);
+* on a diagonal Gaussian target: an INDEPENDENT ORACLE below (``_oracle_*``) that writes the paper's update
+  rules in scalar score form (paper-notes), composes them as affine maps and propagates the Gaussian law exactly.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+import accelerated_diffusion as ad
+from accelerated_diffusion import metrics, schedules
+from accelerated_diffusion.schedulers import (
+    AcceleratedDDIMScheduler,
+    AcceleratedDDPMScheduler,
+    DDIMTypeScheduler,
+    DDPMTypeScheduler,
+)
+
+SCHEDULERS = {
+    "accelerated_ode": AcceleratedDDIMScheduler,
+    "accelerated_sde": AcceleratedDDPMScheduler,
+    "ddim_type": DDIMTypeScheduler,
+    "ddpm_type": DDPMTypeScheduler,
+}
+STOCHASTIC = {"accelerated_sde", "ddpm_type"}
+CHURCH = "../shared/reference/ddpm-church-256.scheduler_config.json"
+
+# A diagonal Gaussian target N(MEAN, diag(VAR)) in 3 coordinates: exact eps in closed form.
+MEAN = torch.tensor([0.5, -0.3, 0.0], dtype=torch.float64)
+VAR = torch.tensor([0.09, 0.25, 1.5], dtype=torch.float64)
+TARGET = ad.Gaussian(MEAN, torch.diag(VAR))
+
+
+def toy_model(alphas_cumprod):
+    """A smooth stand-in for a network: the target's exact eps plus a small nonlinearity (O(1) values)."""
+
+    def model(x, t):
+        a = float(alphas_cumprod[int(t)])
+        c = a * 0.3 + (1 - a)
+        return (math.sqrt(1 - a) * (x - math.sqrt(a) * 0.2) / c + 0.05 * torch.tanh(3 * x)).to(x.dtype)
+
+    return model
+
+
+def run(scheduler, model, x, generator=None, n=None, timesteps=None, **step_kwargs):
+    """The pipeline loop (no init_noise_sigma scaling: ``x`` is the start itself); returns final, x0s, NFE."""
+    if timesteps is None:
+        scheduler.set_timesteps(n)
+    else:
+        scheduler.set_timesteps(timesteps=timesteps)
+    x0s, nfe = [], 0
+    for t in scheduler.timesteps:
+        out = model(x, t)
+        nfe += 1
+        res = scheduler.step(out, t, x, generator=generator, **step_kwargs)
+        x = res.prev_sample
+        x0s.append(res.pred_original_sample)
+    return x, x0s, nfe
+
+
+def _start(shape, seed, dtype=torch.float32):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. Accelerated DDIM with the correction off == diffusers' DDIMScheduler (eta = 0)
+# --------------------------------------------------------------------------------------------------------------
+DDIM_CASES = [
+    dict(clip_sample=False),
+    dict(clip_sample=False, timestep_spacing="trailing"),
+    dict(clip_sample=False, steps_offset=1, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    dict(clip_sample=False, prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2"),
+    dict(clip_sample=False, prediction_type="sample"),
+    dict(clip_sample=False, set_alpha_to_one=False),
+    dict(clip_sample=True, clip_sample_range=0.8),
+    dict(thresholding=True, sample_max_value=1.5, dynamic_thresholding_ratio=0.9),
+]
+
+
+@pytest.mark.parametrize("cfg", DDIM_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_no_correction_equals_diffusers_ddim(cfg):
+    ref = DDIMScheduler(**cfg)
+    ours = AcceleratedDDIMScheduler.from_config(ref.config, use_correction=False)
+    model = toy_model(ref.alphas_cumprod)
+    x = _start((2, 3, 4, 4), 0) * 1.3
+    clipped = cfg.get("clip_sample", True) or cfg.get("thresholding", False)
+    y_ref, x0_ref, _ = run(ref, model, x, n=10, eta=0.0, use_clipped_model_output=clipped)
+    y, x0, nfe = run(ours, model, x, n=10)
+    assert nfe == len(ours.timesteps) == 10
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    torch.testing.assert_close(y, y_ref, rtol=2e-5, atol=2e-5)
+    for a, b in zip(x0, x0_ref):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+    # The correction is not a no-op: switching it on moves the sample far beyond the tolerance.
+    y_acc, _, _ = run(AcceleratedDDIMScheduler.from_config(ref.config), model, x, n=10)
+    assert (y_acc - y_ref).abs().max() > 1e-3
+
+
+def test_linspace_steps_to_the_next_listed_timestep_unlike_diffusers_ddim():
+    """diffusers' DDIM steps to t - N // S; with linspace spacing that is not the next timestep (documented)."""
+    ours = AcceleratedDDIMScheduler(timestep_spacing="linspace", use_correction=False, clip_sample=False)
+    ref = DDIMScheduler(timestep_spacing="linspace", clip_sample=False)
+    model = toy_model(ref.alphas_cumprod)
+    x = _start((2, 3, 4, 4), 1)
+    y_ref, _, _ = run(ref, model, x, n=10)
+    y, _, _ = run(ours, model, x, n=10)
+    assert ours.timesteps.tolist()[:2] == [999, 888] and ref.timesteps.tolist()[:2] == [999, 888]
+    assert (y - y_ref).abs().max() > 1e-3
+    # ...and ours is the core sampler on the path through the listed timesteps:
+    path = schedules.sampling_path(ours.alphas_cumprod, ours.timesteps, 1.0)
+    core = ad.sample(model, x, path, "ddim", timesteps=ours.timesteps.tolist())
+    torch.testing.assert_close(y, core, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2. The schedulers == the core sample() for the same noise and path
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+@pytest.mark.parametrize("spacing,n,alpha_to_one", [("leading", 10, True), ("linspace", 7, False), ("trailing", 4, True)])
+def test_equals_core_sample(method, spacing, n, alpha_to_one):
+    s = SCHEDULERS[method](clip_sample=False, timestep_spacing=spacing, set_alpha_to_one=alpha_to_one)
+    s.set_timesteps(n)
+    ts = s.timesteps.tolist()
+    if alpha_to_one:
+        path = schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)
+    else:  # output level abar[0] = the last visited level: the scheduler's last step is the identity
+        assert ts[-1] == 0
+        path, ts = schedules.sampling_path(s.alphas_cumprod, s.timesteps, None), ts[:-1]
+    model = toy_model(s.alphas_cumprod)
+    y_T = _start((3, 2, 4, 4), 2, torch.float64)
+    core = ad.sample(model, y_T, path, method, timesteps=ts, generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    start = y_T
+    if method == "accelerated_sde":  # Y_T^+ = Y_T + sqrt((1 - alpha_T)/2) Z_T, Z_T the core's first draw
+        alpha_T = float(path[0] / path[1])
+        start = y_T + math.sqrt((1 - alpha_T) / 2) * torch.randn(y_T.shape, generator=gen, dtype=y_T.dtype)
+    y, _, _ = run(s, model, start, generator=gen, n=n)
+    torch.testing.assert_close(y, core, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_matches_core_sample_too():
+    s = AcceleratedDDPMScheduler(clip_sample=False)
+    s.set_timesteps(6)
+    path = schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)
+    model = toy_model(s.alphas_cumprod)
+    y_T = _start((2, 1, 4, 4), 3)
+    core = ad.sample(model, y_T, path, "accelerated_sde", timesteps=s.timesteps.tolist(), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    start = y_T + ad.updates.accelerated_sde_noise_scale(path[0], path[1]) * torch.randn(y_T.shape, generator=gen)
+    y, _, _ = run(s, model, start, generator=gen, n=6)
+    torch.testing.assert_close(y, core, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3. Gaussian target with exact eps: the closed-form output law (independent oracle)
+# --------------------------------------------------------------------------------------------------------------
+def _oracle_eps_affine(a):
+    """INDEPENDENT ORACLE. Exact eps of the diagonal Gaussian target at level a, per coordinate: eps = e1 x + e0."""
+    c = a * VAR + (1 - a)
+    return math.sqrt(1 - a) / c, -math.sqrt(1 - a) * math.sqrt(a) * MEAN / c
+
+
+def _oracle_deterministic(method, levels):
+    """INDEPENDENT ORACLE. The deterministic samplers in scalar form (paper-notes), composed as affine maps of the
+    start: x = k x_T + b per coordinate.  Returns (k, b)."""
+    k, b = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    prev_eps = None  # (k, b) of eps_{t+1}(x_{t+1})
+    for i in range(len(levels) - 1):
+        a, ap = levels[i], levels[i + 1]
+        e1, e0 = _oracle_eps_affine(a)
+        ek, eb = e1 * k, e1 * b + e0  # eps_t(x_t) as an affine function of x_T
+        if method == "ddim_type":  # Y' = (Y + (1 - alpha)/2 s) / sqrt(alpha), s = -eps / sqrt(1 - a)
+            al = a / ap
+            k, b = [(u - (1 - al) / 2 * e / math.sqrt(1 - a)) / math.sqrt(al) for u, e in ((k, ek), (b, eb))]
+        else:  # exact DDIM: sqrt(ap) x0 + sqrt(1 - ap) eps, x0 = (x - sqrt(1 - a) eps) / sqrt(a)
+            nk = math.sqrt(ap) * (k - math.sqrt(1 - a) * ek) / math.sqrt(a) + math.sqrt(1 - ap) * ek
+            nb = math.sqrt(ap) * (b - math.sqrt(1 - a) * eb) / math.sqrt(a) + math.sqrt(1 - ap) * eb
+            if method == "accelerated_ode" and prev_eps is not None:  # README's arcsin coefficient
+                an = levels[i - 1]
+                c = math.sqrt(ap) / (a - an) * (
+                    a * math.sqrt((1 - ap) / ap) + math.asin(math.sqrt(ap)) - a * math.sqrt((1 - a) / a) - math.asin(math.sqrt(a))
+                )
+                nk, nb = nk + c * (prev_eps[0] - ek), nb + c * (prev_eps[1] - eb)
+            k, b = nk, nb
+        prev_eps = (ek, eb)
+    return k, b
+
+
+def _oracle_stochastic_law(method, levels, start_var=None):
+    """INDEPENDENT ORACLE. Mean and variance (per coordinate) of the stochastic samplers' output, propagated
+    exactly; by default the accelerated one starts from Y_T^+ ~ N(0, 1 + (1 - alpha_T)/2), the other from N(0, 1)."""
+    if start_var is None:
+        start_var = 1 + (1 - levels[0] / levels[1]) / 2 if method == "accelerated_sde" else 1.0
+    m, v = torch.zeros(3, dtype=torch.float64), torch.full((3,), start_var, dtype=torch.float64)
+    for i in range(len(levels) - 1):
+        a, ap = levels[i], levels[i + 1]
+        al = a / ap
+        e1, e0 = _oracle_eps_affine(a)
+        # x + (1 - alpha) s(x), s = -eps / sqrt(1 - a): slope and offset, then / sqrt(alpha)
+        slope = (1 - (1 - al) * e1 / math.sqrt(1 - a)) / math.sqrt(al)
+        off = -(1 - al) * e0 / math.sqrt(1 - a) / math.sqrt(al)
+        m, v = slope * m + off, slope**2 * v
+        if method == "ddpm_type":
+            v = v + (1 - al) / al
+        else:  # Psi's own noise, then Phi of the next step
+            v = v + (1 - al) / 2
+            if i + 2 < len(levels):
+                v = v + (1 - levels[i + 1] / levels[i + 2]) / 2
+    return m, v
+
+
+def _target_model(s):
+    return lambda x, t: TARGET.eps(x, float(s.alphas_cumprod[int(t)]))
+
+
+@pytest.mark.parametrize("method", ["accelerated_ode", "ddim_type"])
+def test_gaussian_deterministic_law_is_closed_form(method):
+    s = SCHEDULERS[method](clip_sample=False)
+    s.set_timesteps(8)
+    levels = [float(a) for a in schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)]
+    A, b = metrics.affine_map(lambda x: run(s, _target_model(s), x, n=8)[0], 3)
+    k, b_or = _oracle_deterministic(method, levels)
+    torch.testing.assert_close(A, torch.diag(k), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b, b_or, rtol=1e-10, atol=1e-12)
+    # the output law N(b, A A^T) from Y_T ~ N(0, I) (init_noise_sigma = 1) is that of the oracle
+    assert s.init_noise_sigma == 1.0
+    assert metrics.gaussian_kl(b, A @ A.T, b_or, torch.diag(k**2)) < 1e-12
+
+
+@pytest.mark.parametrize("method", ["accelerated_sde", "ddpm_type"])
+def test_gaussian_stochastic_law_is_closed_form(method):
+    n = 100_000
+    s = SCHEDULERS[method](clip_sample=False)
+    s.set_timesteps(8)
+    levels = [float(a) for a in schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)]
+    m_or, v_or = _oracle_stochastic_law(method, levels)
+    start_var = 1 + (1 - levels[0] / levels[1]) / 2 if method == "accelerated_sde" else 1.0
+    assert s.init_noise_sigma**2 == pytest.approx(start_var, rel=1e-12)
+    gen = torch.Generator().manual_seed(11)
+    noise = torch.randn(n, 3, dtype=torch.float64, generator=gen)
+    x = ad.sample_with_scheduler(_target_model(s), noise, s, 8, generator=gen)  # starts at noise * init_noise_sigma
+    mean, var = x.mean(0), x.var(0)
+    se_m, se_v = (v_or / n).sqrt(), v_or * math.sqrt(2 / (n - 1))
+    assert bool(((mean - m_or).abs() < 5 * se_m).all()), (mean, m_or)
+    assert bool(((var - v_or).abs() < 5 * se_v).all()), (var, v_or)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 4. Timesteps, config and state
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("n,offset", [(5, 0), (10, 1), (1, 0), (1000, 0)])
+def test_timesteps_equal_diffusers(spacing, n, offset):
+    ref = DDIMScheduler(timestep_spacing=spacing, steps_offset=offset)
+    ref.set_timesteps(n)
+    for cls in SCHEDULERS.values():
+        s = cls.from_config(ref.config)
+        s.set_timesteps(n)
+        assert torch.equal(s.timesteps, ref.timesteps)
+        assert s.num_inference_steps == len(s.timesteps) == n
+
+
+def test_custom_timesteps_and_nfe():
+    s = AcceleratedDDIMScheduler(clip_sample=False)
+    model = toy_model(s.alphas_cumprod)
+    y, _, nfe = run(s, model, _start((1, 1, 4, 4), 0), timesteps=[999, 500, 250, 50])
+    assert nfe == 4 and s.timesteps.tolist() == [999, 500, 250, 50] and s.num_inference_steps == 4
+    # the same as the core sampler on that path
+    path = schedules.sampling_path(s.alphas_cumprod, torch.tensor([999, 500, 250, 50]), 1.0)
+    core = ad.sample(model, _start((1, 1, 4, 4), 0), path, "accelerated_ode", timesteps=[999, 500, 250, 50])
+    torch.testing.assert_close(y, core, rtol=1e-6, atol=1e-6)
+
+
+def test_from_church_config():
+    """The google/ddpm-church-256 scheduler config (DDPMScheduler, clip_sample true) loads into every scheduler."""
+    cfg = DDPMScheduler.from_config(DDPMScheduler.load_config(CHURCH)).config
+    for cls in SCHEDULERS.values():
+        s = cls.from_config(cfg)
+        assert s.config.clip_sample is True and s.config.num_train_timesteps == 1000
+        assert s.config.beta_schedule == "linear" and s.config.prediction_type == "epsilon"
+        torch.testing.assert_close(s.alphas_cumprod, DDPMScheduler.from_config(cfg).alphas_cumprod, rtol=0, atol=0)
+        assert cls.from_config(cfg, clip_sample=False).config.clip_sample is False
+
+
+def test_init_noise_sigma_is_law_of_Y_T_plus():
+    s = AcceleratedDDPMScheduler()
+    for n in (1, 5, 10, 50):
+        s.set_timesteps(n)
+        t0 = int(s.timesteps[0])
+        a_next = float(s.alphas_cumprod[int(s.timesteps[1])]) if n > 1 else 1.0
+        alpha_T = float(s.alphas_cumprod[t0]) / a_next
+        assert s.init_noise_sigma == pytest.approx(math.sqrt(1 + (1 - alpha_T) / 2), rel=1e-12)
+    for cls in (AcceleratedDDIMScheduler, DDIMTypeScheduler, DDPMTypeScheduler):
+        s = cls()
+        s.set_timesteps(5)
+        assert s.init_noise_sigma == 1.0
+
+
+def test_set_alpha_to_one_false_ends_with_identity_step():
+    s = AcceleratedDDIMScheduler(set_alpha_to_one=False, clip_sample=False)
+    s.set_timesteps(5)
+    assert s.timesteps.tolist()[-1] == 0
+    model = toy_model(s.alphas_cumprod)
+    x = _start((1, 1, 4, 4), 0)
+    for t in s.timesteps[:-1]:
+        x = s.step(model(x, t), t, x).prev_sample
+    last = s.step(model(x, s.timesteps[-1]), s.timesteps[-1], x).prev_sample
+    assert torch.equal(last, x)
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_state_does_not_leak_between_runs(method):
+    s = SCHEDULERS[method](clip_sample=False)
+    model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
+    first, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
+    run(s, model, x * 3, torch.Generator().manual_seed(9), n=9)  # a different run in between
+    again, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
+    assert torch.equal(first, again)
+    # restarting at the first timestep without set_timesteps also starts afresh
+    s.set_timesteps(6)
+    y, gen = x, torch.Generator().manual_seed(0)
+    t0 = s.timesteps[0]
+    s.step(model(y, t0), t0, y * 2, generator=torch.Generator().manual_seed(3))
+    for t in s.timesteps:
+        y = s.step(model(y, t), t, y, generator=gen).prev_sample
+    assert torch.equal(y, first)
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_only_stochastic_schedulers_use_the_generator(method):
+    s = SCHEDULERS[method](clip_sample=False)
+    model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
+    a, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=5)
+    b, _, _ = run(s, model, x, torch.Generator().manual_seed(1), n=5)
+    assert torch.equal(a, b) == (method not in STOCHASTIC)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. Errors, dtypes, non-finite values
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", list(SCHEDULERS.values()), ids=lambda c: c.__name__)
+def test_bad_input_raises_clearly(cls):
+    s = cls()
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        s.step(x, 999, x)
+    for bad in (0, -3, 1001):
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            s.set_timesteps(bad)
+    with pytest.raises(TypeError, match="int"):
+        s.set_timesteps(2.5)
+    with pytest.raises(ValueError, match="exactly one"):
+        s.set_timesteps()
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        s.set_timesteps(timesteps=[10, 500])
+    with pytest.raises(ValueError, match=r"\[0, num_train_timesteps"):
+        s.set_timesteps(timesteps=[1000, 5])
+    with pytest.raises(ValueError, match="prediction_type"):
+        cls(prediction_type="noise")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        cls(timestep_spacing="uniformly")
+    with pytest.raises(ValueError, match="beta_schedule"):
+        cls(beta_schedule="cosine")
+    with pytest.raises(ValueError, match="trained_betas"):
+        cls(num_train_timesteps=10, trained_betas=[0.1] * 9)
+    with pytest.raises(NotImplementedError, match="rescale_betas_zero_snr"):
+        cls(rescale_betas_zero_snr=True)
+    s.set_timesteps(5)
+    with pytest.raises(ValueError, match="not in the schedule"):
+        s.step(x, 999, x)
+    with pytest.raises(ValueError, match="shape"):
+        s.step(torch.zeros(1, 2, 4, 4), s.timesteps[0], x)
+
+
+def test_out_of_order_steps_raise_for_stateful_schedulers():
+    for cls in (AcceleratedDDIMScheduler, AcceleratedDDPMScheduler):
+        s = cls()
+        s.set_timesteps(5)
+        x = torch.zeros(1, 1, 4, 4)
+        s.step(x, s.timesteps[0], x)
+        with pytest.raises(ValueError, match="in order"):
+            s.step(x, s.timesteps[2], x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_low_precision_returns_its_dtype_computed_in_float32(method, dtype):
+    s = SCHEDULERS[method](clip_sample=False)
+    model = toy_model(s.alphas_cumprod)
+    x = _start((2, 1, 4, 4), 6)
+    y32, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=5)
+    s.set_timesteps(5)
+    y, gen = x.to(dtype), torch.Generator().manual_seed(0)
+    for t in s.timesteps:
+        out = s.step(model(y, t).to(dtype), t, y, generator=gen)
+        assert out.prev_sample.dtype == dtype and out.pred_original_sample.dtype == dtype
+        y = out.prev_sample
+    # float32 inside: the only errors are the roundings of inputs and outputs to the low precision
+    tol = 0.05 if dtype == torch.float16 else 0.3
+    assert (y.float() - y32).abs().max() < tol * max(1.0, float(y32.abs().max()))
+
+
+def test_nan_in_model_output_raises_naming_the_step():
+    for cls in SCHEDULERS.values():
+        s = cls()
+        s.set_timesteps(4)
+        x = torch.zeros(1, 1, 2, 2)
+        bad = torch.full_like(x, float("nan"))
+        with pytest.raises(ad.ModelOutputError, match="timestep 750"):
+            s.step(bad, s.timesteps[0], x)
+
+
+def test_nan_in_accelerated_correction_raises_not_skipped(monkeypatch):
+    """The official code prints and skips a NaN correction; here it raises (unless check_finite=False)."""
+    s = AcceleratedDDIMScheduler(clip_sample=False)
+    model = toy_model(s.alphas_cumprod)
+    x = _start((1, 1, 2, 2), 0)
+    monkeypatch.setattr(ad.updates, "accelerated_ode_coefficient", lambda *a: float("nan"))
+    s.set_timesteps(4)
+    x = s.step(model(x, s.timesteps[0]), s.timesteps[0], x).prev_sample  # first step: plain DDIM, no correction
+    with pytest.raises(ad.ModelOutputError, match="position 1"):
+        s.step(model(x, s.timesteps[1]), s.timesteps[1], x)
+    quiet = AcceleratedDDIMScheduler(clip_sample=False, check_finite=False)
+    y, _, _ = run(quiet, model, _start((1, 1, 2, 2), 0), n=4)
+    assert bool(torch.isnan(y).all())
+
+
+def test_fp16_overflow_is_reported():
+    s = DDIMTypeScheduler(clip_sample=False)
+    s.set_timesteps(2)
+    x = torch.full((1, 1, 2, 2), 6e4, dtype=torch.float16)
+    with pytest.raises(ad.ModelOutputError):
+        s.step(-x, s.timesteps[0], x)
+
+
+def test_prediction_types_agree_on_the_same_model():
+    """eps, v and x0 outputs of one underlying eps model give the same samples (conversion formulas)."""
+    base = AcceleratedDDPMScheduler(clip_sample=False)
+    model = toy_model(base.alphas_cumprod)
+    abar = base.alphas_cumprod.double()
+
+    def as_v(x, t):
+        a = float(abar[int(t)])
+        eps = model(x, t)
+        x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+        return math.sqrt(a) * eps - math.sqrt(1 - a) * x0
+
+    def as_x0(x, t):
+        a = float(abar[int(t)])
+        return (x - math.sqrt(1 - a) * model(x, t)) / math.sqrt(a)
+
+    x = _start((2, 1, 4, 4), 8, torch.float64)
+    ref, _, _ = run(base, model, x, torch.Generator().manual_seed(0), n=6)
+    for ptype, fn in (("v_prediction", as_v), ("sample", as_x0)):
+        s = AcceleratedDDPMScheduler(clip_sample=False, prediction_type=ptype)
+        y, _, _ = run(s, fn, x, torch.Generator().manual_seed(0), n=6)
+        torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-9)
