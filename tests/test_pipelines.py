@@ -1,0 +1,197 @@
+"""The schedulers run unmodified in diffusers' DDPMPipeline and StableDiffusionPipeline (tiny, randomly
+initialised components built here; no downloads), and InitNoiseDDPMPipeline honours init_noise_sigma."""
+
+import json
+
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+
+import accelerated_diffusion as ad
+from accelerated_diffusion.pipelines import InitNoiseDDPMPipeline
+
+CLASSES = [ad.AcceleratedDDIMScheduler, ad.AcceleratedDDPMScheduler, ad.DDIMTypeScheduler, ad.DDPMTypeScheduler]
+STOCHASTIC = (ad.AcceleratedDDPMScheduler, ad.DDPMTypeScheduler)
+
+
+class CallRecorder:
+    """Forward pre-hook recording each call's sample input (a copy) on a model."""
+
+    def __init__(self, model):
+        self.inputs = []
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.inputs.append((args[0] if args else kwargs["sample"]).detach().clone())
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+
+
+def ddpm_pipe(pipeline_cls, unet, scheduler):
+    pipe = pipeline_cls(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_ddpm_pipeline_one_line_swap(unet, cls):
+    pipe = ddpm_pipe(DDPMPipeline, unet, DDPMScheduler(clip_sample=True))
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    rec = CallRecorder(pipe.unet)
+    try:
+        img = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np").images
+        again = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np").images
+    finally:
+        rec.handle.remove()
+    assert img.shape == (2, 8, 8, 3) and (img >= 0).all() and (img <= 1).all()
+    assert len(rec.inputs) == 2 * len(pipe.scheduler.timesteps) == 6  # NFE = len(timesteps)
+    assert (img == again).all()  # seeded
+
+
+def test_ddpm_pipeline_ignores_init_noise_sigma_ours_honours_it(unet):
+    shape = (2, 3, 8, 8)
+    for pipeline_cls, scaled in ((DDPMPipeline, False), (InitNoiseDDPMPipeline, True)):
+        pipe = ddpm_pipe(pipeline_cls, unet, ad.AcceleratedDDPMScheduler(clip_sample=False))
+        rec = CallRecorder(pipe.unet)
+        try:
+            pipe(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=4, output_type="pt")
+        finally:
+            rec.handle.remove()
+        sigma = pipe.scheduler.init_noise_sigma
+        assert sigma > 1.1  # sqrt(1 + (1 - alpha_T)/2) with 4 leading steps of the DDPM schedule
+        expected = randn_tensor(shape, generator=torch.Generator().manual_seed(3)) * (sigma if scaled else 1.0)
+        torch.testing.assert_close(rec.inputs[0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [ad.AcceleratedDDIMScheduler, ad.DDPMTypeScheduler], ids=lambda c: c.__name__)
+def test_init_noise_pipeline_equals_ddpm_pipeline_when_sigma_is_one(unet, cls):
+    outs = []
+    for pipeline_cls in (DDPMPipeline, InitNoiseDDPMPipeline):
+        pipe = ddpm_pipe(pipeline_cls, unet, cls(clip_sample=True))
+        outs.append(pipe(batch_size=2, generator=torch.Generator().manual_seed(1), num_inference_steps=3, output_type="pt").images)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stable Diffusion with tiny random components
+# --------------------------------------------------------------------------------------------------------------
+def tiny_clip_tokenizer(folder):
+    """A character-level CLIP BPE tokenizer (vocab.json + an empty merges.txt) written to ``folder``."""
+    from transformers import CLIPTokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {tok: i for i, tok in enumerate(letters + [c + "</w>" for c in letters] + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(tmp_path_factory):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).eval()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    ).eval()
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_sd(pipe, seed=0, **kwargs):
+    rec = CallRecorder(pipe.unet)
+    try:
+        kwargs.setdefault("num_inference_steps", 2)
+        out = pipe("a red church", height=32, width=32, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
+    finally:
+        rec.handle.remove()
+    return out.images, rec.inputs
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_stable_diffusion_one_line_swap(sd_pipe, cls):
+    sd_pipe.scheduler = cls.from_config(sd_pipe.scheduler.config)
+    img, inputs = run_sd(sd_pipe)
+    assert img.shape == (1, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(img)).all())
+    # classifier-free guidance: one UNet call per timestep on a doubled batch (2 network evaluations each)
+    assert len(inputs) == len(sd_pipe.scheduler.timesteps) == 2
+    assert all(x.shape[0] == 2 for x in inputs)
+    # the pipeline starts from randn * init_noise_sigma (the law of Y_T^+ for the accelerated DDPM scheduler)
+    sigma = sd_pipe.scheduler.init_noise_sigma
+    z = randn_tensor((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(inputs[0][:1], z * sigma, rtol=0, atol=0)
+    assert (sigma > 1.1) == (cls is ad.AcceleratedDDPMScheduler)
+    # The same start passed as latents: the generator is then not consumed by the start, so the stochastic
+    # schedulers (which draw from the pipeline's generator) give another sample, the deterministic ones the same.
+    same_start, _ = run_sd(sd_pipe, latents=z)
+    assert (same_start == img).all() == (cls not in STOCHASTIC)
+
+
+def test_stable_diffusion_custom_timesteps_and_no_guidance(sd_pipe):
+    sd_pipe.scheduler = ad.AcceleratedDDIMScheduler.from_config(sd_pipe.scheduler.config)
+    _, inputs = run_sd(sd_pipe, num_inference_steps=None, timesteps=[901, 501, 101, 1], guidance_scale=1.0)
+    assert sd_pipe.scheduler.timesteps.tolist() == [901, 501, 101, 1]
+    assert len(inputs) == 4 and all(x.shape[0] == 1 for x in inputs)  # no guidance: one evaluation per step
