@@ -376,6 +376,8 @@ def test_bad_input_raises_clearly(cls):
     with pytest.raises(NotImplementedError, match="rescale_betas_zero_snr"):
         cls(rescale_betas_zero_snr=True)
     s.set_timesteps(5)
+    with pytest.raises(ValueError, match="begin_index"):
+        s.set_begin_index(5)
     with pytest.raises(ValueError, match="not in the schedule"):
         s.step(x, 999, x)
     with pytest.raises(ValueError, match="shape"):
@@ -465,3 +467,23 @@ def test_prediction_types_agree_on_the_same_model():
         s = AcceleratedDDPMScheduler(clip_sample=False, prediction_type=ptype)
         y, _, _ = run(s, fn, x, torch.Generator().manual_seed(0), n=6)
         torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_no_host_device_synchronisation_per_step(method):
+    """Reading a meta tensor's data raises, so a whole run on the meta device shows that ``step`` never reads a
+    device value on the host (no per-step synchronisation on an accelerator); only the finite-check flag is read,
+    once, at the last step."""
+    s = SCHEDULERS[method](check_finite=False, thresholding=True)
+    s.set_timesteps(5, device="meta")
+    x = torch.empty(2, 3, 4, 4, device="meta")
+    for t in s.timesteps:
+        x = s.step(torch.empty_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert x.device.type == "meta" and x.shape == (2, 3, 4, 4)
+    s = SCHEDULERS[method]()
+    s.set_timesteps(5, device="meta")
+    x = torch.empty(2, 3, 4, 4, device="meta")
+    for t in s.timesteps[:-1]:
+        x = s.step(torch.empty_like(x), t, x).prev_sample
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        s.step(torch.empty_like(x), s.timesteps[-1], x)

@@ -227,6 +227,7 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
         self._index_of = {t: i for i, t in enumerate(self._timesteps_host)}
         self._levels = levels  # float64 host scalars: path[i] -> path[i + 1] is step i
         self._step_index = None
+        self._begin_index = None
         self._nonfinite_at = None
         self._reset()
         self.init_noise_sigma = self._init_noise_sigma()
@@ -267,6 +268,20 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"unknown timestep_spacing {spacing!r}; expected one of {SPACINGS}")
             ts = timestep_subsequence(n_train, int(num_inference_steps), spacing, self.config.steps_offset).numpy()
         self._install(ts, device)
+
+    @property
+    def begin_index(self) -> int | None:
+        """Position of the first step of a run that does not start at the first timestep (set by img2img
+        pipelines through :meth:`set_begin_index`); ``None`` means 0."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Called by diffusers' img2img-style pipelines after ``set_timesteps``: the run starts at position
+        ``begin_index`` of ``self.timesteps``.  (The accelerated DDPM sampler then starts from a sample the pipeline
+        noised with ``add_noise``, i.e. ``Y_t`` rather than ``Y_t^+``: its first step is not the paper's.)"""
+        if not 0 <= begin_index < len(self._timesteps_host):
+            raise ValueError(f"begin_index must be in [0, {len(self._timesteps_host)}), got {begin_index}")
+        self._begin_index = int(begin_index)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """No input scaling (variance-preserving models see ``x_t`` itself); present for interchangeability."""
@@ -334,11 +349,13 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
 
     def _index_for(self, timestep) -> int:
         """Position of ``timestep`` in ``self.timesteps``: looked up on the host for ints and CPU tensors;
-        counted for accelerator tensors (a lookup, i.e. one synchronisation, only at the start of a run)."""
+        counted for accelerator tensors, without reading them (a run starts at ``begin_index``, default 0)."""
         n = len(self._timesteps_host)
-        on_device = isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu"
-        if on_device and self._step_index is not None and self._step_index + 1 < n:
-            return self._step_index + 1
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            if self._step_index is not None and self._step_index + 1 < n:
+                return self._step_index + 1
+            self._start_run()
+            return self._begin_index or 0
         if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
             raise ValueError(f"step takes one timestep, got a tensor of shape {tuple(timestep.shape)}")
         t = int(timestep)
@@ -354,10 +371,14 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
                 f"(position {i}) after position {self._step_index}; follow scheduler.timesteps in order, or call "
                 "set_timesteps to start a new run"
             )
-        if i == 0:  # a new run: forget the previous one
-            self._nonfinite_at = None
-            self._reset()
+        if i == 0:
+            self._start_run()
         return i
+
+    def _start_run(self) -> None:
+        """A new run begins: forget the previous one."""
+        self._nonfinite_at = None
+        self._reset()
 
     def _eps_and_x0(self, model_output: torch.Tensor, x: torch.Tensor, a_t: float):
         """``(eps, x0)`` from the model output, with ``x0`` clipped / thresholded and ``eps`` made consistent."""
