@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 import accelerated_diffusion as ad
 from accelerated_diffusion import metrics, schedules
+from accelerated_diffusion.results import data_dir
 from accelerated_diffusion.schedulers import (
     AcceleratedDDIMScheduler,
     AcceleratedDDPMScheduler,
@@ -33,7 +34,7 @@ SCHEDULERS = {
     "ddpm_type": DDPMTypeScheduler,
 }
 STOCHASTIC = {"accelerated_sde", "ddpm_type"}
-CHURCH = "../shared/reference/ddpm-church-256.scheduler_config.json"
+CHURCH = data_dir() / "reference" / "ddpm-church-256.scheduler_config.json"  # the google/ddpm-church-256 config
 
 # A diagonal Gaussian target N(MEAN, diag(VAR)) in 3 coordinates: exact eps in closed form.
 MEAN = torch.tensor([0.5, -0.3, 0.0], dtype=torch.float64)
