@@ -1,23 +1,14 @@
 """The schedulers run unmodified in diffusers' DDPMPipeline and StableDiffusionPipeline (tiny, randomly
-initialised components built here; no downloads), and InitNoiseDDPMPipeline honours init_noise_sigma."""
-
-import json
+initialised components built here and by ``pipelines.tiny_random_stable_diffusion``; no downloads), and
+InitNoiseDDPMPipeline honours init_noise_sigma."""
 
 import pytest
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMPipeline,
-    DDPMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-    UNet2DModel,
-)
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 import accelerated_diffusion as ad
-from accelerated_diffusion.pipelines import InitNoiseDDPMPipeline
+from accelerated_diffusion.pipelines import InitNoiseDDPMPipeline, tiny_random_stable_diffusion
 
 CLASSES = [ad.AcceleratedDDIMScheduler, ad.AcceleratedDDPMScheduler, ad.DDIMTypeScheduler, ad.DDPMTypeScheduler]
 STOCHASTIC = (ad.AcceleratedDDPMScheduler, ad.DDPMTypeScheduler)
@@ -97,68 +88,9 @@ def test_init_noise_pipeline_equals_ddpm_pipeline_when_sigma_is_one(unet, cls):
 # --------------------------------------------------------------------------------------------------------------
 # Stable Diffusion with tiny random components
 # --------------------------------------------------------------------------------------------------------------
-def tiny_clip_tokenizer(folder):
-    """A character-level CLIP BPE tokenizer (vocab.json + an empty merges.txt) written to ``folder``."""
-    from transformers import CLIPTokenizer
-
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {tok: i for i, tok in enumerate(letters + [c + "</w>" for c in letters] + ["<|startoftext|>", "<|endoftext|>"])}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-
-
 @pytest.fixture(scope="module")
-def sd_pipe(tmp_path_factory):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = tiny_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    ).eval()
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).eval()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    ).eval()
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def sd_pipe():
+    return tiny_random_stable_diffusion(seed=0)
 
 
 def run_sd(pipe, seed=0, **kwargs):
