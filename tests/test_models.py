@@ -1,0 +1,91 @@
+"""Model loading (accelerated_diffusion.models): local folders, the offline error for hub ids, and the paper's
+checkpoint path tested offline with a random UNet of exactly google/ddpm-church-256's architecture."""
+
+import json
+import time
+
+import pytest
+import torch
+
+import accelerated_diffusion as ad
+from accelerated_diffusion import models
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_is_hub_id_and_missing_paths(tmp_path):
+    assert all(models.is_hub_id(m) for m in models.PAPER_MODELS)
+    assert not models.is_hub_id("/abs/path") and not models.is_hub_id("a/b/c") and not models.is_hub_id("x")
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a hub id"):
+        models.load_unet(tmp_path / "does" / "not-exist")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        models.load_unet(tmp_path)
+
+
+@pytest.mark.parametrize("model_id", models.PAPER_MODELS)
+def test_offline_hub_id_fails_at_once_with_instructions(offline, model_id):
+    t0 = time.perf_counter()
+    with pytest.raises(models.ModelNotAvailableError) as err:
+        models.load_unet(model_id)
+    assert time.perf_counter() - t0 < 10
+    msg = str(err.value)
+    assert model_id in msg and f"huggingface-cli download {model_id} --local-dir" in msg and "HF_HUB_OFFLINE" in msg
+    with pytest.raises(models.ModelNotAvailableError, match=model_id):
+        models.load_scheduler_config(model_id)
+
+
+def test_unreachable_hub_fails_at_once(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
+    ok, reason = models.hub_reachable(timeout=1.0)
+    assert not ok and "127.0.0.1:9" in reason
+    with pytest.raises(models.ModelNotAvailableError, match="unreachable"):
+        models.load_unet("someone/some-model-that-is-not-cached", timeout=1.0)
+
+
+def test_schedule_from_config():
+    s = models.schedule_from_config(models.reference_config("google/ddpm-church-256", "scheduler"))
+    assert torch.equal(s.betas, ad.DiscreteSchedule.from_diffusers("linear", 1000, 1e-4, 0.02).betas)
+    for bad in ({"prediction_type": "v_prediction"}, {"trained_betas": [0.1]}, {"beta_schedule": "sigmoid"}):
+        with pytest.raises(ValueError):
+            models.schedule_from_config(bad)
+
+
+def test_pipeline_layout_and_eps_fn_dtype(tmp_path):
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    unet.save_pretrained(tmp_path / "unet")
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "linear"}))
+    loaded = models.load_unet(tmp_path, dtype=torch.float64)
+    assert next(loaded.parameters()).dtype == torch.float64
+    assert models.load_scheduler_config(tmp_path) == {"beta_schedule": "linear"}
+    x = torch.randn(2, 1, 8, 8)
+    eps = models.eps_fn(loaded)(x, 10)
+    assert eps.dtype == torch.float32 and eps.shape == x.shape
+
+
+def test_church_architecture_offline_one_image_at_5_nfe(offline, tmp_path):
+    """The paper-checkpoint path: google/ddpm-church-256's exact architecture, random weights, saved to and loaded
+    from a local folder, one 256x256 image at 5 NFE with the accelerated ODE sampler."""
+    folder = models.save_random_model(tmp_path / "church", "google/ddpm-church-256", seed=0)
+    unet = models.load_unet(folder)
+    ref = models.reference_config("google/ddpm-church-256", "unet")
+    for k in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block", "sample_size", "in_channels"):
+        assert list(unet.config[k]) == list(ref[k]) if isinstance(ref[k], list) else unet.config[k] == ref[k]
+    n_params = sum(p.numel() for p in unet.parameters())
+    assert 113e6 < n_params < 115e6  # google/ddpm-church-256 has 113.7 M parameters
+    schedule = models.schedule_from_config(models.load_scheduler_config(folder))
+    timesteps = schedule.subsample(5, "leading")
+    path = schedule.path(timesteps, final_alpha_bar=1.0)
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    out, nfe = ad.sample(models.eps_fn(unet), x, path, "accelerated_ode", timesteps=timesteps.tolist(), return_nfe=True)
+    assert nfe == 5 and out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
