@@ -134,3 +134,30 @@ def test_fashion_mnist_mixture():
     assert torch.allclose(model[ok], var[ok], rtol=1e-8)
     with pytest.raises(ValueError, match="rank"):
         rates.fit_fashion_mnist_mixture(rank=0)
+
+
+def test_gaussian_tv_against_independent_oracles():
+    """1-d: trapezoid rule on a fine grid; 3-d: Monte Carlo of E_p[(1 - q/p)_+]; and TV <= sqrt(KL/2)."""
+    import numpy as np
+    from scipy import stats
+
+    xs = np.linspace(-30, 30, 600001)
+    oracle = 0.5 * np.trapezoid(np.abs(stats.norm.pdf(xs, 0.3, 0.5) - stats.norm.pdf(xs, 0.0, 0.8)), xs)
+    assert rates.gaussian_tv([0.3], [[0.25]], [0.0], [[0.64]]) == pytest.approx(oracle, rel=1e-4)
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    S0 = a @ a.T + torch.eye(3, dtype=torch.float64)
+    S1 = S0 + 0.2 * torch.eye(3, dtype=torch.float64)
+    m0, m1 = torch.zeros(3, dtype=torch.float64), torch.tensor([0.1, -0.2, 0.0], dtype=torch.float64)
+    tv = rates.gaussian_tv(m0, S0, m1, S1)
+    p0 = torch.distributions.MultivariateNormal(m0, S0)
+    p1 = torch.distributions.MultivariateNormal(m1, S1)
+    x = p0.sample((200000,))
+    terms = (1 - torch.exp(p1.log_prob(x) - p0.log_prob(x))).clamp(min=0)
+    assert abs(tv - float(terms.mean())) < 5 * float(terms.std()) / math.sqrt(x.shape[0])
+    assert tv < math.sqrt(metrics.gaussian_kl(m0, S0, m1, S1) / 2)
+    assert rates.gaussian_tv(m0, S0, m0, S0) == 0.0
+    # tiny distances keep their relative accuracy (TV is linear in a small perturbation)
+    t1 = rates.gaussian_tv(m0, S0, 1e-6 * m1, S0 + 1e-6 * torch.eye(3, dtype=torch.float64))
+    t2 = rates.gaussian_tv(m0, S0, 2e-6 * m1, S0 + 2e-6 * torch.eye(3, dtype=torch.float64))
+    assert t2 / t1 == pytest.approx(2.0, rel=1e-3)
