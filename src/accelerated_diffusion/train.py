@@ -10,7 +10,8 @@ What is trained (Ho, Jain, Abbeel 2020, Algorithm 1; the google/ddpm-church-256 
 * the loss ``E_{t ~ U{0..999}, eps ~ N(0, I)} || eps_theta(X_t, t) - eps ||^2`` (the "simple" objective, Ho et
   al. eq. 14), images scaled to ``[-1, 1]``;
 * AdamW with linear warm-up then constant learning rate, gradient clipping at norm 1, and an exponential moving
-  average (EMA) of the weights, which is what gets exported (as for google/ddpm-ema-*).
+  average (EMA) of the weights with diffusers' warm-up of the decay (:func:`ema_decay_at`), which is what gets
+  exported (as for google/ddpm-ema-*).
 
 Resolution: the images stay **28 x 28** (no padding to 32). The UNet has three resolution levels and two
 down-samplings, 28 -> 14 -> 7, which divide exactly, so nothing is padded and no border pixels are spent on
@@ -35,6 +36,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -51,6 +53,7 @@ __all__ = [
     "images_to_unit_range",
     "diffusion_loss",
     "ema_update",
+    "ema_decay_at",
     "learning_rate",
     "Trainer",
     "export_diffusers",
@@ -65,8 +68,8 @@ def _default_config() -> dict:
     return dict(
         steps=20_000,
         batch_size=64,
-        lr=2e-4,
-        warmup=500,
+        lr=1e-3,
+        warmup=200,
         weight_decay=0.0,
         ema_decay=0.999,
         grad_clip=1.0,
@@ -77,7 +80,7 @@ def _default_config() -> dict:
         num_train_timesteps=1000,
         beta_start=1e-4,
         beta_end=0.02,
-        checkpoint_every=500,
+        checkpoint_every=250,
         log_every=50,
         max_train_images=None,
         threads=None,
@@ -172,6 +175,13 @@ def ema_update(ema, model, decay: float) -> None:
         be.copy_(bm)
 
 
+def ema_decay_at(step: int, ema_decay: float) -> float:
+    """EMA decay at optimiser step ``step`` (0-based): ``min(ema_decay, (1 + step) / (10 + step))``, the warm-up
+    of diffusers' ``EMAModel``, so that the random initial weights are forgotten early (with a constant 0.999 they
+    would still weigh ``0.999 ** 3000 = 5 %`` after 3000 steps)."""
+    return min(ema_decay, (1 + step) / (10 + step))
+
+
 def learning_rate(step: int, lr: float, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps to ``lr``, then constant (as in DDPM's training)."""
     return lr * min(1.0, (step + 1) / max(warmup, 1))
@@ -251,7 +261,7 @@ class Trainer:
         if c.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.opt.step()
-        ema_update(self.ema, self.model, c.ema_decay)
+        ema_update(self.ema, self.model, ema_decay_at(self.step, c.ema_decay))
         self.step += 1
         return loss.item()
 
@@ -304,7 +314,7 @@ def _norm(v):
 
 def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool = True) -> Path:
     """Save the (EMA) UNet with ``save_pretrained`` (safetensors) and the DDPMScheduler config to ``dest``,
-    plus ``training_state.json`` (step, elapsed seconds, settings) for the model card."""
+    plus ``training_state.json`` (step, elapsed seconds, settings) and a copy of the loss log for the model card."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     (trainer.ema if use_ema else trainer.model).save_pretrained(dest, safe_serialization=True)
@@ -312,6 +322,8 @@ def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool
     info = dict(step=trainer.step, elapsed_s=round(trainer.elapsed, 1), weights="ema" if use_ema else "raw",
                 num_parameters=trainer.num_parameters, config=dict(trainer.cfg))
     (dest / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
+    if (trainer.out / LOSS_LOG).exists():
+        shutil.copyfile(trainer.out / LOSS_LOG, dest / LOSS_LOG)
     return dest
 
 
