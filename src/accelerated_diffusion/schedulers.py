@@ -4,17 +4,20 @@ Try the accelerated samplers on any epsilon-, v- or x0-prediction diffusers mode
 
     pipe.scheduler = AcceleratedDDIMScheduler.from_config(pipe.scheduler.config)
 
-=============================  ====================================================  ===========================
-scheduler                      update (one function of :mod:`.updates` per step)    ``init_noise_sigma``
-=============================  ====================================================  ===========================
-:class:`AcceleratedDDIMScheduler`  :func:`~.updates.accelerated_ode_step` (DDIM +      1
-                                   arcsin correction from the previous evaluation)
-:class:`AcceleratedDDPMScheduler`  :func:`~.updates.accelerated_sde_step` (Psi_t)      ``sqrt(1 + (1 - alpha_T)/2)``
-                                   then :func:`~.updates.accelerated_sde_perturb`
-                                   (Phi_{t-1} for the next step)
-:class:`DDIMTypeScheduler`         :func:`~.updates.ddim_type_step` (paper baseline)   1
-:class:`DDPMTypeScheduler`         :func:`~.updates.ddpm_type_step` (paper baseline)   1
-=============================  ====================================================  ===========================
+The schedulers and the update function(s) of :mod:`.updates` each ``step`` calls:
+
+* :class:`AcceleratedDDIMScheduler` -- :func:`~.updates.accelerated_ode_step` (exact DDIM plus the arcsin
+  correction from the previous model output); ``init_noise_sigma = 1``;
+* :class:`AcceleratedDDPMScheduler` -- :func:`~.updates.accelerated_sde_step` (``Psi_t``), then
+  :func:`~.updates.accelerated_sde_perturb` (``Phi_{t-1}`` of the next step); ``init_noise_sigma =
+  sqrt(1 + (1 - alpha_T)/2)``;
+* :class:`DDIMTypeScheduler` -- :func:`~.updates.ddim_type_step` (the paper's baseline); ``init_noise_sigma = 1``;
+* :class:`DDPMTypeScheduler` -- :func:`~.updates.ddpm_type_step` (the paper's baseline); ``init_noise_sigma = 1``.
+
+Use them in any pipeline that multiplies its start by ``init_noise_sigma`` (Stable Diffusion and the other latent
+pipelines, :class:`accelerated_diffusion.pipelines.InitNoiseDDPMPipeline`,
+:func:`accelerated_diffusion.sample_with_scheduler`); diffusers' ``DDPMPipeline`` does not, which matters only for
+:class:`AcceleratedDDPMScheduler`.
 
 How a diffusers schedule becomes a sampling path
 -------------------------------------------------
