@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 def compute_metrics(manifest_path, *, reference: str = "test", classifier=None, real_data_baseline: bool = True, progress: bool = True) -> dict:
     """Fréchet distance (:func:`accelerated_diffusion.features.frechet_distance`) of every run of a manifest
     against the ``reference`` statistics, plus, per sample count ``n``, the FD of ``n`` real training images
-    (:func:`~accelerated_diffusion.features.real_data_frechet_distance`): the small-sample floor."""
+    (:func:`~accelerated_diffusion.features.real_data_frechet_distance`): the small-sample floor.  Samples are
+    clipped to ``[-1, 1]`` first, as saving them as images (or diffusers' pipelines) would."""
     from . import features
 
     manifest_path = Path(manifest_path)
@@ -318,7 +319,7 @@ def compute_metrics(manifest_path, *, reference: str = "test", classifier=None, 
     rows, floors = [], {}
     for run in tqdm(manifest["runs"], desc="metrics", disable=not progress):
         files = [f for b in run["batches"] for f in b["files"]]
-        images = load_images(root, files)
+        images = load_images(root, files).clamp(-1.0, 1.0)  # as saving them as images would
         fd = features.frechet_distance(images, reference, path=classifier)
         n = len(images)
         if real_data_baseline and n not in floors:
@@ -359,6 +360,8 @@ def metrics_main(argv: list[str] | None = None) -> int:
         save_results(args.results_name, res)
     for r in res["results"]:
         print(f"{r['sampler']:>16s}  NFE {r['nfe']:3d}  n {r['n']:6d}  FD {r['fd']:.4g}")
+    for n, v in res["real_data_fd"].items():
+        print(f"{'real images':>16s}  (floor)  n {int(n):6d}  FD {v:.4g}")
     return 0
 
 
