@@ -88,12 +88,14 @@ def test_command_line(tmp_path):
     out = tmp_path / "cli"
     argv = ["--out", str(out), "--steps", "2", "--batch-size", "4", "--block-out-channels", "8", "16",
             "--max-train-images", "32", "--log-every", "1", "--no-progress", "--export", str(tmp_path / "exp")]
-    tr = train.main(argv)
+    tr = train.run_command(argv)
     assert tr.step == 2 and (tmp_path / "exp" / "config.json").exists()
     with pytest.raises(SystemExit, match="--resume"):
         train.main(argv)  # an existing checkpoint is never silently overwritten
-    tr = train.main([*argv[:3], "4", *argv[4:], "--resume"])
-    assert tr.step == 4
+    assert train.main([*argv[:3], "4", *argv[4:], "--resume"]) == 0
+    resumed = train.Trainer({**TINY, "batch_size": 4}, out, torch.zeros(1, 1, 28, 28, dtype=torch.uint8))
+    resumed.load_checkpoint()
+    assert resumed.step == 4
 
 
 def test_bad_input(tmp_path, images):

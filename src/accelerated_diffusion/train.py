@@ -57,6 +57,7 @@ __all__ = [
     "learning_rate",
     "Trainer",
     "export_diffusers",
+    "run_command",
     "main",
 ]
 
@@ -353,8 +354,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> Trainer:
-    """Command-line entry point (``accelerated-diffusion train`` dispatches here)."""
+def run_command(argv: list[str] | None = None) -> Trainer:
+    """Parse the command line, train (resuming if asked), export if asked; returns the :class:`Trainer`."""
     a = _parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -385,5 +386,12 @@ def main(argv: list[str] | None = None) -> Trainer:
     return tr
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (``python -m accelerated_diffusion.train``; ``accelerated-diffusion train``
+    dispatches here); returns the exit status."""
+    run_command(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
