@@ -93,8 +93,8 @@ def prepare_images(images, *, clip: bool = True) -> torch.Tensor:
     * ``(n, 1, 32, 32)`` inputs (the padded size a UNet likes) are center-cropped to 28x28 (2 pixels a side);
     * ``(n, 28, 28)`` gets its channel axis; numpy arrays are accepted;
     * uint8 input raises (convert with ``x / 127.5 - 1``, :func:`accelerated_diffusion.classifier.to_model_range`),
-      as do NaN/Inf and values beyond +-5 (almost surely another scale, e.g. [0, 255] or [0, 1] floats are
-      *not* detected: the caller owns the scale);
+      as do NaN/Inf and values beyond +-5 (almost surely another scale, e.g. [0, 255]); floats in [0, 1] cannot
+      be told apart from dark images and are *not* detected: the caller owns the scale;
     * with ``clip`` values are clamped to ``[-1, 1]``, as saving an image would do.
     """
     x = torch.as_tensor(images)

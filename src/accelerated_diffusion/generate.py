@@ -272,7 +272,10 @@ def _process_state(device: str | None):
     """accelerate's ``PartialState``, on the CPU (gloo) when asked or when launched as several processes on a
     machine without CUDA; raises if the launcher started several processes that do not form one group (each would
     otherwise do all the work)."""
-    from accelerate import PartialState
+    try:
+        from accelerate import PartialState
+    except ImportError as e:
+        raise ImportError("`accelerated-diffusion generate` needs accelerate: pip install 'accelerate>=0.30'") from e
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = (device is not None and torch.device(device).type == "cpu") or (world > 1 and not torch.cuda.is_available())
