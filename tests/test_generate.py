@@ -3,6 +3,7 @@ accelerate (bit for bit equal to one process), and the metric step."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -92,8 +93,13 @@ def test_manifest_of_single_process_run(single):
 
 def test_two_processes_with_accelerate_equal_one_process_bit_for_bit(tiny, single, tmp_path):
     out = tmp_path / "two"
+    with socket.socket() as sock:  # a free port for torchrun's rendezvous (other runs may hold 29500)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # on a machine without CUDA, --multi_gpu starts 2 processes with torchrun and they form a gloo (CPU) group;
+    # `--cpu --num_processes 2` would start a single process in accelerate 1.x (it needs MPI for several)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "accelerated_diffusion.generate",
+           "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "accelerated_diffusion.generate",
            "--model", str(tiny), *ARGS, "--out", str(out)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
