@@ -103,6 +103,9 @@ def test_mmd_and_rms_estimators():
     assert abs(float(brute) - kqq) < 0.01
     rm = rates.rms_with_ci(torch.zeros(100, 2), torch.ones(100, 2))
     assert rm["value"] == pytest.approx(math.sqrt(2)) and rm["ci"] == pytest.approx([math.sqrt(2)] * 2)
+    d = torch.arange(1, 102, dtype=torch.float64)[:, None]  # distances 1..101
+    med = rates.median_with_ci(d, torch.zeros_like(d))
+    assert med["value"] == 51 and med["ci"][0] < 51 < med["ci"][1] and 38 <= med["ci"][0] and med["ci"][1] <= 64
     with pytest.raises(ValueError, match="2 samples per batch"):
         rates.mmd2_with_ci(exact[:5], tgt, 0.5)
 
