@@ -53,10 +53,9 @@ def test_stochastic_law_matches_monte_carlo(gauss, method):
     se = torch.sqrt(torch.diagonal(cov) / n)
     assert bool(((m_hat - mean).abs() < 5 * se).all()), (m_hat, mean)
     assert torch.allclose(c_hat, cov, atol=0.03 * float(torch.diagonal(cov).max()))
-    # not vacuous: the DDIM output law is far from this one at 5 steps
-    mean_d, _ = rates.gaussian_output_law(gauss, path, "ddim", "exact")
-    assert float((mean_d - mean).abs().max()) > 10 * float(se.max()) or not torch.allclose(
-        rates.gaussian_output_law(gauss, path, "ddim", "exact")[1], cov, atol=0.03 * float(torch.diagonal(cov).max()))
+    # not vacuous: the DDIM output law at 5 steps differs from this one by far more than the tolerance
+    mean_d, cov_d = rates.gaussian_output_law(gauss, path, "ddim", "exact")
+    assert float((cov_d - cov).abs().max()) > 0.1 * float(torch.diagonal(cov).max())
 
 
 def test_gaussian_errors_and_rates(gauss):

@@ -77,7 +77,7 @@ def make_path(schedule: str, T: int, *, c0: float = 2.0, c1: float = 4.0, spacin
             raise ValueError("the paper path ends at abar_1; final_alpha_bar is only for the linear schedule")
         return DiscreteSchedule.paper(T, c0, c1).path(final_alpha_bar=None)
     if schedule == "linear":
-        sched = DiscreteSchedule.from_diffusers(**{k: v for k, v in LINEAR_SCHEDULE.items()})
+        sched = DiscreteSchedule.from_diffusers(**LINEAR_SCHEDULE)
         return sched.path(sched.subsample(T, spacing), final_alpha_bar=final_alpha_bar)
     raise ValueError(f"unknown schedule {schedule!r}; expected 'paper' or 'linear'")
 
