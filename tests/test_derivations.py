@@ -1,0 +1,257 @@
+"""The sympy derivations (``accelerated_diffusion.derivations``) against the library code, and their symbolic claims.
+
+Every final formula derived in ``derivations.py`` is lambdified and compared on random inputs with the function
+of ``accelerated_diffusion.updates`` that implements it (coefficients and whole steps on random tensors).  The
+symbolic claims the chapters make (residuals that vanish, orders of local truncation errors, leading terms of
+series, moment errors) are checked here too, so a change in either the derivation or the code shows up.
+"""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+import accelerated_diffusion as ad
+from accelerated_diffusion import derivations as D
+from accelerated_diffusion import updates
+
+RNG = np.random.default_rng(20240303)
+H = D.h
+
+
+def _random_levels(n=25, gap=0.02):
+    """Triples a_next < a_t < a_prev in (0, 1) with gaps of at least ``gap`` (well-conditioned steps)."""
+    out = []
+    while len(out) < n:
+        a = np.sort(RNG.uniform(0.01, 0.999, 3))
+        if np.min(np.diff(a)) > gap:
+            out.append(tuple(float(v) for v in a))
+    return out
+
+
+LEVELS = _random_levels()
+
+
+def _lambdify(expr, symbols, modules="math"):
+    return sp.lambdify(symbols, expr, modules=modules)
+
+
+def _assert_coefficients_match(derived, library, rtol=1e-10):
+    for a_next, a_t, a_prev in LEVELS:
+        np.testing.assert_allclose(derived(a_next, a_t, a_prev), library(a_next, a_t, a_prev), rtol=rtol, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Coefficients: derived formula vs library, random levels
+# ----------------------------------------------------------------------------------------------------------------
+LEVEL_SYMBOLS = (D.alpha_bar_next, D.alpha_bar_t, D.alpha_bar_prev)
+
+
+def _derived(exprs):
+    f = _lambdify(list(exprs), LEVEL_SYMBOLS)
+    return lambda *a: tuple(f(*a))
+
+
+def test_exact_ddim_coefficients_match_library():
+    _assert_coefficients_match(_derived(D.exact_ddim_coefficients()), lambda n, t, p: updates.ddim_coefficients(t, p))
+
+
+def test_ddim_type_coefficients_match_library():
+    _assert_coefficients_match(_derived(D.ddim_type_coefficients()), lambda n, t, p: updates.ddim_type_coefficients(t, p))
+
+
+def test_ddpm_type_coefficients_match_library():
+    _assert_coefficients_match(_derived(D.ddpm_type_coefficients()), lambda n, t, p: updates.ddpm_type_coefficients(t, p))
+
+
+def test_accelerated_ode_coefficient_matches_library():
+    _assert_coefficients_match(
+        _derived([D.accelerated_ode_coefficient()]), lambda n, t, p: (updates.accelerated_ode_coefficient(n, t, p),)
+    )
+
+
+def test_accelerated_sde_noise_scale_matches_library():
+    scale = _lambdify(D.accelerated_sde_noise_scale().subs(D.alpha_t, D.alpha_bar_t / D.alpha_bar_prev), LEVEL_SYMBOLS)
+    _assert_coefficients_match(lambda *a: (scale(*a),), lambda n, t, p: (updates.accelerated_sde_noise_scale(t, p),))
+
+
+def test_conversions_match_library():
+    conv = D.eps_x0_score_conversions()
+    x0_of_eps = _lambdify(conv["x0_of_eps"], (D.x, D.eps, D.alpha_bar), "numpy")
+    score_of_eps = _lambdify(conv["score_of_eps"], (D.eps, D.alpha_bar), "numpy")
+    for a in RNG.uniform(0.01, 0.99, 5):
+        xv, ev = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+        np.testing.assert_allclose(updates.eps_to_x0(xv, ev, a).numpy(), x0_of_eps(xv.numpy(), ev.numpy(), a), rtol=1e-12)
+        np.testing.assert_allclose(updates.eps_to_score(ev, a).numpy(), score_of_eps(ev.numpy(), a), rtol=1e-12)
+
+
+def test_the_comparison_catches_a_wrong_sign(monkeypatch):
+    """The coefficient comparison has power: a sign error in the library's correction makes it fail."""
+    original = updates.accelerated_ode_coefficient
+    monkeypatch.setattr(updates, "accelerated_ode_coefficient", lambda n, t, p: -original(n, t, p))
+    with pytest.raises(AssertionError):
+        test_accelerated_ode_coefficient_matches_library()
+    monkeypatch.setattr(updates, "ddpm_type_coefficients", lambda t, p: (1.0, 1.0, 1.0))
+    with pytest.raises(AssertionError):
+        test_ddpm_type_coefficients_match_library()
+
+
+def test_accelerated_ode_coefficient_small_steps_mpmath():
+    """On the 1000-step linear schedule (tiny steps), the library's float64 correction agrees with the derived
+    formula evaluated with 50 digits: absolute error of c * (eps_next - eps) below 1e-12 for |eps_next - eps| <= 1."""
+    mpmath.mp.dps = 50
+    f = _lambdify(D.accelerated_ode_coefficient(), LEVEL_SYMBOLS, "mpmath")
+    abar = ad.DiscreteSchedule.from_diffusers("linear").alpha_bars.tolist()[::-1] + [1.0]
+    for i in range(1, len(abar) - 1, 37):
+        a_next, a_t, a_prev = abar[i - 1], abar[i], abar[i + 1]
+        if a_prev >= 1.0:
+            continue
+        ref = f(mpmath.mpf(a_next), mpmath.mpf(a_t), mpmath.mpf(a_prev))
+        assert abs(updates.accelerated_ode_coefficient(a_next, a_t, a_prev) - float(ref)) < 1e-12
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Whole steps on random tensors
+# ----------------------------------------------------------------------------------------------------------------
+def _tensors(n=3, shape=(6,)):
+    return [torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(k)) for k in range(n)]
+
+
+@pytest.mark.parametrize("method,library", [
+    ("ddim", lambda x, e, en, n, t, p: updates.ddim_step(x, e, t, p)),
+    ("ddim_type", lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p)),
+    ("accelerated", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),
+])
+def test_deterministic_steps_match_library(method, library):
+    f = _lambdify(D.ode_step(method), (D.x, D.eps, D.eps_next, *LEVEL_SYMBOLS), "numpy")
+    xv, ev, env = _tensors()
+    for a_next, a_t, a_prev in LEVELS[:8]:
+        got = library(xv, ev, env, a_next, a_t, a_prev).numpy()
+        np.testing.assert_allclose(got, f(xv.numpy(), ev.numpy(), env.numpy(), a_next, a_t, a_prev), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["ddim", "ddim_type", "accelerated"])
+def test_sigma_form_steps_match_library(method):
+    """The y/sigma forms used for the truncation-error series are the library's steps in other variables."""
+    lib = {"ddim": lambda x, e, en, n, t, p: updates.ddim_step(x, e, t, p),
+           "ddim_type": lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p),
+           "accelerated": lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)}[method]
+    expr = D.ode_step_sigma(method).subs(D.alpha_bar_prev, D.alpha_bar_of_sigma(D.sigma_prev))
+    f = _lambdify(expr, (D.y, D.eps, D.eps_next, D.sigma_next, D.sigma_t, D.sigma_prev), "numpy")
+    sig = lambda a: math.sqrt((1 - a) / a)  # noqa: E731  (oracle: sigma of a level)
+    xv, ev, env = _tensors()
+    for a_next, a_t, a_prev in LEVELS[:8]:
+        y_prev = f(xv.numpy() / math.sqrt(a_t), ev.numpy(), env.numpy(), sig(a_next), sig(a_t), sig(a_prev))
+        np.testing.assert_allclose(math.sqrt(a_prev) * y_prev, lib(xv, ev, env, a_next, a_t, a_prev).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def _eps_form(expr):
+    """Score form -> eps form along a path (the derivation's own substitution, eps_form_coefficients)."""
+    return expr.subs(D.score, -D.eps / sp.sqrt(1 - D.alpha_bar_t)).subs(D.alpha_t, D.alpha_bar_t / D.alpha_bar_prev)
+
+
+def test_stochastic_steps_match_library():
+    ddpm = _lambdify(_eps_form(D.ddpm_type_step_score_form()), (D.x, D.eps, D.z, D.alpha_bar_t, D.alpha_bar_prev), "numpy")
+    phi = _lambdify(_eps_form(D.accelerated_sde_perturb()), (D.x, D.z, D.alpha_bar_t, D.alpha_bar_prev), "numpy")
+    psi = _lambdify(_eps_form(D.accelerated_sde_step()), (D.x, D.eps, D.z_plus, D.alpha_bar_t, D.alpha_bar_prev), "numpy")
+    xv, ev, zv = _tensors()
+    for _, a_t, a_prev in LEVELS[:8]:
+        n = (xv.numpy(), ev.numpy(), zv.numpy())
+        np.testing.assert_allclose(updates.ddpm_type_step(xv, ev, a_t, a_prev, zv).numpy(), ddpm(*n, a_t, a_prev), rtol=1e-10)
+        np.testing.assert_allclose(updates.accelerated_sde_perturb(xv, a_t, a_prev, zv).numpy(), phi(n[0], n[2], a_t, a_prev), rtol=1e-10)
+        np.testing.assert_allclose(updates.accelerated_sde_step(xv, ev, a_t, a_prev, zv).numpy(), psi(*n, a_t, a_prev), rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Symbolic claims
+# ----------------------------------------------------------------------------------------------------------------
+def test_background_identities():
+    fwd = D.forward_variance_recursion()
+    assert fwd["signal_residual"] == 0 and fwd["variance_residual"] == 0
+    assert D.tweedie_check()["residual"] == 0
+    assert D.probability_flow_ode()["residual"] == 0
+    assert D.probability_flow_gaussian_residual() == 0
+    assert D.ddpm_type_mean_residual() == 0
+    assert D.atan_sigma_identity_residual() == (0, 0)
+
+
+def test_exact_ddim_to_clean_data_is_tweedie():
+    c_x, c_eps = D.exact_ddim_coefficients()
+    x0 = D.eps_x0_score_conversions(D.alpha_bar_t)["x0_of_eps"]
+    assert sp.simplify((c_x * D.x + c_eps * D.eps).subs(D.alpha_bar_prev, 1) - x0) == 0
+
+
+def _coeffs(series_expr, n):
+    e = sp.expand(sp.sympify(series_expr).removeO() if hasattr(series_expr, "removeO") else series_expr)
+    return [sp.simplify(e.coeff(H, k)) for k in range(n)]
+
+
+def test_baselines_agree_to_first_order_only():
+    s = D.baseline_coefficient_series(order=3)
+    c = _coeffs(s["difference"], 3)
+    assert c[0] == 0 and c[1] == 0
+    assert c[2] != 0 and sp.simplify(c[2].subs(D.alpha_bar_t, sp.Rational(1, 2))) != 0
+
+
+@pytest.mark.parametrize("ratio", [1, 2])
+def test_local_truncation_error_orders(ratio):
+    """DDIM and DDIM-type: local error O(h^2) (first order); the multistep and two-stage methods: O(h^3)."""
+    v, s = sp.Rational(1, 4), sp.Integer(2)
+    for method in D.ODE_METHODS:
+        c = _coeffs(D.ode_local_error(method, v, s, ratio, order=4), 4)
+        assert c[0] == 0 and c[1] == 0, method
+        if method in ("ddim", "ddim_type"):
+            assert c[2] != 0, method
+        else:
+            assert c[2] == 0 and c[3] != 0, method
+
+
+def test_accelerated_local_error_symbolic():
+    lead = _coeffs(D.ode_local_error("accelerated", order=4), 4)
+    assert lead[2] == 0
+    expected = 5 * D.data_var * (3 * D.sigma_t**2 * D.data_var - 4 * D.sigma_t**2 - D.data_var) / (
+        12 * D.sigma_t * (D.sigma_t**2 + 1) * (D.sigma_t**2 + D.data_var) ** 3)
+    assert sp.simplify(lead[3] - expected) == 0
+
+
+def test_corrections_agree_to_leading_order_and_differ_next():
+    series = D.correction_coefficient_series()
+    first = [sp.simplify(sp.expand(s).coeff(H, 1)) for s in series.values()]
+    assert all(sp.simplify(f - 1 / (2 * D.r)) == 0 for f in first)
+    second = {k: sp.simplify(sp.expand(s).coeff(H, 2)) for k, s in series.items()}
+    assert second["sigma"] == 0 and second["alpha_bar"] != 0 and second["lambda"] != 0
+    assert sp.simplify(second["alpha_bar"] - second["lambda"]) != 0
+    comp = D.correction_comparison_series(sp.Rational(1, 4), sp.Integer(2))
+    h2 = {k: sp.expand(v).coeff(H, 2) for k, v in comp.items()}
+    h3 = {k: sp.expand(v).coeff(H, 3) for k, v in comp.items()}
+    assert len(set(h2.values())) == 1 and h2["accelerated"] != 0
+    assert h3["accelerated"] != h3["dpm_solver_pp_2m"]
+
+
+def test_stochastic_moment_errors():
+    for kind in ("marginal", "conditional"):
+        ddpm = D.moment_error_series("ddpm_type", kind)
+        acc = D.moment_error_series("accelerated_sde", kind)
+        assert ddpm["mean"] == 0 and acc["mean"] == 0
+        assert sp.simplify(sp.expand(ddpm["variance"]).coeff(H, 2) - 1 / D.var_t) == 0
+        assert sp.simplify(sp.expand(acc["variance"]).coeff(H, 2) + sp.Rational(1, 2)) == 0
+        assert sp.expand(ddpm["variance"]).coeff(H, 1) == 0 and sp.expand(acc["variance"]).coeff(H, 1) == 0
+
+
+def test_total_injected_variance_matches_ddpm_to_first_order():
+    total = (D.accelerated_sde_noise_scale() ** 2 / D.alpha_t + D.accelerated_sde_noise_scale() ** 2).subs(D.alpha_t, 1 - H)
+    ddpm = (D.ddpm_type_coefficients()[2] ** 2).subs(D.alpha_bar_prev, D.alpha_bar_t / (1 - H))
+    diff = sp.series(sp.simplify(total - ddpm), H, 0, 3).removeO()
+    assert sp.expand(diff).coeff(H, 1) == 0 and sp.expand(diff).coeff(H, 2) != 0
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="extrapolation variable"):
+        D.extrapolated_correction("time")
+    with pytest.raises(ValueError, match="unknown method"):
+        D.ode_step("rk4")
+    with pytest.raises(ValueError, match="stochastic method"):
+        D.one_step_moments("euler", 0, 1)
