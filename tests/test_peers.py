@@ -91,7 +91,7 @@ def test_nfe_and_final_level_one():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="unknown peer method"):
+    with pytest.raises(ValueError, match="unknown method"):
         peers.sample_peer(lambda x, t: x, torch.zeros(1, 1), [0.1, 0.5], "dpm3")
     with pytest.raises(ValueError, match="strictly increasing"):
         peers.dpm_solver_pp_2m(lambda x, t: x, torch.zeros(1, 1), [0.5, 0.1])

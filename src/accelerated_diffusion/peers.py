@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from .samplers import _Stepper
+from .samplers import _Stepper, run_loop
 from .updates import eps_to_x0
 
 __all__ = [
@@ -214,15 +214,8 @@ def sample_peer(
     r"""Run a peer sampler (``"dpm_solver_pp_2m"`` or ``"unipc_bh2"``) from ``x`` at level ``alpha_bars[0]`` along
     the path ``alpha_bars``; same arguments and conventions as :func:`accelerated_diffusion.sample` (one
     ``eps_fn(x, timesteps[i])`` call per step, NFE = ``len(alpha_bars) - 1``)."""
-    if method not in PEER_METHODS:
-        raise ValueError(f"unknown peer method {method!r}; expected one of {sorted(PEER_METHODS)}")
-    stepper = _Stepper(eps_fn, x, alpha_bars, timesteps, None, progress, check_finite, desc=method)
-    try:
-        out = PEER_METHODS[method](stepper)
-    finally:
-        stepper.bar.close()
-    return (out, stepper.nfe) if return_nfe else out
-
+    return run_loop(PEER_METHODS, eps_fn, x, alpha_bars, method, timesteps=timesteps, progress=progress,
+                    check_finite=check_finite, return_nfe=return_nfe)
 
 def dpm_solver_pp_2m(eps_fn, x, alpha_bars, **kwargs):
     """DPM-Solver++(2M) on the path ``alpha_bars`` (see :func:`dpm_solver_pp_2m_step`, :func:`sample_peer`)."""

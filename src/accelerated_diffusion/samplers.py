@@ -71,22 +71,23 @@ class _Stepper:
         self.bar.update(1)
 
 
-def sample_ddim(s: _Stepper) -> torch.Tensor:
-    """Exact DDIM, eta = 0 (:func:`updates.ddim_step`)."""
+def _one_evaluation_loop(s: _Stepper, step) -> torch.Tensor:
+    """``x <- step(x, eps_fn(x, t_i), abar_i, abar_{i+1})`` along the path (the deterministic one-step rules)."""
     x = s.x
     for i in range(len(s)):
-        x = updates.ddim_step(x, s.eps(x, i), s.levels[i], s.levels[i + 1])
+        x = step(x, s.eps(x, i), s.levels[i], s.levels[i + 1])
         s.done(i, x)
     return x
+
+
+def sample_ddim(s: _Stepper) -> torch.Tensor:
+    """Exact DDIM, eta = 0 (:func:`updates.ddim_step`)."""
+    return _one_evaluation_loop(s, updates.ddim_step)
 
 
 def sample_ddim_type(s: _Stepper) -> torch.Tensor:
     """The paper's DDIM-type baseline (:func:`updates.ddim_type_step`)."""
-    x = s.x
-    for i in range(len(s)):
-        x = updates.ddim_type_step(x, s.eps(x, i), s.levels[i], s.levels[i + 1])
-        s.done(i, x)
-    return x
+    return _one_evaluation_loop(s, updates.ddim_type_step)
 
 
 def sample_ddpm_type(s: _Stepper) -> torch.Tensor:
@@ -176,15 +177,22 @@ def sample(
     -------
     The sample at level ``alpha_bars[-1]``, or ``(sample, nfe)`` when ``return_nfe``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    return run_loop(METHODS, eps_fn, x, alpha_bars, method, timesteps=timesteps, generator=generator,
+                    progress=progress, check_finite=check_finite, return_nfe=return_nfe)
+
+
+def run_loop(loops: dict, eps_fn, x, alpha_bars, method: str, *, timesteps=None, generator=None, progress=False,
+             check_finite=True, return_nfe=False):
+    """Validate the arguments and run ``loops[method]`` (shared by :func:`sample` and
+    :func:`accelerated_diffusion.peers.sample_peer`)."""
+    if method not in loops:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(loops)}")
     stepper = _Stepper(eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc=method)
     try:
-        out = METHODS[method](stepper)
+        out = loops[method](stepper)
     finally:
         stepper.bar.close()
     return (out, stepper.nfe) if return_nfe else out
-
 
 def sample_with_scheduler(
     eps_fn: EpsFn,
