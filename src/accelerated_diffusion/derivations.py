@@ -99,7 +99,7 @@ def lambda_of_sigma(s):
 
 
 def forward_variance_recursion() -> dict:
-    r"""Marginal of the forward process by induction (eq. ``forward-marginal`` of the Background chapter).
+    r"""Marginal of the forward process by induction (eq. ``deriv-forward-marginal`` of the Background chapter).
 
     If :math:`X_{t-1} = \sqrt{\bar\alpha_{t-1}}X_0 + \sqrt{1-\bar\alpha_{t-1}}\,W` then
     :math:`X_t = \sqrt{\alpha_t}X_{t-1} + \sqrt{1-\alpha_t}W_t` has signal coefficient
@@ -131,7 +131,7 @@ def gaussian_score(y, mean, var):
 
 def eps_x0_score_conversions(a=alpha_bar) -> dict:
     r"""Solve :math:`x = \sqrt{\bar\alpha}\,x_0 + \sqrt{1-\bar\alpha}\,\varepsilon` for ``x0`` and ``eps``, and the
-    score from the noise (eq. ``eps-score``): :math:`s = -\varepsilon/\sqrt{1-\bar\alpha}`.
+    score from the noise (eq. ``deriv-eps-score``): :math:`s = -\varepsilon/\sqrt{1-\bar\alpha}`.
 
     The score relation is Tweedie's formula :math:`\mathbb E[X_0\mid X=x] = (x + (1-\bar\alpha)s(x))/\sqrt{\bar\alpha}`
     written with :math:`\varepsilon = \mathbb E[W \mid X = x]`; see :func:`tweedie_check`.
@@ -162,7 +162,7 @@ def tweedie_check(a=alpha_bar) -> dict:
 
 
 def probability_flow_ode() -> dict:
-    r"""The probability-flow ODE in the discrete (``alpha_bar``) parametrisation (eq. ``pf-ode``).
+    r"""The probability-flow ODE in the discrete (``alpha_bar``) parametrisation (eq. ``deriv-pf-ode``).
 
     Start from the DDIM form :math:`dy = \varepsilon\,d\sigma` with :math:`y = x/\sqrt{\bar\alpha}` (Song et al.
     2021a, eq. 14) and change variables with the chain rule: :math:`x = \sqrt{\bar\alpha}\,y`, so
@@ -198,7 +198,7 @@ def probability_flow_gaussian_residual():
 # ----------------------------------------------------------------------------------------------------------------
 def exponential_euler_step(score_weight, noise_weight):
     r"""One step of the exponential-Euler discretisation of :math:`dx = \beta\,(x/2 + \kappa s)\,dt + \nu\sqrt\beta\,dB`
-    from level ``t`` to ``t-1`` (eq. ``exp-euler``):
+    from level ``t`` to ``t-1`` (eq. ``deriv-exp-euler``):
 
     .. math:: Y_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(Y_t + \kappa\,(1-\alpha_t)\,s_t(Y_t) + \nu\sqrt{1-\alpha_t}\,Z_t\Big).
 
@@ -247,7 +247,7 @@ def ddpm_type_mean_residual():
 def exact_ddim_coefficients() -> tuple:
     r"""``(c_x, c_eps)`` of exact DDIM: integrate :math:`dy = \varepsilon\,d\sigma` from :math:`\sigma_t` to
     :math:`\sigma_{t-1}` with :math:`\varepsilon` frozen, then :math:`x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,y_{t-1}`
-    (eq. ``ddim-exact``)."""
+    (eq. ``deriv-ddim-exact``)."""
     y_prev = x / sp.sqrt(alpha_bar_t) + eps * sp.integrate(1, (sigma_, sigma_t, sigma_prev))
     step = sp.expand(in_alpha_bar(sp.sqrt(alpha_bar_prev) * y_prev))
     return sp.simplify(step.coeff(x)), sp.expand(step.coeff(eps))
@@ -264,7 +264,7 @@ def series_in_h(expr, order: int = 3):
 
 
 def baseline_coefficient_series(order: int = 4) -> dict:
-    r"""The DDIM-type and exact-DDIM ``eps`` coefficients as series in the step size ``h`` (eq. ``baseline-series``).
+    r"""The DDIM-type and exact-DDIM ``eps`` coefficients as series in the step size ``h`` (eq. ``deriv-baseline-series``).
 
     Their ``x`` coefficients are identical (:math:`1/\sqrt{\alpha_t}`); the ``eps`` coefficients agree at order
     ``h`` and differ from order ``h^2`` on.  Returns the two series and the series of their difference.
@@ -289,7 +289,7 @@ def extrapolated_correction(variable: str = "alpha_bar"):
     r"""Coefficient ``c`` of :math:`x_{t-1} = \mathrm{DDIM}(x_t, \varepsilon_t) + c\,(\varepsilon_{t+1} - \varepsilon_t)`
     obtained by integrating :math:`dy = \varepsilon\,d\sigma` exactly with :math:`\varepsilon` extrapolated linearly
     in the variable :math:`u` through :math:`(u_{t+1}, \varepsilon_{t+1})` and :math:`(u_t, \varepsilon_t)`
-    (eq. ``correction-general``):
+    (eq. ``deriv-correction-general``):
 
     .. math:: c = -\frac{\sqrt{\bar\alpha_{t-1}}}{u_t - u_{t+1}} \int_{\sigma_t}^{\sigma_{t-1}} (u(\sigma) - u_t)\,d\sigma.
 
@@ -326,7 +326,7 @@ def atan_sigma_identity_residual():
 
 @lru_cache(maxsize=None)
 def accelerated_ode_coefficient():
-    r"""The paper's accelerated correction coefficient in ``alpha_bar`` levels (eq. ``arcsin-coefficient``):
+    r"""The paper's accelerated correction coefficient in ``alpha_bar`` levels (eq. ``deriv-arcsin-coefficient``):
     :func:`extrapolated_correction` with ``eps`` linear in ``alpha_bar``, rewritten by :func:`in_alpha_bar`."""
     return sp.simplify(in_alpha_bar(extrapolated_correction("alpha_bar")))
 
@@ -359,7 +359,7 @@ def ode_step_sigma(method: str):
     r"""A whole deterministic step in the ODE's own variables: :math:`y_{t-1}` as an expression in ``y``
     (:math:`y_t = x_t/\sqrt{\bar\alpha_t}`), ``eps``, ``eps_next`` and the sigma symbols.
 
-    ``"ddim"``: :math:`y_t + \varepsilon_t(\sigma_{t-1}-\sigma_t)` (eq. ``ddim-exact``); ``"accelerated"``,
+    ``"ddim"``: :math:`y_t + \varepsilon_t(\sigma_{t-1}-\sigma_t)` (eq. ``deriv-ddim-exact``); ``"accelerated"``,
     ``"lambda"``, ``"sigma"``: plus :func:`extrapolated_correction` divided by :math:`\sqrt{\bar\alpha_{t-1}}`;
     ``"ddim_type"``: the DDIM-type update with :math:`\bar\alpha = 1/(1+\sigma^2)` substituted.  The same steps as
     :func:`ode_step` (checked in the tests), written where series are cheap.  The two DPM-Solver methods need
@@ -424,7 +424,7 @@ def _dpm_solver_steps(method, y_t, s_t, s_prev, s_next, eps_fn, y_next):
 
 def ode_local_error(method: str, v=data_var, s=sigma_t, ratio=1, order: int = 4):
     r"""Local truncation error of one deterministic step on :func:`gaussian_ode_problem`, as a series in the step
-    :math:`h_\sigma = \sigma_t - \sigma_{t-1}` (eq. ``lte``).
+    :math:`h_\sigma = \sigma_t - \sigma_{t-1}` (eq. ``deriv-lte``).
 
     The step starts on the exact trajectory at :math:`\sigma_t =` ``s`` with :math:`y_t = 1`; the multistep methods
     use :math:`\varepsilon_{t+1}` at the exact previous iterate, :math:`\sigma_{t+1} = \sigma_t + \mathrm{ratio}\cdot
@@ -452,7 +452,7 @@ def correction_coefficient_series(ratio=r, order: int = 3) -> dict:
     r"""The correction coefficients (in ``y`` units, :math:`c/\sqrt{\bar\alpha_{t-1}}`) for ``eps`` extrapolated
     linearly in ``alpha_bar``, ``lambda`` and ``sigma``, as series in :math:`h_\sigma` with
     :math:`\sigma_{t-1} = \sigma_t - h_\sigma`, :math:`\sigma_{t+1} = \sigma_t + \mathrm{ratio}\cdot h_\sigma`
-    (eq. ``correction-series``).
+    (eq. ``deriv-correction-series``).
 
     Whatever the variable, the leading term is :math:`h_\sigma/(2\,\mathrm{ratio})` (they agree to leading order:
     all are linear extrapolations, which coincide to first order); the next term depends on the variable.
