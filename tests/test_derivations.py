@@ -255,3 +255,51 @@ def test_unknown_names_raise():
         D.ode_step("rk4")
     with pytest.raises(ValueError, match="stochastic method"):
         D.one_step_moments("euler", 0, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The relatives of the accelerated sampler against their published update formulas
+# ----------------------------------------------------------------------------------------------------------------
+def _half_log_snr(a):
+    return 0.5 * math.log(a / (1 - a))
+
+
+def test_lambda_extrapolation_is_multistep_dpm_solver_2():
+    """eps linear in lambda, integrated exactly == multistep second-order DPM-Solver, Taylor variant.
+
+    Independent oracle: the published update (Lu et al. 2022b, multistep DPM-Solver-2 in noise prediction,
+    ``solver_type="taylor"``) in DPM-Solver's notation alpha = sqrt(abar), sigma = sqrt(1 - abar):
+    x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) eps_s - sigma_t ((e^h - 1) / h - 1) (eps_s - eps_prev) / r0.
+    """
+    f = _lambdify(D.ode_step("lambda"), (D.x, D.eps, D.eps_next, *LEVEL_SYMBOLS))
+    for a_next, a_t, a_prev in LEVELS[:10]:
+        xv, e, en = RNG.standard_normal(3)
+        h = _half_log_snr(a_prev) - _half_log_snr(a_t)
+        r0 = (_half_log_snr(a_t) - _half_log_snr(a_next)) / h
+        ref = (math.sqrt(a_prev / a_t) * xv - math.sqrt(1 - a_prev) * math.expm1(h) * e
+               - math.sqrt(1 - a_prev) * (math.expm1(h) / h - 1) * (e - en) / r0)
+        assert f(xv, e, en, a_next, a_t, a_prev) == pytest.approx(ref, rel=1e-10, abs=1e-12)
+
+
+def test_dpm_solver_pp_2m_matches_published_update():
+    """The module's DPM-Solver++(2M) (used for the truncation-error table) == the published update.
+
+    Independent oracle: Lu et al. 2022b, Algorithm 2: x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D with
+    D = (1 + 1/(2 r)) x0_s - x0_prev / (2 r), x0 = (x - sigma eps) / alpha, alpha = sqrt(abar), sigma = sqrt(1 - abar).
+    """
+    yt, yn, et, en = sp.symbols("y_t y_n e_t e_n", real=True)
+    st, sprev, snext = D.sigma_t, D.sigma_prev, D.sigma_next
+    eps_fn = lambda y_, s: et if s == st else en  # noqa: E731  (the two stored evaluations)
+    y_prev = D._dpm_solver_steps("dpm_solver_pp_2m", yt, st, sprev, snext, eps_fn, yn)
+    f = _lambdify(y_prev, (yt, yn, et, en, st, sprev, snext))
+    for a_next, a_t, a_prev in LEVELS[:10]:
+        xt, xn, e, en_ = RNG.standard_normal(4)
+        sig = [math.sqrt((1 - a) / a) for a in (a_t, a_prev, a_next)]
+        got = math.sqrt(a_prev) * f(xt / math.sqrt(a_t), xn / math.sqrt(a_next), e, en_, *sig)
+        h = _half_log_snr(a_prev) - _half_log_snr(a_t)
+        r = (_half_log_snr(a_t) - _half_log_snr(a_next)) / h
+        x0_t = (xt - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        x0_n = (xn - math.sqrt(1 - a_next) * en_) / math.sqrt(a_next)
+        d = (1 + 1 / (2 * r)) * x0_t - x0_n / (2 * r)
+        ref = math.sqrt((1 - a_prev) / (1 - a_t)) * xt - math.sqrt(a_prev) * math.expm1(-h) * d
+        assert got == pytest.approx(ref, rel=1e-10, abs=1e-12)
