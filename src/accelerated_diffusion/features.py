@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from .classifier import FashionCNN, to_model_range
+from .metrics import gaussian_w2_squared
 
 __all__ = [
     "default_classifier_dir",
@@ -162,15 +163,10 @@ def load_reference_stats(reference: str = "test", path=None) -> tuple[np.ndarray
     return s["mu"], s["sigma"]
 
 
-def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a PSD matrix via ``eigh`` (negative round-off eigenvalues set to 0)."""
-    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
 def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    r"""Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (module docstring formula), computed
-    with symmetric eigendecompositions only; exact for singular covariances; never negative."""
+    r"""Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` (module docstring formula): the squared
+    2-Wasserstein distance :func:`accelerated_diffusion.metrics.gaussian_w2_squared` (symmetric eigendecompositions
+    only; exact for singular covariances; never negative), after checking shapes and finiteness."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     d = mu1.shape[0]
@@ -179,11 +175,7 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
     for name, a in (("mu1", mu1), ("mu2", mu2), ("sigma1", s1), ("sigma2", s2)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or Inf")
-    r = _psd_sqrt(s1)
-    m = r @ s2 @ r
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
-    fd = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * cross)
-    return max(fd, 0.0)
+    return gaussian_w2_squared(mu1, s1, mu2, s2)
 
 
 def frechet_distance(images, reference="test", *, path=None, device="cpu", batch_size: int = 500, progress: bool = False) -> float:

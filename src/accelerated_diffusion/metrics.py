@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gaussian_kl", "gaussian_w2", "empirical_moments", "affine_map"]
+__all__ = ["gaussian_kl", "gaussian_w2", "gaussian_w2_squared", "psd_power", "empirical_moments", "affine_map"]
 
 
 def gaussian_kl(mean0, cov0, mean1, cov1) -> float:
@@ -26,20 +26,34 @@ def gaussian_kl(mean0, cov0, mean1, cov1) -> float:
     return 0.5 * float(torch.trace(A) + maha - d + logdet1 - logdet0)
 
 
-def _sqrtm_psd(S: torch.Tensor) -> torch.Tensor:
-    w, V = torch.linalg.eigh(S)
-    return (V * torch.sqrt(torch.clamp(w, min=0))) @ V.mT
+def psd_power(S, p: float) -> torch.Tensor:
+    """``S ** p`` for a symmetric positive semi-definite ``S`` via ``eigh`` (float64; round-off negative eigenvalues
+    are set to 0 first)."""
+    S = torch.as_tensor(S, dtype=torch.float64)
+    w, V = torch.linalg.eigh(0.5 * (S + S.mT))
+    return (V * w.clamp(min=0) ** p) @ V.mT
+
+
+def gaussian_w2_squared(mean0, cov0, mean1, cov1) -> float:
+    r"""Squared 2-Wasserstein distance between Gaussians, which is also the Fréchet distance of FID:
+
+    .. math:: W_2^2 = |m_0 - m_1|^2 + \operatorname{tr}\big(S_0 + S_1 - 2 (S_1^{1/2} S_0 S_1^{1/2})^{1/2}\big).
+
+    The trace of the cross term is the sum of square roots of the eigenvalues of ``S_1^{1/2} S_0 S_1^{1/2}``
+    (symmetric eigendecompositions only), so it is exact for singular covariances; never negative.
+    """
+    m0, m1 = torch.as_tensor(mean0, dtype=torch.float64), torch.as_tensor(mean1, dtype=torch.float64)
+    S0, S1 = torch.as_tensor(cov0, dtype=torch.float64), torch.as_tensor(cov1, dtype=torch.float64)
+    r1 = psd_power(S1, 0.5)
+    m = r1 @ S0 @ r1
+    cross = torch.linalg.eigvalsh(0.5 * (m + m.mT)).clamp(min=0).sqrt().sum()
+    w2sq = float(((m0 - m1) ** 2).sum() + torch.trace(S0) + torch.trace(S1) - 2 * cross)
+    return max(w2sq, 0.0)
 
 
 def gaussian_w2(mean0, cov0, mean1, cov1) -> float:
-    r"""2-Wasserstein distance between Gaussians:
-    ``W2^2 = |m0 - m1|^2 + tr(S0 + S1 - 2 (S1^{1/2} S0 S1^{1/2})^{1/2})``."""
-    m0, m1 = torch.as_tensor(mean0, dtype=torch.float64), torch.as_tensor(mean1, dtype=torch.float64)
-    S0, S1 = torch.as_tensor(cov0, dtype=torch.float64), torch.as_tensor(cov1, dtype=torch.float64)
-    r1 = _sqrtm_psd(S1)
-    cross = _sqrtm_psd(r1 @ S0 @ r1)
-    w2sq = float(((m0 - m1) ** 2).sum() + torch.trace(S0 + S1 - 2 * cross))
-    return max(w2sq, 0.0) ** 0.5
+    r"""2-Wasserstein distance between Gaussians, ``sqrt`` of :func:`gaussian_w2_squared`."""
+    return gaussian_w2_squared(mean0, cov0, mean1, cov1) ** 0.5
 
 
 def empirical_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

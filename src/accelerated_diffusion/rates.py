@@ -110,11 +110,6 @@ def gaussian_target(d: int, *, eig_min: float = 0.05, eig_max: float = 1.0, mean
     return Gaussian(mean_norm * m / m.norm(), 0.5 * (cov + cov.T))
 
 
-def _psd_power(S: torch.Tensor, p: float) -> torch.Tensor:
-    w, V = torch.linalg.eigh(S)
-    return (V * w.clamp(min=0) ** p) @ V.T
-
-
 def _log_ratio_form(m0, S0, m1, S1):
     """``log N(x; m0, S0) - log N(x; m1, S1) = x^T M x + v^T x + c`` (float64 numpy)."""
     P0, P1 = np.linalg.inv(S0), np.linalg.inv(S1)
@@ -174,7 +169,7 @@ def exact_flow_map(target: Gaussian, alpha_bar_in: float, alpha_bar_out: float) 
     ``x -> sqrt(a_out) m + C_out^{1/2} C_in^{-1/2} (x - sqrt(a_in) m)`` with ``C_a = a Sigma + (1 - a) I`` (all
     ``C_a`` commute, and along each eigen-direction the flow is the unique increasing affine map between the
     two one-dimensional marginals).  Returns ``(A, b)`` with ``map(x) = A x + b``."""
-    A = _psd_power(target.marginal_cov(alpha_bar_out), 0.5) @ _psd_power(target.marginal_cov(alpha_bar_in), -0.5)
+    A = metrics.psd_power(target.marginal_cov(alpha_bar_out), 0.5) @ metrics.psd_power(target.marginal_cov(alpha_bar_in), -0.5)
     return A, target.marginal_mean(alpha_bar_out) - A @ target.marginal_mean(alpha_bar_in)
 
 
@@ -266,7 +261,7 @@ def gaussian_errors(target: Gaussian, path, method: str, *, exact_tv: bool = Fal
         A, b = affine
         As, bs = exact_flow_map(target, a_T, a_out)
         dA, db = A - As, b - bs
-        out["rms_flow"] = math.sqrt(float((dA @ _psd_power(CT, 0.5)).square().sum() + (dA @ mT + db).square().sum()))
+        out["rms_flow"] = math.sqrt(float((dA @ metrics.psd_power(CT, 0.5)).square().sum() + (dA @ mT + db).square().sum()))
     return out
 
 
