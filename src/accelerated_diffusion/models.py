@@ -62,6 +62,10 @@ class ModelNotAvailableError(OSError):
     """A hub model that is neither cached nor downloadable from here; the message says how to get it."""
 
 
+class HubTimeoutError(OSError):
+    """The hub endpoint stopped answering during a download (connect or read timeout)."""
+
+
 def is_hub_id(name: str) -> bool:
     """``owner/name`` with the characters the hub allows (a local folder of that name takes precedence)."""
     return bool(_HUB_ID.match(str(name)))
@@ -113,9 +117,31 @@ def _hub_timeouts(connect: float, read: float):
         return
     import httpx2 as httpx  # the client library of this huggingface_hub
 
+    class NoRetryOnTimeout(httpx.BaseTransport):
+        """A stalled request fails at once with an error the hub client does not retry (it would retry a
+        timeout five times with back-off, about half a minute per file)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def handle_request(self, request):
+            # a timeout given per request (e.g. the hub's 10 s for metadata) is capped at ours
+            limits = dict(request.extensions.get("timeout") or {})
+            bound = {"connect": connect, "read": read, "write": read, "pool": connect}
+            request.extensions["timeout"] = {k: min(v, limits.get(k) or v) for k, v in bound.items()}
+            try:
+                return self.inner.handle_request(request)
+            except httpx.TimeoutException as e:
+                raise HubTimeoutError(f"{request.url} did not answer within {read:g} s ({type(e).__name__})") from None
+
+        def close(self):
+            self.inner.close()
+
     def bounded():
         client = previous()
         client.timeout = httpx.Timeout(read, connect=connect)
+        if isinstance(getattr(client, "_transport", None), httpx.BaseTransport):
+            client._transport = NoRetryOnTimeout(client._transport)
         return client
 
     set_factory(bounded)

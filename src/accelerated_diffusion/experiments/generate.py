@@ -23,15 +23,30 @@ Sharding and seeds.  Sample ``i`` has seed ``seed + i`` and its initial noise is
 ``torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))`` (drawn on the CPU, so the same on any
 device).  The seeds are cut into fixed batches of ``--batch-size``; the batches are dealt round-robin to the
 processes (batch ``k`` goes to process ``k mod P``).  The stochastic samplers' path noise comes from one
-generator per batch, seeded with ``2**32 + `` the batch's first seed.  So every batch is computed exactly as it
-would be with one process: the union of the shards equals the single-process result bit for bit on the same
-hardware, whatever the number of processes (the batch size, not the process count, is part of the experiment).
+generator per batch, seeded with ``2**32 + `` the batch's first seed.  So every batch gets the same inputs as it
+would with one process (the batch size, not the process count, is part of the experiment), and the union of the
+shards equals the single-process result **bit for bit when every process uses the same number of torch threads
+as the single process** (``--threads``), on the same hardware, device type, dtype and software versions.  Without
+``--threads`` that is usually not the case on a CPU: ``accelerate launch`` (torchrun) sets ``OMP_NUM_THREADS=1``
+in each of several processes, while a single process uses all cores, and the kernels' reductions then round
+differently (measured with a small random UNet on a 2-core CPU: up to 1.5e-5 in every run, against exactly 0
+with ``--threads 1`` in both, or with ``--threads 2`` for each of two processes against one process with its
+default 2 threads; not measured on GPUs).
 
 Output folder: ``<out>/<sampler>/nfe<NNN>/batch<KKKKK>.pt`` (default; a dict with float32 ``images`` as returned
-by the sampler, not clipped, and ``seeds``), ``.npy`` (the images array; seeds in the manifest) or ``.png``
-(one uint8 PNG per sample, ``<seed>.png``, clipped to [-1, 1] and quantised); and ``<out>/manifest.json``:
-model, image shape, samplers, NFEs, seeds, batch size, spacing, format, device, process count, the files of each
-run with their seeds, and timings (seconds per process, images per second).
+by the sampler, not clipped, and ``seeds``), ``.npz`` (arrays ``images`` and ``seeds``) or ``.png`` (one uint8
+PNG per sample, ``<seed>.png``, clipped to [-1, 1] and quantised): every file carries its seeds and is written
+atomically.  ``<out>/run.json`` records the settings before the first image; ``<out>/manifest.json`` is written
+*last*: model, image shape, samplers, NFEs, seeds, batch size, spacing, format, device, process count, the files
+of each run with their seeds, and timings (seconds per process, images per second).  So a folder without a
+manifest is visibly incomplete (an interrupted run), and a manifest covers exactly the image files present;
+``metrics`` checks both (files and seeds) and refuses anything else.
+
+Arguments, the samplers on the model's schedule (a dry run on a 1-pixel dummy model, so an incompatible
+spacing fails at once) and the output folder are all checked before the model is loaded; a problem is reported in
+one line with exit status 2.  A folder that already holds a run is used only with ``--resume`` (same settings:
+the batches already on disk with their seeds are kept) or ``--overwrite`` (the run is deleted, manifest first);
+a folder holding other files is refused.
 """
 
 from __future__ import annotations
