@@ -144,6 +144,7 @@ def test_interrupted_rerun_is_visibly_incomplete_refused_and_resumable(tiny, tmp
     assert generate.metrics_main([str(out / "manifest.json"), "--no-real-baseline"]) == 2
     assert run_generate(tiny, out, "--seed", "8") == 2  # another seed without --overwrite
     assert run_generate(tiny, out, "--seed", "8", "--resume") == 2  # resume with other settings
+    (out / "ddim" / "nfe003" / ".batch00002.pt.x1.tmp").write_bytes(b"half a batch")  # a write cut by a kill
     assert run_generate(tiny, out, "--seed", "7", "--resume") == 0
     m = generate.check_manifest(out)
     assert [r["images_computed"] for r in m["runs"]] == [1, 5]  # 2 batches of ddim (4 images) were kept

@@ -349,8 +349,12 @@ def prepare_out(out: Path, settings: dict, *, overwrite: bool) -> None:
     for p in out.iterdir():
         if p.is_file() and (p.name.startswith("manifest.part") or p.name.endswith(".tmp")):
             p.unlink()
-        elif overwrite and p.is_dir() and p.name in SAMPLERS:
-            shutil.rmtree(p)
+        elif p.is_dir() and p.name in SAMPLERS:
+            if overwrite:
+                shutil.rmtree(p)
+            else:  # temporary files of writes cut short by a kill
+                for f in p.rglob(".*.tmp"):
+                    f.unlink()
     atomic_write_text(out / RUN_FILE, dumps_strict(settings, indent=1) + "\n")
 
 
