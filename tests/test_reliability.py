@@ -252,7 +252,7 @@ def test_hub_download_that_stalls_after_the_probe_fails_within_seconds(online_hu
 
 def test_fashion_mnist_download_that_never_answers_fails_within_seconds(half_open, monkeypatch, tmp_path):
     monkeypatch.setattr(data, "OFFICIAL_URL", half_open.url + "/")
-    monkeypatch.setattr(data, "TIMEOUT_S", 1.0)
+    monkeypatch.setattr(data, "TIMEOUT_S", 1.0, raising=False)
     err, seconds = call_bounded(lambda: data._download(tmp_path / "cache"), 30)
     assert isinstance(err, FileNotFoundError), err
     assert "train-images-idx3-ubyte.gz" in str(err) and "timeout" in str(err) and seconds < 10
@@ -263,7 +263,7 @@ def test_fashion_mnist_download_that_never_answers_fails_within_seconds(half_ope
 def test_interrupted_writes_keep_the_old_files(tiny, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert run_generate(tiny, out) == 0
-    assert generate.metrics_main([str(out), "--no-real-baseline"]) == 0
+    assert generate.metrics_main([str(out / "manifest.json"), "--no-real-baseline"]) == 0
     old = {n: (out / n).read_bytes() for n in ("metrics.json", "manifest.json")}
 
     def killed(src, dst):
@@ -271,7 +271,7 @@ def test_interrupted_writes_keep_the_old_files(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", killed)  # killed between writing the new file and renaming it
     with pytest.raises(KeyboardInterrupt):
-        generate.metrics_main([str(out), "--no-real-baseline"])
+        generate.metrics_main([str(out / "manifest.json"), "--no-real-baseline"])
     with pytest.raises(KeyboardInterrupt):
         paths.save_results("x", {"a": 1}, folder=out)
     monkeypatch.undo()
@@ -364,7 +364,7 @@ def test_shipped_weights_are_verified_before_loading(tmp_path):
 
 def test_corrupt_scheduler_config_and_truncated_gzip_name_the_file(tmp_path):
     folder = shutil.copytree(paths.data_dir() / "fmnist-ddpm", tmp_path / "m")
-    (folder / SHA256SUMS).unlink()
+    (folder / SHA256SUMS).unlink(missing_ok=True)
     (folder / "scheduler_config.json").write_text('{"beta_schedule": "lin')
     with pytest.raises(ValueError, match=r"scheduler_config.json is not valid JSON"):
         models.load_scheduler_config(folder)
