@@ -8,7 +8,7 @@ and its default bibliography style lists entries under alpha labels ([LZB+22]). 
 * a pybtex formatting style ``author_year`` (pybtex's ``unsrt`` templates, which print url, eprint and doi;
   entries sorted by author, year, title; the labels above);
 * a referencing style ``author_year_suffix``: sphinxcontrib-bibtex's ``author_year`` with the year taken
-  from the label, so ``{cite:p}`` gives "(Lu et al., 2022a)" and ``{cite:t}`` "Lu et al. (2022a)", the same
+  from the label, so ``{cite:p}`` gives "[Lu et al., 2022a]" and ``{cite:t}`` "Lu et al. [2022a]", the same
   text as the label in the bibliography list.
 
 Enabled in ``_config.yml`` (``sphinx: local_extensions: {bibstyle: _ext}``) with
