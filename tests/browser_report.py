@@ -270,6 +270,7 @@ const done = arguments[arguments.length - 1];
   }
   out.mjErrors = document.querySelectorAll('mjx-merror, [data-mjx-error]').length;
   document.querySelectorAll('script[src]').forEach(s => out.scripts.push(s.src));
+  document.querySelectorAll('link[rel=stylesheet][href], link[rel=preload][href]').forEach(l => out.scripts.push(l.href));
   out.elapsed_ms = Date.now() - t0;
   return out;
 })().then(done, e => done({error: String(e && e.stack || e)}));

@@ -81,7 +81,8 @@ def test_every_page_of_the_toc_was_opened(book):
 
 
 def test_mathjax_is_served_from_the_book_itself(book):
-    """Offline maths: MathJax 3 loads from _static (installed by `make setup`), no script from the network."""
+    """Offline maths: MathJax 3 loads from _static (installed by `make setup`); no script or style sheet
+    comes from the network."""
     m = book["metrics"]
     assert m["mathjax"] and m["mathjax"].startswith("3."), book["summary"]
     remote = [s for s in m["scripts"] if s.startswith(("http://", "https://"))]
