@@ -501,7 +501,8 @@ def measure_book(html_dir: Path) -> tuple[list[PageReport], dict]:
                 metrics["code"] = raw["code_metrics"]
             metrics.setdefault("column_px", raw["colWidth"])
             metrics.setdefault("mathjax", raw["mathjaxVersion"])
-            metrics.setdefault("scripts", raw["scripts"])
+            metrics.setdefault("scripts", [])
+            metrics["scripts"] = sorted(set(metrics["scripts"]) | set(raw["scripts"]))
     finally:
         close_driver(drv)
     return reports, metrics
