@@ -1,9 +1,11 @@
-"""Test-run settings for every test the repository collects, the chapters run by nbval included (a conftest in
-``tests/`` would not apply to ``chapters/*.ipynb``): the results that tests and re-executed chapters save with
-``save_results`` go to a temporary folder, so a test run leaves the checkout as it was.
+"""Set-up for every test run from the repository: the unit tests (tests/) and the chapters re-executed by nbval
+(chapters/).
 
-The variable is set in ``pytest_configure``, before any notebook kernel starts (kernels inherit the environment),
-in the main process and in every xdist worker."""
+Whatever a test or a chapter saves with ``save_results`` goes to a temporary folder, so a test run leaves the
+checkout as it was. It is set in ``pytest_configure``, before any notebook kernel starts (nbval starts a
+chapter's kernel before fixtures run), so the kernels inherit it; the shipped ``data/results`` files are still
+read where the temporary folder has no such file (``load_results``).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +13,19 @@ import os
 import shutil
 import tempfile
 
-RESULTS_ENV = "ACCELERATED_DIFFUSION_RESULTS"  # accelerated_diffusion.experiments.paths.RESULTS_ENV
+from accelerated_diffusion.experiments.paths import RESULTS_ENV
+
 _created: list[str] = []
 
 
 def pytest_configure(config):
-    folder = tempfile.mkdtemp(prefix="accelerated-diffusion-results-")
-    _created.append(folder)
-    os.environ[RESULTS_ENV] = folder
+    if RESULTS_ENV not in os.environ:
+        folder = tempfile.mkdtemp(prefix="accelerated-diffusion-results-")
+        os.environ[RESULTS_ENV] = folder
+        _created.append(folder)
 
 
 def pytest_unconfigure(config):
-    while _created:
-        shutil.rmtree(_created.pop(), ignore_errors=True)
+    for folder in _created:
+        os.environ.pop(RESULTS_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""Shared fixtures: seeded generators per test, one torch thread, and random-weight copies of the shipped reference
-architectures (no downloads).  Results are redirected to a temporary folder by the repository's root conftest.py."""
+"""Shared fixtures of the unit tests: seeded generators per test, one torch thread, and random-weight copies of the
+shipped reference architectures (no downloads). The results redirection is in the repository's conftest.py."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ The reproduction (training, metrics, rate measurements, derivations) lives in
 :mod:`accelerated_diffusion.experiments` and needs the ``experiments`` extra.
 """
 
-from . import metrics, schedules, targets, updates
+from . import metrics, models, peers, pipelines, samplers, schedulers, schedules, targets, updates
 from .samplers import SAMPLERS, ModelOutputError, run_sampler, sample, sample_with_scheduler
 from .schedulers import AcceleratedDDIMScheduler, AcceleratedDDPMScheduler, DDIMTypeScheduler, DDPMTypeScheduler
 from .schedules import DiscreteSchedule, paper_betas, sampling_path, timestep_subsequence
@@ -42,6 +42,11 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "metrics",
+    "models",
+    "peers",
+    "pipelines",
+    "samplers",
+    "schedulers",
     "schedules",
     "targets",
     "updates",

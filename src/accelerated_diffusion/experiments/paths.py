@@ -30,6 +30,7 @@ __all__ = [
     "repository_root",
     "data_dir",
     "results_dir",
+    "in_repository",
     "atomic_write_bytes",
     "atomic_write_text",
     "write_sha256sums",
@@ -60,6 +61,17 @@ def repository_root() -> Path:
 def data_dir() -> Path:
     """The shipped data: ``<repository>/data``."""
     return repository_root() / "data"
+
+
+def in_repository(path_or_id):
+    """``<repository>/<path_or_id>`` when that exists (e.g. ``"data/fmnist-ddpm"`` from a chapter, whose working
+    directory is ``chapters/``), else ``path_or_id`` unchanged (an absolute path or a hub id)."""
+    p = Path(str(path_or_id))
+    if not p.is_absolute():
+        candidate = repository_root() / p
+        if candidate.exists():
+            return candidate
+    return path_or_id
 
 
 def results_dir() -> Path:
