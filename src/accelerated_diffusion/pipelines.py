@@ -18,8 +18,8 @@ Euler-type schedulers need ``init_noise_sigma`` far above 1 and an input scaling
 
 Saving and reloading: ``pipe.save_pretrained(folder)`` records ``"_class_name": "InitNoiseDDPMPipeline"`` in
 ``model_index.json``, and ``DiffusionPipeline.from_pretrained(folder)`` looks that name up in the ``diffusers``
-namespace.  Importing this module registers the class there (:func:`register_with_diffusers`), so after
-``import accelerated_diffusion.pipelines`` both ``DiffusionPipeline.from_pretrained(folder)`` and
+namespace.  Importing this module (which ``import accelerated_diffusion`` does) registers the class there
+(:func:`register_with_diffusers`), so after ``import accelerated_diffusion`` both ``DiffusionPipeline.from_pretrained(folder)`` and
 ``InitNoiseDDPMPipeline.from_pretrained(folder)`` return an :class:`InitNoiseDDPMPipeline` (the schedulers of
 this package are found by diffusers through their library name, ``accelerated_diffusion``), without
 ``trust_remote_code`` or a copy of the code in the folder.
