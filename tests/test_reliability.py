@@ -304,6 +304,7 @@ def test_generate_checks_everything_before_loading_the_model(tiny, tmp_path, mon
     assert not out.exists()
 
 
+@pytest.mark.slow  # a fresh interpreter importing diffusers
 def test_generate_cli_reports_a_bad_argument_in_one_line_without_a_traceback(tiny, tmp_path):
     import subprocess
     import sys
