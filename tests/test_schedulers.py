@@ -488,3 +488,107 @@ def test_no_host_device_synchronisation_per_step(method):
         x = s.step(torch.empty_like(x), t, x).prev_sample
     with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
         s.step(torch.empty_like(x), s.timesteps[-1], x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 6. The timestep is honoured the same way on every device
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_aborted_run_then_fresh_run_on_the_meta_device(method):
+    """On an accelerator the position of an element of ``scheduler.timesteps`` is read from host metadata, not
+    counted: after a run aborted at its second step, a fresh run starts at position 0 and its last step is the one
+    that reads the finite-values flag (reading a meta tensor raises, so that read shows where the run ends)."""
+    s = SCHEDULERS[method]()
+    s.set_timesteps(5, device="meta")
+    x = torch.empty(2, 3, 4, 4, device="meta")
+    for t in s.timesteps[:2]:  # aborted run
+        x = s.step(torch.empty_like(x), t, x).prev_sample
+    for t in s.timesteps[:-1]:  # fresh run: four steps without any host read
+        x = s.step(torch.empty_like(x), t, x).prev_sample
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        s.step(torch.empty_like(x), s.timesteps[-1], x)
+
+
+@pytest.fixture
+def as_on_an_accelerator(monkeypatch):
+    """CPU tensors take the path of accelerator tensors (their values are treated as unreadable)."""
+    from accelerated_diffusion import schedulers
+
+    monkeypatch.setattr(schedulers, "_host_readable", lambda t: False)
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_aborted_run_then_fresh_run_gives_the_right_result(method, as_on_an_accelerator):
+    s = SCHEDULERS[method](clip_sample=False)
+    model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
+    ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
+    s.set_timesteps(6)
+    y = x
+    for t in s.timesteps[:3]:  # aborted run
+        y = s.step(model(y, t), t, y, generator=torch.Generator().manual_seed(3)).prev_sample
+    y, gen = x, torch.Generator().manual_seed(0)
+    for t in s.timesteps:  # fresh run, without set_timesteps
+        y = s.step(model(y, t), t, y, generator=gen).prev_sample
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_device_copies_of_timesteps_are_verified(method, as_on_an_accelerator):
+    """A copy of a timestep (not an element of ``scheduler.timesteps``) is taken to follow the previous step and
+    compared on the device: right in a run started by set_timesteps, a clear error after an aborted run."""
+    s = SCHEDULERS[method](clip_sample=False)
+    model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
+    ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
+    s.set_timesteps(6)
+    y, gen = x, torch.Generator().manual_seed(0)
+    for t in s.timesteps:
+        y = s.step(model(y, t), t.clone(), y, generator=gen).prev_sample
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    s.set_timesteps(6)
+    for t in s.timesteps[:3]:  # aborted run
+        s.step(model(x, t), t.clone(), x)
+    with pytest.raises(ValueError, match=rf"other than {int(s.timesteps[3])} at position 3"):
+        for t in s.timesteps:
+            s.step(model(x, t), t.clone(), x)
+
+
+@pytest.mark.parametrize("cls", list(SCHEDULERS.values()), ids=lambda c: c.__name__)
+def test_timesteps_and_model_outputs_of_the_wrong_type_are_refused(cls):
+    s = cls(clip_sample=False)
+    s.set_timesteps(10)  # 900, 800, ...
+    x = torch.zeros(1, 1, 2, 2)
+    for t in (900.7, 900.0, torch.tensor(900.7), torch.tensor(900.0), True, "900"):
+        with pytest.raises(TypeError, match="timestep must be an integer"):
+            s.step(x, t, x)
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match=rf"model_output must be a real floating-point tensor, got dtype {dtype}"):
+            s.step(torch.zeros(x.shape, dtype=dtype), 900, x)
+    with pytest.raises(TypeError, match="sample must be a real floating-point tensor"):
+        s.step(x, 900, torch.zeros(x.shape, dtype=torch.int64))
+    for t in (torch.tensor([900.7]), [900.7], torch.tensor([True])):
+        with pytest.raises(TypeError, match="integers"):
+            s.add_noise(x, x, t)
+    with pytest.raises(TypeError, match="integers"):
+        s.set_timesteps(timesteps=[900.7, 500.0])
+    s.step(x, 900, x)  # integers pass
+
+
+@pytest.mark.parametrize("cls", list(SCHEDULERS.values()), ids=lambda c: c.__name__)
+def test_ddim_pipeline_keywords(cls):
+    """``eta`` and ``use_clipped_model_output``, which DDIMPipeline passes, are accepted where they mean what the
+    scheduler does, and refused otherwise."""
+    model, x = toy_model(cls().alphas_cumprod), _start((1, 1, 4, 4), 0)
+    for clip in (True, False):
+        s = cls(clip_sample=clip)
+        ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=4)
+        for kw in (dict(eta=0.0), dict(eta=0.0, use_clipped_model_output=None), dict(use_clipped_model_output=True)):
+            y, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=4, **kw)
+            torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        s.set_timesteps(4)
+        with pytest.raises(ValueError, match="eta=0.5"):
+            s.step(x, s.timesteps[0], x, eta=0.5)
+        if clip:
+            with pytest.raises(ValueError, match="use_clipped_model_output"):
+                s.step(x, s.timesteps[0], x, use_clipped_model_output=False)
+        else:
+            s.step(x, s.timesteps[0], x, use_clipped_model_output=False)
