@@ -1,4 +1,4 @@
-"""Shared fixtures: seeded generators per test, one torch thread, results written to a temporary folder, and
+"""Shared fixtures: seeded generators per test (``gen`` for torch, ``rng`` for NumPy), one torch thread, results written to a temporary folder, and
 random-weight copies of the shipped reference architectures (no downloads)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,12 @@ def _results_in_tmp(tmp_path_factory):
 def gen():
     """A CPU generator seeded per test: a test's inputs do not depend on which tests ran before it."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def rng():
+    """A NumPy generator seeded per test (same reason as ``gen``)."""
+    return np.random.default_rng(1234)
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def test_pipeline_layout_and_eps_fn_dtype(tmp_path):
     loaded = models.load_unet(tmp_path, dtype=torch.float64)
     assert next(loaded.parameters()).dtype == torch.float64
     assert models.load_scheduler_config(tmp_path) == {"beta_schedule": "linear"}
-    x = torch.randn(2, 1, 8, 8)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     eps = models.eps_fn(loaded)(x, 10)
     assert eps.dtype == torch.float32 and eps.shape == x.shape
 

@@ -13,15 +13,15 @@ PATH = torch.tensor([0.01, 0.2, 0.6, 0.9, 1.0], dtype=torch.float64)
 
 
 @pytest.mark.parametrize("method", sorted(ad.samplers.LIBRARY_SAMPLERS))
-def test_nfe_equals_number_of_steps_and_timesteps_are_passed(method):
+def test_nfe_equals_number_of_steps_and_timesteps_are_passed(method, gen):
     seen = []
 
     def eps_fn(x, t):
         seen.append(t)
         return TARGET.eps(x, PATH[len(seen) - 1])
 
-    x = torch.randn(8, 2, dtype=torch.float64)
-    out, nfe = ad.sample(eps_fn, x, PATH, method, timesteps=[999, 700, 300, 50], generator=torch.Generator().manual_seed(0), return_nfe=True)
+    x = torch.randn(8, 2, dtype=torch.float64, generator=gen)
+    out, nfe = ad.sample(eps_fn, x, PATH, method, timesteps=[999, 700, 300, 50], generator=gen, return_nfe=True)
     assert nfe == len(PATH) - 1 == len(seen)
     assert seen == [999, 700, 300, 50]
     assert out.shape == x.shape and out.dtype == x.dtype
