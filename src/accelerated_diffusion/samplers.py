@@ -339,7 +339,7 @@ def sample_with_scheduler(
     num_inference_steps: int | None = None,
     *,
     timesteps=None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
     return_nfe: bool = False,
 ):
@@ -378,7 +378,7 @@ def run_sampler(
     timesteps,
     *,
     final_alpha_bar: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
     return_nfe: bool = False,
 ):

@@ -438,13 +438,15 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
                     f"{self._timesteps_host[-1]}, {n} steps)"
                 )
             i = self._index_of[t]
-        if self._chained and self._step_index is not None and i not in (0, self._step_index + 1):
+        starts = (0, self._begin_index or 0)  # where a run may begin
+        if self._chained and self._step_index is not None and i not in (*starts, self._step_index + 1):
             raise ValueError(
                 f"{type(self).__name__} carries state from step to step: step() was called at timestep "
                 f"{self._timesteps_host[i]} (position {i}) after position {self._step_index}; follow "
                 "scheduler.timesteps in order, or call set_timesteps to start a new run"
             )
-        if i == 0:
+        continues = self._step_index is not None and i == self._step_index + 1
+        if i in starts and not continues:
             self._start_run()
         return i
 
