@@ -540,3 +540,22 @@ def test_ddim_pipeline_keywords(cls):
                 s.step(x, s.timesteps[0], x, use_clipped_model_output=False)
         else:
             s.step(x, s.timesteps[0], x, use_clipped_model_output=False)
+
+
+@pytest.mark.parametrize("method", ["accelerated_ode", "accelerated_sde"])
+def test_a_run_from_begin_index_starts_afresh(method):
+    """img2img pipelines start at ``begin_index``: a run started there forgets an earlier (aborted) run."""
+    s = SCHEDULERS[method](clip_sample=False)
+    model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
+
+    def from_position_2(steps):
+        y, gen = x, torch.Generator().manual_seed(0)
+        for t in s.timesteps[2 : 2 + steps]:
+            y = s.step(model(y, t), t, y, generator=gen).prev_sample
+        return y
+
+    s.set_timesteps(6)
+    s.set_begin_index(2)
+    ref = from_position_2(4)
+    from_position_2(2)  # aborted
+    torch.testing.assert_close(from_position_2(4), ref, rtol=0, atol=0)
