@@ -22,7 +22,7 @@ NaN or garbage.
 The scheduler side: :func:`load_scheduler_config` reads ``scheduler_config.json`` the same way, and
 :func:`schedule_from_config` turns it into a :class:`~accelerated_diffusion.schedules.DiscreteSchedule`
 (checking that the model predicts epsilon with a standard beta schedule).  :func:`eps_fn` wraps a UNet as the
-``eps_fn(x, t)`` that :func:`accelerated_diffusion.sample` calls.
+``eps_fn(x, t)`` that the sampling loops call, and refuses a ``t`` that is not an integer timestep.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
+import numpy as np
 import torch
 
 from .integrity import verify_sha256sums
-from .schedules import BETA_SCHEDULES, DiscreteSchedule
+from .schedules import BETA_SCHEDULES, DiscreteSchedule, is_integer_dtype
 
 __all__ = [
     "PAPER_MODELS",
@@ -264,12 +265,38 @@ def schedule_from_config(config: dict) -> DiscreteSchedule:
     )
 
 
-def eps_fn(unet):
-    """``eps_fn(x, t)`` for :func:`accelerated_diffusion.sample`: ``unet(x, t).sample`` without gradients,
-    ``x`` cast to the model's dtype and device and the output cast back to ``x``'s."""
+def eps_fn(unet, num_train_timesteps: int = 1000):
+    """``eps_fn(x, t)`` for the sampling loops: ``unet(x, t).sample`` without gradients, ``x`` cast to the model's
+    dtype and device and the output cast back to ``x``'s.
+
+    ``t`` must be the model's integer timestep: an int or an integer tensor (one entry, or one per batch entry) in
+    ``[0, num_train_timesteps)``.  Anything else -- typically the float level ``alpha_bar`` that
+    :func:`accelerated_diffusion.sample` passes when called without ``timesteps=`` -- raises a ``TypeError`` /
+    ``ValueError`` saying what to pass: a UNet fed levels as timesteps returns plausible-looking but wrong noise.
+    The values of a tensor on an accelerator are not read (that would synchronise every step): only its dtype is
+    checked there.
+    """
     p = next(unet.parameters())
+    n = int(num_train_timesteps)
+    fix = ("pass the model's integer timesteps: sample(eps_fn, x, schedule.path(ts), method, timesteps=ts), or "
+           "run_sampler(eps_fn, noise, name, schedule, ts); sample()'s default t (the level alpha_bar) is meant for "
+           "exact-score targets")
+
+    def check(t) -> None:
+        if isinstance(t, torch.Tensor):
+            if not is_integer_dtype(t.dtype):
+                raise TypeError(f"the UNet got a timestep tensor of dtype {t.dtype}; {fix}")
+            if t.device.type != "cpu":
+                return
+        elif isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise TypeError(f"the UNet got timestep t={t!r} ({type(t).__name__}), not an integer; {fix}")
+        bad = torch.as_tensor(t).reshape(-1)
+        bad = bad[(bad < 0) | (bad >= n)]
+        if bad.numel():
+            raise ValueError(f"the UNet got timestep {int(bad[0])}, outside [0, num_train_timesteps={n}); {fix}")
 
     def fn(x: torch.Tensor, t) -> torch.Tensor:
+        check(t)
         with torch.inference_mode():
             return unet(x.to(p.device, p.dtype), t).sample.to(x.device, x.dtype)
 
