@@ -178,6 +178,20 @@ def test_background_identities():
     assert D.atan_sigma_identity_residual() == (0, 0)
 
 
+def test_probability_flow_from_fokker_planck():
+    fp = D.probability_flow_from_fokker_planck()
+    assert fp["continuity_residual"] == 0
+    assert fp["gaussian_fp_residual"] == 0
+    assert fp["residual"] == 0
+    # the same ODE as the chain-rule form of dy = eps d sigma
+    assert sp.simplify(fp["dx_dalpha_bar"]
+                       - D.probability_flow_ode()["dx_dalpha_bar"]) == 0
+    # a wrong velocity (no score) does not satisfy the continuity equation
+    q = fp["fokker_planck"].atoms(sp.Function).pop()
+    wrong = fp["fokker_planck"] + sp.diff(-D.x / 2 * q, D.x)
+    assert sp.simplify(wrong) != 0
+
+
 def test_exact_ddim_to_clean_data_is_tweedie():
     c_x, c_eps = D.exact_ddim_coefficients()
     x0 = D.eps_x0_score_conversions(D.alpha_bar_t)["x0_of_eps"]
