@@ -317,3 +317,15 @@ def test_dpm_solver_pp_2m_matches_published_update():
         d = (1 + 1 / (2 * r)) * x0_t - x0_n / (2 * r)
         ref = math.sqrt((1 - a_prev) / (1 - a_t)) * xt - math.sqrt(a_prev) * math.expm1(-h) * d
         assert got == pytest.approx(ref, rel=1e-10, abs=1e-12)
+
+
+def test_random_levels():
+    gen = torch.Generator().manual_seed(0)
+    for count, gap in ((2, 1e-3), (3, 1e-2)):
+        for _ in range(50):
+            levels = D.random_levels(gen, count, min_gap=gap)
+            assert len(levels) == count
+            assert 0.01 <= levels[0] and levels[-1] <= 0.99
+            assert all(b - a >= gap for a, b in zip(levels, levels[1:]))
+    with pytest.raises(ValueError):
+        D.random_levels(gen, 3, min_gap=0.5)

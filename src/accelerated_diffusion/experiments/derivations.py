@@ -38,6 +38,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import sympy as sp
+import torch
 
 __all__ = [
     # symbols
@@ -48,8 +49,8 @@ __all__ = [
     "sigma_of", "alpha_bar_of_sigma", "lambda_of_sigma", "forward_variance_recursion", "gaussian_marginal",
     "gaussian_score", "eps_x0_score_conversions", "tweedie_check", "probability_flow_ode",
     "probability_flow_gaussian_residual", "probability_flow_from_fokker_planck",
-    # display
-    "show",
+    # display and random inputs of the chapters' code comparisons
+    "show", "random_levels",
     # baselines
     "exponential_euler_step", "eps_form_coefficients", "ddpm_type_coefficients", "ddim_type_coefficients",
     "ddpm_type_mean_residual", "exact_ddim_coefficients", "with_step_size", "series_in_h",
@@ -228,6 +229,20 @@ def probability_flow_from_fokker_planck() -> dict:
     return {"fokker_planck": fokker_planck, "velocity_tau": -(x + score) / 2,
             "continuity_residual": continuity_residual, "gaussian_fp_residual": gaussian_fp_residual,
             "dx_dalpha_bar": dx_da, "residual": sp.simplify(dx_da - (x + score) / (2 * alpha_bar))}
+
+
+def random_levels(generator: torch.Generator, count: int = 2, *, min_gap: float = 1e-3,
+                  low: float = 0.01, high: float = 0.99) -> list[float]:
+    """``count`` increasing signal levels ``alpha_bar`` drawn uniformly in ``(low, high)`` with ``generator``,
+    redrawn until consecutive levels are at least ``min_gap`` apart: the random steps on which the chapters
+    compare a lambdified derivation with the library (noisiest level first)."""
+    if count < 1 or not 0.0 < low < high < 1.0 or min_gap * (count - 1) >= high - low:
+        raise ValueError(f"cannot draw {count} levels in ({low}, {high}) at least {min_gap} apart")
+    while True:
+        u = torch.rand(count, dtype=torch.float64, generator=generator) * (high - low) + low
+        levels = torch.sort(u).values.tolist()
+        if all(b - a >= min_gap for a, b in zip(levels, levels[1:])):
+            return levels
 
 
 def show(label: str, expr) -> None:
