@@ -178,6 +178,20 @@ def test_background_identities():
     assert D.atan_sigma_identity_residual() == (0, 0)
 
 
+def test_probability_flow_from_fokker_planck():
+    fp = D.probability_flow_from_fokker_planck()
+    assert fp["continuity_residual"] == 0
+    assert fp["gaussian_fp_residual"] == 0
+    assert fp["residual"] == 0
+    # the same ODE as the chain-rule form of dy = eps d sigma
+    assert sp.simplify(fp["dx_dalpha_bar"]
+                       - D.probability_flow_ode()["dx_dalpha_bar"]) == 0
+    # a wrong velocity (no score) does not satisfy the continuity equation
+    q = fp["fokker_planck"].atoms(sp.Function).pop()
+    wrong = fp["fokker_planck"] + sp.diff(-D.x / 2 * q, D.x)
+    assert sp.simplify(wrong) != 0
+
+
 def test_exact_ddim_to_clean_data_is_tweedie():
     c_x, c_eps = D.exact_ddim_coefficients()
     x0 = D.eps_x0_score_conversions(D.alpha_bar_t)["x0_of_eps"]
@@ -303,3 +317,15 @@ def test_dpm_solver_pp_2m_matches_published_update(rng):
         d = (1 + 1 / (2 * r)) * x0_t - x0_n / (2 * r)
         ref = math.sqrt((1 - a_prev) / (1 - a_t)) * xt - math.sqrt(a_prev) * math.expm1(-h) * d
         assert got == pytest.approx(ref, rel=1e-10, abs=1e-12)
+
+
+def test_random_levels():
+    gen = torch.Generator().manual_seed(0)
+    for count, gap in ((2, 1e-3), (3, 1e-2)):
+        for _ in range(50):
+            levels = D.random_levels(gen, count, min_gap=gap)
+            assert len(levels) == count
+            assert 0.01 <= levels[0] and levels[-1] <= 0.99
+            assert all(b - a >= gap for a, b in zip(levels, levels[1:]))
+    with pytest.raises(ValueError):
+        D.random_levels(gen, 3, min_gap=0.5)

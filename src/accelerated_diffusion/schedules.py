@@ -95,31 +95,45 @@ def alpha_bars_from_betas(betas: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def paper_betas(T: int, c0: float = 2.0, c1: float = 4.0, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    r"""The learning-rate schedule of the paper's theory (Li et al. 2024, Section 3; also Li-Wei-Chen-Chi 2023):
+def paper_betas(
+    T: int, c0: float = 2.0, c1: float = 4.0, *,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    r"""The learning-rate schedule of the paper's theory (Li et al. 2024,
+    Section 3; also Li-Wei-Chen-Chi 2023):
 
     .. math::
         \beta_1 = T^{-c_0}, \qquad
-        \beta_{t+1} = \frac{c_1 \log T}{T} \min\Big\{ \beta_1 \Big(1 + \frac{c_1 \log T}{T}\Big)^{t},\ 1 \Big\},
+        \beta_{t+1} = \frac{c_1 \log T}{T}
+            \min\Big\{ \beta_1 \Big(1 + \frac{c_1 \log T}{T}\Big)^{t},\
+                       1 \Big\},
         \quad t = 1, \dots, T - 1.
 
-    The theory only asks ``c0, c1`` to be "sufficiently large"; the defaults are a choice of this project (see the
-    theory chapter): with ``c1 = 4`` the geometric growth from ``T^{-c0}`` reaches the cap after a fraction
-    ``c0 / c1`` of the steps, leaving ``alpha_bar_T`` small.  Computed in float64; the geometric factor is
-    evaluated as ``exp(log beta_1 + t log1p(rate))`` so it cannot overflow before the cap.
+    The theory only asks ``c0, c1`` to be "sufficiently large"; the
+    defaults are the book's choice (see the theory chapter): with
+    ``c1 = 4`` the geometric growth from ``T^{-c0}`` reaches the cap after
+    a fraction ``c0 / c1`` of the steps, leaving ``alpha_bar_T`` small.
+    Computed in float64; the geometric factor is evaluated as
+    ``exp(log beta_1 + t log1p(rate))`` so it cannot overflow before the
+    cap.
     """
     if T < 2:
         raise ValueError(f"T must be >= 2, got {T}")
     if c0 <= 0 or c1 <= 0:
-        raise ValueError(f"c0 and c1 must be positive, got c0={c0}, c1={c1}")
+        raise ValueError(
+            f"c0 and c1 must be positive, got c0={c0}, c1={c1}")
     rate = c1 * math.log(T) / T
     if rate >= 1:
-        raise ValueError(f"c1 log T / T = {rate:.3g} >= 1: T is too small for c1={c1} (betas would reach 1)")
+        raise ValueError(
+            f"c1 log T / T = {rate:.3g} >= 1: T is too small for "
+            f"c1={c1} (betas would reach 1)")
     beta1 = T ** (-c0)
     t = torch.arange(1, T, dtype=torch.float64)
-    # beta_1 (1 + rate)^t computed as exp(log(beta_1) + t log1p(rate)) to avoid overflow for large t.
+    # beta_1 (1 + rate)^t computed as exp(log(beta_1) + t log1p(rate))
+    # to avoid overflow for large t.
     growth = torch.exp(math.log(beta1) + t * math.log1p(rate))
-    betas = torch.cat([torch.tensor([beta1], dtype=torch.float64), rate * torch.clamp(growth, max=1.0)])
+    betas = torch.cat([torch.tensor([beta1], dtype=torch.float64),
+                       rate * torch.clamp(growth, max=1.0)])
     return betas.to(dtype)
 
 
