@@ -1,31 +1,29 @@
-"""Shared fixtures: seeded generators per test, one torch thread, results written to a temporary folder, and
-random-weight copies of the shipped reference architectures (no downloads)."""
+"""Shared fixtures of the unit tests: seeded generators per test (``gen`` for torch, ``rng`` for NumPy), one torch
+thread, and random-weight copies of the shipped reference architectures (no downloads). The results redirection is
+in the repository's conftest.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from accelerated_diffusion.experiments.paths import RESULTS_ENV, data_dir
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _results_in_tmp(tmp_path_factory):
-    """Whatever a test (or a chapter run by a test) saves with ``save_results`` goes to a temporary folder, so a
-    test run leaves the checkout as it was."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv(RESULTS_ENV, str(tmp_path_factory.mktemp("results")))
-    yield
-    mp.undo()
+from accelerated_diffusion.experiments.paths import data_dir
 
 
 @pytest.fixture
 def gen():
     """A CPU generator seeded per test: a test's inputs do not depend on which tests ran before it."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def rng():
+    """A NumPy generator seeded per test (same reason as ``gen``)."""
+    return np.random.default_rng(1234)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .. import metrics, updates
-from ..samplers import DETERMINISTIC, LIBRARY_SAMPLERS, STOCHASTIC, sample
+from ..samplers import LIBRARY_SAMPLERS, STOCHASTIC, sample
 from ..schedules import DiscreteSchedule, validate_path
 from ..targets import Gaussian, GaussianMixture
 from .data import load_fashion_mnist
@@ -56,6 +56,7 @@ __all__ = [
 #: The order in which the rate tables list the samplers (all of the library's samplers).
 SAMPLERS = ("ddim_type", "ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
 assert sorted(SAMPLERS) == sorted(LIBRARY_SAMPLERS)
+DETERMINISTIC = tuple(m for m in SAMPLERS if m not in STOCHASTIC)
 LINEAR_SCHEDULE = dict(schedule="linear", num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
 
 
