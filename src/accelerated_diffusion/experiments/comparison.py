@@ -190,12 +190,12 @@ def comparison_map(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, na
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def format_map(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=COMPARED, width: int = 20) -> str:
+def format_map(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=COMPARED, width: int = 21) -> str:
     """The map at ``nfe`` as fixed-width text, one row per sampler: ``value [lo, hi]`` (3 significant digits);
-    ``*`` marks the best cell and every cell whose interval overlaps it."""
+    values of 100 or more as integers; ``*`` marks the best cell and every cell whose interval overlaps it."""
     m = comparison_map(comparison, nfe, metric, grids=grids, names=names)
     rec = recommend(comparison, nfe, metric, grids=grids, names=names)
     tied = {(rec["best"]["grid"], rec["best"]["sampler"])} | {(t["grid"], t["sampler"]) for t in rec["ties"]}
