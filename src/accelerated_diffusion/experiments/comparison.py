@@ -328,8 +328,9 @@ def _to_display(img: torch.Tensor) -> np.ndarray:
 
 
 def image_grid(rows, row_labels, col_labels, *, cell: float = 0.72, label_width: float = 1.5, fontsize: int = 9):
-    """A matplotlib figure with one row of images (``(C, H, W)`` in ``[-1, 1]``) per entry of ``rows``, row labels
-    on the left and column labels on top; ``cell`` inches per image.  Returns the figure."""
+    """A matplotlib figure with one row of images (``(C, H, W)`` in ``[-1, 1]``, or ``None``: shown as "n/a") per
+    entry of ``rows``, row labels on the left and column labels on top; ``cell`` inches per image.  Returns the
+    figure."""
     import matplotlib.pyplot as plt
 
     nr, nc = len(rows), max(len(r) for r in rows)
@@ -339,8 +340,10 @@ def image_grid(rows, row_labels, col_labels, *, cell: float = 0.72, label_width:
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            if c < len(row):
+            if c < len(row) and row[c] is not None:
                 ax.imshow(_to_display(row[c]), cmap="gray", vmin=0, vmax=1)
+            elif c < len(row):  # a grid that cannot have this many steps
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=fontsize, transform=ax.transAxes)
             else:
                 ax.axis("off")
             if r == 0 and c < len(col_labels):
