@@ -3,7 +3,8 @@
 1. With a hub id of the paper's checkpoints and no network, the notebook stops in its first code cell with
    ``ModelNotAvailableError`` naming the model and the download command.
 2. A randomly initialised UNet of exactly ``google/ddpm-church-256``'s architecture (``data/reference/``), saved
-   to and loaded from a local folder, runs through the whole notebook: 1 image at 5 NFE, 256 x 256 x 3.
+   to and loaded from a local folder, runs through the whole notebook: 1 image at 5 NFE on the ``uniform`` grid,
+   256 x 256 x 3.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from conftest import save_random_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "chapters" / "learned_scores.ipynb"
-NOTHING_ELSE = dict(figure1_nfes=[], pf_num_samples=0, fd_num_samples=0, results_name=None)
+NOTHING_ELSE = dict(figure1_nfes=[], pf_num_samples=0, fd_num_samples=0, peer_check_samples=0,
+                    control_num_samples=0, results_name=None)
 
 
 @pytest.fixture
@@ -55,11 +57,11 @@ def test_paper_checkpoint_offline_stops_at_once(tmp_path, offline_hub, model_id)
 @pytest.mark.slow
 def test_church_architecture_random_weights_one_image(tmp_path, offline_hub):
     folder = save_random_model(tmp_path / "ddpm-church-256-random", "ddpm-church-256", seed=0)
-    nb = _execute(tmp_path, model_id=str(folder), figure2_nfe=5, figure2_num_samples=1,
-                  figure2_samplers=["accelerated_ode"], **NOTHING_ELSE)
+    nb = _execute(tmp_path, model_id=str(folder), figure2_nfe=5, figure2_num_samples=1, grids=["uniform"],
+                  figure_samplers=["accelerated_ode"], **NOTHING_ELSE)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "images (3, 256, 256)" in text
-    assert "same timesteps [999, 799, 599, 399, 199]" in text
-    figure2 = next(c for c in nb.cells if c.cell_type == "code" and "figure2 = " in c.source)
+    assert "uniform grid, 5 NFE: timesteps [800, 600, 400, 200, 0]" in text  # the authors' default grid
+    figure2 = next(c for c in nb.cells if c.cell_type == "code" and "fig2 = figure_rows" in c.source)
     assert any("image/png" in o.get("data", {}) for o in figure2.outputs)
     assert not (ROOT / "data" / "results" / "None.json").exists()

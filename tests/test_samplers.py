@@ -151,3 +151,41 @@ def test_run_sampler_checks_timesteps_before_any_model_call():
         for name in ("ddim", "diffusers_dpm_solver_pp_2m"):
             with pytest.raises(error, match="timesteps"):
                 ad.run_sampler(never, noise, name, schedule, bad)
+
+
+@pytest.mark.parametrize("method", ["ddpm_type", "accelerated_sde"])
+def test_without_final_noise_the_last_step_is_the_noise_free_update(method):
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    run = {}
+    for final in (True, False):
+        run[final] = ad.sample(TARGET.eps, x, PATH, method, generator=torch.Generator().manual_seed(2),
+                               final_noise=final)
+    # the same random stream up to the last step: replay it to get the input of the last step
+    gen = torch.Generator().manual_seed(2)
+    last_in = ad.sample(TARGET.eps, x, PATH[:-1], method, generator=gen)
+    a_t, a_prev = float(PATH[-2]), float(PATH[-1])
+    u = ad.updates
+    if method == "ddpm_type":
+        eps = TARGET.eps(last_in, a_t)
+        clean = u.ddpm_type_step(last_in, eps, a_t, a_prev, torch.zeros_like(x))
+        z = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        noisy = clean + u.ddpm_type_coefficients(a_t, a_prev)[2] * z
+    else:
+        x_plus = u.accelerated_sde_perturb(last_in, a_t, a_prev, torch.randn(x.shape, generator=gen, dtype=x.dtype))
+        clean = u.accelerated_sde_step(x_plus, TARGET.eps(x_plus, a_t), a_t, a_prev, torch.zeros_like(x))
+        noisy = clean + u.accelerated_sde_noise_scale(a_t, a_prev) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    assert torch.equal(run[False], clean)
+    assert torch.allclose(run[True], noisy, rtol=0, atol=1e-12)
+    assert (run[True] - run[False]).std() > 0.1  # the final noise is not negligible on this path
+
+
+def test_run_sampler_defaults_to_no_final_noise():
+    sched = ad.schedules.DiscreteSchedule.from_diffusers("linear")
+    ts = sched.subsample(4, "uniform")
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps = lambda y, t: TARGET.eps(y, float(sched.alpha_bars[t]))  # noqa: E731
+    for method in ("ddpm_type", "accelerated_sde"):
+        a = ad.run_sampler(eps, x, method, sched, ts, generator=torch.Generator().manual_seed(3))
+        b = ad.sample(eps, x, sched.path(ts), method, timesteps=ts.tolist(),
+                      generator=torch.Generator().manual_seed(3), final_noise=False)
+        assert torch.equal(a, b)

@@ -115,3 +115,26 @@ def test_schedule_from_a_list_of_betas():
         S.DiscreteSchedule([[0.1, 0.2]])
     with pytest.raises(TypeError, match="sequence of numbers"):
         S.DiscreteSchedule(["a", "b"])
+
+
+@pytest.mark.parametrize("steps", [2, 5, 10, 50, 300, 1000])
+def test_logsnr_spacing_is_uniform_in_lambda_and_distinct(steps):
+    sched = S.DiscreteSchedule.from_diffusers("linear")
+    ts = sched.subsample(steps, "logsnr")
+    assert len(ts) == steps and len(ts.unique()) == steps
+    assert ts[0] == 999 and ts[-1] == 0 and bool((ts[1:] < ts[:-1]).all())
+    lam = sched.lambda_[ts].numpy()
+    target = np.linspace(lam[0], lam[-1], steps)
+    if steps <= 10:  # no two targets share an index here: the nearest index, within half a training step
+        dlam = np.abs(np.diff(sched.lambda_.numpy())).max()
+        assert np.abs(lam - target).max() <= dlam / 2 + 1e-12
+
+
+def test_logsnr_spacing_needs_the_levels_and_starts_at_t_max():
+    with pytest.raises(ValueError, match="alpha_bars_train"):
+        S.timestep_subsequence(1000, 5, "logsnr")
+    abar = S.DiscreteSchedule.from_diffusers("linear").alpha_bars
+    ts = S.logsnr_timesteps(abar, 5, t_max=800)
+    assert ts[0] == 800 and ts[-1] == 0
+    with pytest.raises(ValueError, match="num_steps"):
+        S.logsnr_timesteps(abar, 10, t_max=5)

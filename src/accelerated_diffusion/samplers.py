@@ -100,6 +100,12 @@ class _Stepper:
         (diffusers' ``randn_tensor``), so a sample does not depend on the batch it is drawn in."""
         return randn_tensor(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
+    def final_step_noise(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        """The noise added after the model evaluation of step ``i``: drawn as always (the random stream does not
+        depend on ``final_noise``), but zero at the last step when ``final_noise`` is off."""
+        z = self.noise(like)
+        return z if self.final_noise or i < len(self) - 1 else torch.zeros_like(z)
+
     def done(self, i: int, x: torch.Tensor) -> None:
         if self.check_finite and not bool(torch.isfinite(x).all()):
             raise ModelOutputError(f"step {i} (t={self.timesteps[i]}): the update produced NaN or Inf")
@@ -126,11 +132,12 @@ def sample_ddim_type(s: _Stepper) -> torch.Tensor:
 
 
 def sample_ddpm_type(s: _Stepper) -> torch.Tensor:
-    """The paper's DDPM-type baseline (:func:`updates.ddpm_type_step`); one noise draw per step."""
+    """The paper's DDPM-type baseline (:func:`updates.ddpm_type_step`); one noise draw per step.  Without
+    ``final_noise`` the last step is the noise-free update (the official code's ``t == 0`` mask)."""
     x = s.x
     for i in range(len(s)):
         eps = s.eps(x, i)
-        x = updates.ddpm_type_step(x, eps, s.levels[i], s.levels[i + 1], s.noise(x))
+        x = updates.ddpm_type_step(x, eps, s.levels[i], s.levels[i + 1], s.final_step_noise(i, x))
         s.done(i, x)
     return x
 
@@ -150,13 +157,16 @@ def sample_accelerated_ode(s: _Stepper) -> torch.Tensor:
 
 def sample_accelerated_sde(s: _Stepper) -> torch.Tensor:
     """Accelerated stochastic sampler (:func:`updates.accelerated_sde_perturb` then
-    :func:`updates.accelerated_sde_step`); noise is drawn in the order ``Z_T, Z_T^+, Z_{T-1}, Z_{T-1}^+, ...``."""
+    :func:`updates.accelerated_sde_step`); noise is drawn in the order ``Z_T, Z_T^+, Z_{T-1}, Z_{T-1}^+, ...``.
+    Without ``final_noise`` the last step drops its second noise ``Z^+`` and keeps the perturbation ``Z`` before
+    the evaluation, as both official codes do at ``t == 0`` (CIFAR: ``mask`` on the second noise only; ImageNet:
+    ``nonzero_mask`` on the noise after the mean, the perturbation inside ``p_mean_variance`` unmasked)."""
     x = s.x
     for i in range(len(s)):
         a_t, a_prev = s.levels[i], s.levels[i + 1]
         x_plus = updates.accelerated_sde_perturb(x, a_t, a_prev, s.noise(x))  # Y_t^+ = Phi_t(Y_t, Z_t)
         eps = s.eps(x_plus, i)  # one evaluation, at the perturbed point, time index t
-        x = updates.accelerated_sde_step(x_plus, eps, a_t, a_prev, s.noise(x))  # Y_{t-1} = Psi_t(Y_t^+, Z_t^+)
+        x = updates.accelerated_sde_step(x_plus, eps, a_t, a_prev, s.final_step_noise(i, x))  # Psi_t(Y_t^+, Z_t^+)
         s.done(i, x)
     return x
 
@@ -276,6 +286,7 @@ def sample(
     progress: bool = False,
     check_finite: bool = True,
     return_nfe: bool = False,
+    final_noise: bool = True,
 ):
     r"""Run a sampler from ``x`` (the sample at level ``alpha_bars[0]``) along the path ``alpha_bars``.
 
@@ -310,22 +321,27 @@ def sample(
         host synchronisation per step; switch off for speed on an accelerator).
     return_nfe:
         Also return the number of model evaluations used.
+    final_noise:
+        Stochastic samplers only: add noise at the last step too, as the paper's formulas do (default, used by the
+        rate measurements).  ``False`` is the authors' image code: ``ddpm_type``'s last step adds no noise and
+        ``accelerated_sde``'s last step drops ``Z^+`` (see :func:`sample_accelerated_sde`).
 
     Returns
     -------
     The sample at level ``alpha_bars[-1]``, or ``(sample, nfe)`` when ``return_nfe``.
     """
     return _run_loop(eps_fn, x, alpha_bars, method, timesteps=timesteps, generator=generator,
-                    progress=progress, check_finite=check_finite, return_nfe=return_nfe)
+                    progress=progress, check_finite=check_finite, return_nfe=return_nfe, final_noise=final_noise)
 
 
 def _run_loop(eps_fn, x, alpha_bars, method: str, *, timesteps=None, generator=None, progress=False,
-              check_finite=True, return_nfe=False):
+              check_finite=True, return_nfe=False, final_noise=True):
     s = spec(method)
     if s.loop is None:
         raise ValueError(f"{method!r} is diffusers' own scheduler: run it with run_sampler or sample_with_scheduler; "
                          f"sample() runs {list(LIBRARY_SAMPLERS)}")
     stepper = _Stepper(eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc=method)
+    stepper.final_noise = bool(final_noise)
     try:
         out = s.loop(stepper)
     finally:
@@ -381,6 +397,7 @@ def run_sampler(
     generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
     return_nfe: bool = False,
+    final_noise: bool = False,
 ):
     r"""The one dispatch for a model with integer timesteps: run sampler ``name`` (any key of :data:`SAMPLERS`)
     from ``noise`` through the training ``schedule``'s ``timesteps`` (noisiest first; a
@@ -392,13 +409,15 @@ def run_sampler(
     integer timestep to ``eps_fn``; diffusers' own peer schedulers are configured with the schedule's betas and
     driven by :func:`sample_with_scheduler` on the same timesteps (``diffusers_unipc_bh2`` accepts no custom
     timesteps: it raises unless its own spacing gives exactly these). NFE = ``len(timesteps)``.
+    ``final_noise`` (stochastic samplers) defaults to ``False`` here, as the authors run them for images: no noise
+    on the last step (see :func:`sample`).
     """
     s = spec(name)
     ts = check_timesteps(timesteps, schedule.num_train_timesteps).tolist()
     if s.loop is not None:
         path = schedule.path(torch.tensor(ts), final_alpha_bar)
         return sample(eps_fn, noise, path, name, timesteps=ts, generator=generator, progress=progress,
-                      return_nfe=return_nfe)
+                      return_nfe=return_nfe, final_noise=final_noise)
     if final_alpha_bar != 1.0:
         raise ValueError(f"{name} (diffusers' scheduler) always ends at clean data; final_alpha_bar must be 1.0")
     scheduler = _PEER_FACTORIES[name](schedule.betas)

@@ -17,8 +17,9 @@ Three sources of paths are provided:
    ``diffusers.DDPMScheduler``, see :func:`betas_for`;
 2. the learning-rate schedule of the paper's theory (constants ``c0``, ``c1``), see :func:`paper_betas`;
 3. subsequences ``tau_1 < ... < tau_S`` of a training schedule, as used with pretrained models, see
-   :func:`timestep_subsequence` (diffusers' ``leading`` / ``trailing`` / ``linspace`` spacings and the official
-   code's ``uniform`` and ``quadratic`` ones). Along a subsequence the per-step ``alpha_t`` is
+   :func:`timestep_subsequence` (diffusers' ``leading`` / ``trailing`` / ``linspace`` spacings, the official
+   code's ``uniform`` and ``quadratic`` ones, and ``logsnr``, uniform in the half log-SNR, see
+   :func:`logsnr_timesteps`). Along a subsequence the per-step ``alpha_t`` is
    ``alpha_bar_{tau_t} / alpha_bar_{tau_{t-1}}``.
 """
 
@@ -38,6 +39,7 @@ __all__ = [
     "alpha_bars_from_betas",
     "paper_betas",
     "timestep_subsequence",
+    "logsnr_timesteps",
     "sampling_path",
     "validate_path",
     "is_integer_dtype",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-SPACINGS = ("leading", "trailing", "linspace", "uniform", "quadratic")
+SPACINGS = ("leading", "trailing", "linspace", "uniform", "quadratic", "logsnr")
 
 
 def betas_for(
@@ -177,11 +179,41 @@ def _shown(ts) -> list:
     return v if len(v) <= 12 else v[:6] + ["..."] + v[-6:]
 
 
+def logsnr_timesteps(alpha_bars_train: torch.Tensor, num_steps: int, t_max: int | None = None) -> torch.Tensor:
+    r"""``num_steps`` distinct training-step indices, descending, uniform in the half log-SNR
+    ``lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t))`` between ``lambda`` of step ``t_max`` (default the last
+    training step, the noisiest level) and ``lambda`` of step 0 (the first training level).
+
+    Each target ``lambda`` is mapped to the index with the nearest ``lambda``; where two targets land on the same
+    index (only where ``lambda`` changes faster than the target spacing), the indices are pushed apart by one step,
+    first upwards from step 0, then downwards from ``t_max``, so the grid always starts at ``t_max`` and ends at 0.
+    Raises ``ValueError`` when ``num_steps`` exceeds ``t_max + 1`` (not enough distinct indices).
+    """
+    abar = torch.as_tensor(alpha_bars_train, dtype=torch.float64)
+    n = abar.numel()
+    t_max = n - 1 if t_max is None else int(t_max)
+    s = int(num_steps)
+    if not 0 <= t_max < n:
+        raise ValueError(f"t_max must be in [0, {n}), got {t_max}")
+    if not 1 <= s <= t_max + 1:
+        raise ValueError(f"num_steps must be in [1, t_max + 1 = {t_max + 1}], got {num_steps}")
+    lam = (0.5 * (torch.log(abar) - torch.log1p(-abar))).numpy()[: t_max + 1]  # decreasing in t
+    targets = np.linspace(lam[0], lam[t_max], s) if s > 1 else np.array([lam[t_max]])
+    ts = np.abs(lam[None, :] - targets[:, None]).argmin(axis=1).astype(np.int64)  # ascending in t
+    for k in range(1, s):  # distinct: push up from step 0 ...
+        ts[k] = max(ts[k], ts[k - 1] + 1)
+    ts[-1] = t_max
+    for k in range(s - 2, -1, -1):  # ... and down from t_max
+        ts[k] = min(ts[k], ts[k + 1] - 1)
+    return torch.from_numpy(ts[::-1].copy())
+
+
 def timestep_subsequence(
     num_train_timesteps: int,
     num_steps: int,
     spacing: str = "leading",
     steps_offset: int = 0,
+    alpha_bars_train: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Training-step indices to visit, in sampling order (descending), as an int64 tensor.
 
@@ -192,7 +224,9 @@ def timestep_subsequence(
     * ``linspace`` (diffusers): ``round(linspace(0, N - 1, S))`` reversed;
     * ``uniform``  (official code, from DDIM): ``range(0, N, N // S)`` reversed -- note that it has more than
       ``S`` entries when ``S`` does not divide ``N`` (e.g. 8 entries for ``N = 1000, S = 7``), exactly as there;
-    * ``quadratic`` (official code): ``int(linspace(0, sqrt(0.8 N), S) ** 2)`` reversed.
+    * ``quadratic`` (official code): ``int(linspace(0, sqrt(0.8 N), S) ** 2)`` reversed;
+    * ``logsnr``: uniform in the half log-SNR between the last and the first training levels
+      (:func:`logsnr_timesteps`); needs ``alpha_bars_train`` (or use :meth:`DiscreteSchedule.subsample`).
 
     Raises ``TypeError`` for a count or offset that is not an integer, ``ValueError`` for an unknown spacing,
     ``num_steps`` outside ``[1, N]``, or a spacing that would visit the same index twice or leave ``[0, N)``.
@@ -213,6 +247,11 @@ def timestep_subsequence(
         ts = np.arange(0, n, n // s, dtype=np.int64)[::-1]
     elif spacing == "quadratic":
         ts = np.array([int(v) for v in np.linspace(0, math.sqrt(0.8 * n), s) ** 2], dtype=np.int64)[::-1]
+    elif spacing == "logsnr":
+        if alpha_bars_train is None or len(alpha_bars_train) != n:
+            raise ValueError("the 'logsnr' spacing needs the training levels: pass alpha_bars_train (length "
+                             f"{n}) or use DiscreteSchedule.subsample")
+        ts = (logsnr_timesteps(alpha_bars_train, s) + steps_offset).numpy()
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
     ts = np.ascontiguousarray(ts)
@@ -322,4 +361,5 @@ class DiscreteSchedule:
 
     def subsample(self, num_steps: int, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
         """Timesteps of a ``spacing`` subsequence with ``num_steps`` entries (see :func:`timestep_subsequence`)."""
-        return timestep_subsequence(self.num_train_timesteps, num_steps, spacing, steps_offset)
+        return timestep_subsequence(self.num_train_timesteps, num_steps, spacing, steps_offset,
+                                    self.alpha_bars if spacing == "logsnr" else None)

@@ -1,0 +1,386 @@
+r"""The few-NFE comparison with learned scores: every sampler on every grid, same noises, with intervals.
+
+Pieces used by the chapter *Learned scores* (and its GPU parameter file):
+
+* :func:`grid_timesteps`, :func:`initial_noise`, :func:`generate` -- a sampler on a named grid of a model's
+  training schedule, from per-sample seeded noises shared by every sampler;
+* :func:`frechet_with_ci` -- Fréchet distance of the project's classifier features with a bootstrap interval over
+  samples (features computed once per sample set, the distance recomputed on resampled features);
+* :func:`pf_reference`, :func:`pf_distance` -- distance to the probability-flow solution from the same noise: a
+  float64 many-step DPM-Solver++(2M) solve from the same start level, checked against half as many steps;
+* :func:`separated`, :func:`comparison_map`, :func:`recommend` -- a difference is called only when the
+  intervals separate; the sampler x grid table and the rule that picks a sampler and a grid from it;
+* :func:`step_diagnostics` -- per step of a grid, the extrapolation ratio of the accelerated sampler and its
+  correction coefficient against DDIM's epsilon coefficient (from :mod:`accelerated_diffusion.updates`);
+* :func:`exact_score_control`, :func:`hybrid_eps_fn` -- the same grids with the exact noise prediction of a
+  Gaussian-mixture target, and the learned model with the exact prediction at its first step only;
+* :func:`peer_agreement` -- diffusers' own DPM-Solver++(2M) / UniPC against the library's float64 loops.
+
+Plot helpers for the chapter: :func:`image_grid`, :func:`map_heatmap`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import samplers, updates
+from ..schedules import logsnr_timesteps
+from . import features
+from .rates import rms_with_ci
+
+__all__ = [
+    "GRIDS",
+    "COMPARED",
+    "grid_timesteps",
+    "initial_noise",
+    "generate",
+    "image_features",
+    "frechet_with_ci",
+    "pf_reference",
+    "pf_distance",
+    "separated",
+    "comparison_map",
+    "format_map",
+    "recommend",
+    "step_diagnostics",
+    "exact_eps_fn",
+    "hybrid_eps_fn",
+    "exact_score_control",
+    "peer_agreement",
+    "image_grid",
+    "map_heatmap",
+]
+
+#: The grids compared: the official code's ``uniform`` and ``quadratic``, diffusers' ``trailing`` and ``logsnr``.
+GRIDS = ("uniform", "quadratic", "trailing", "logsnr")
+#: The samplers compared (registry names): four deterministic, then the paper's two stochastic ones.
+COMPARED = ("ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
+
+
+def grid_timesteps(schedule, nfe: int, grid: str) -> torch.Tensor:
+    """The ``nfe`` training steps of ``grid`` (noisiest first); a clear error when the grid does not have exactly
+    ``nfe`` entries (``uniform`` = ``range(0, N, N // nfe)`` has more when ``nfe`` does not divide ``N``)."""
+    ts = schedule.subsample(int(nfe), grid)
+    if len(ts) != int(nfe):
+        raise ValueError(f"the {grid!r} grid visits {len(ts)} timesteps for nfe={nfe} (for 'uniform' the NFE must "
+                         f"divide {schedule.num_train_timesteps}); pick another NFE")
+    return ts
+
+
+def initial_noise(n: int, shape, seed: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``n`` standard normal draws of ``shape``, draw ``i`` from its own generator seeded with ``(seed, i)``: the
+    first ``m`` noises are the same for any ``n >= m`` (a CPU tensor)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    gen = torch.Generator()
+    out = torch.empty((n, *shape), dtype=torch.float64)
+    for i in range(n):
+        gen.manual_seed(int(seed) * 1_000_003 + i)
+        out[i] = torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
+    return out.to(dtype)
+
+
+def generate(eps_fn, schedule, name: str, grid: str, nfe: int, noise: torch.Tensor, *, seed: int = 0,
+             batch_size: int = 256, final_noise: bool = False, timesteps=None) -> torch.Tensor:
+    """Sampler ``name`` from every noise (batches of ``batch_size``) on ``grid`` at ``nfe``, through
+    :func:`accelerated_diffusion.run_sampler`; the stochastic samplers draw from one generator seeded with
+    ``seed`` (the same stream for every stochastic sampler).  Returns a CPU tensor in ``noise``'s dtype."""
+    samplers.spec(name)
+    ts = grid_timesteps(schedule, nfe, grid) if timesteps is None else torch.as_tensor(timesteps)
+    gen = torch.Generator(noise.device).manual_seed(int(seed)) if name in samplers.STOCHASTIC else None
+    out = []
+    for i in range(0, len(noise), batch_size):
+        x, used = samplers.run_sampler(eps_fn, noise[i:i + batch_size], name, schedule, ts, generator=gen,
+                                       final_noise=final_noise, return_nfe=True)
+        if used != len(ts):
+            raise RuntimeError(f"{name} used {used} model evaluations on {len(ts)} timesteps")
+        out.append(x.cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Intervals
+# ----------------------------------------------------------------------------------------------------------------
+def image_features(samples: torch.Tensor, classifier=None, *, batch_size: int = 500) -> np.ndarray:
+    """Classifier features of generated images, clamped to ``[-1, 1]`` first as saving them as images would (a
+    diverged sampler's values far outside the range are then counted as saturated pixels, not rejected)."""
+    return features.extract_features(samples.float().clamp(-1, 1), model=classifier, batch_size=batch_size)
+
+
+def frechet_with_ci(feats, reference=None, *, num_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+    r"""Fréchet distance of the features ``feats`` (``(n, d)``, :func:`features.extract_features`) to the
+    ``reference`` statistics ``(mu, sigma)`` (default: the shipped test-split statistics), with a ``level``
+    bootstrap interval over samples: ``num_boot`` resamples of the rows (seeded), the distance recomputed from the
+    resampled features, and the resamples' ``level`` quantile range shifted so that their median sits on the
+    value, ``[v - (q_med - q_lo), v + (q_hi - q_med)]``: a resample holds about 63% distinct samples, which raises
+    the distance of every resample by about the same amount, so the spread is kept and that shift removed.  The
+    interval is the sampling variability of the distance *at this sample size*; its small-sample bias (compare
+    real data at the same size, :func:`features.real_data_frechet_distance`) is common to every sampler.
+    Returns ``{"value", "ci", "num_samples", "num_boot"}``."""
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 3:
+        raise ValueError(f"need features (n >= 3, d), got shape {f.shape}")
+    if num_boot < 20 or not 0 < level < 1:
+        raise ValueError(f"need num_boot >= 20 and 0 < level < 1, got {num_boot}, {level}")
+    mu_r, s_r = features.load_reference_stats("test") if reference is None else reference
+    value = features.frechet_distance_from_stats(*features.feature_statistics(f), mu_r, s_r)
+    rng = np.random.default_rng(seed)
+    n = f.shape[0]
+    boot = np.array([features.frechet_distance_from_stats(*features.feature_statistics(f[rng.integers(0, n, n)]),
+                                                          mu_r, s_r) for _ in range(num_boot)])
+    q_lo, q_med, q_hi = np.quantile(boot, [(1 - level) / 2, 0.5, (1 + level) / 2])
+    return {"value": value, "ci": [float(max(value - (q_med - q_lo), 0.0)), float(value + (q_hi - q_med))], "num_samples": n,
+            "num_boot": num_boot}
+
+
+def separated(a: dict | None, b: dict | None) -> int:
+    """``-1`` when interval ``a`` lies wholly below ``b``, ``+1`` when above, ``0`` when they overlap (or either
+    is missing): a difference is called only when the intervals separate."""
+    if not a or not b:
+        return 0
+    if a["ci"][1] < b["ci"][0]:
+        return -1
+    if a["ci"][0] > b["ci"][1]:
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distance to the probability-flow solution
+# ----------------------------------------------------------------------------------------------------------------
+def pf_reference(eps_fn, schedule, t_start: int, noise: torch.Tensor, *, nfe: int = 40,
+                 batch_size: int = 256) -> dict:
+    r"""The probability-flow solution from ``noise`` at training step ``t_start`` to ``alpha_bar = 1``:
+    DPM-Solver++(2M) in float64 on ``nfe`` steps uniform in log-SNR from ``t_start`` to step 0
+    (:func:`~accelerated_diffusion.schedules.logsnr_timesteps`), and the same with ``nfe // 2`` steps as a
+    convergence check.  ``eps_fn`` should be the model in float64 (``models.load_unet(..., dtype=torch.float64)``).
+    Returns ``{"solution", "t_start", "nfe", "rms_vs_half"}`` (RMS over noises of the difference to the
+    half-step solve: an upper estimate of the reference's own error)."""
+    x = noise.double()
+    sol = {}
+    for k in (int(nfe), int(nfe) // 2):
+        ts = logsnr_timesteps(schedule.alpha_bars, k, t_max=int(t_start))
+        sol[k] = generate(eps_fn, schedule, "dpm_solver_pp_2m", "logsnr", k, x, batch_size=batch_size, timesteps=ts)
+    return {"solution": sol[int(nfe)], "t_start": int(t_start), "nfe": int(nfe),
+            "rms_vs_half": rms_with_ci(sol[int(nfe) // 2], sol[int(nfe)])["value"]}
+
+
+def pf_distance(samples: torch.Tensor, reference: torch.Tensor, level: float = 0.95) -> dict:
+    """RMS over noises of the Euclidean distance between paired samples and reference solutions (images in
+    [-1, 1], unclipped), with the ``level`` t-interval of :func:`rates.rms_with_ci`."""
+    return rms_with_ci(samples.double(), reference.double(), level)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sampler x grid map and the recommendation
+# ----------------------------------------------------------------------------------------------------------------
+def _cell(comparison: dict, grid: str, name: str, nfe, metric: str):
+    entry = comparison.get(grid, {}).get(name, {}).get(str(nfe))
+    return None if entry is None else entry.get(metric)
+
+
+def comparison_map(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=COMPARED) -> dict:
+    """``{name: {grid: {"value", "ci"} or None}}`` at ``nfe`` for ``metric`` (``"fd"`` or ``"pf"``) from a
+    ``comparison[grid][sampler][str(nfe)]`` results block."""
+    return {n: {g: _cell(comparison, g, n, nfe, metric) for g in grids} for n in names}
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def format_map(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=COMPARED, width: int = 21) -> str:
+    """The map at ``nfe`` as fixed-width text, one row per sampler: ``value [lo, hi]`` (3 significant digits);
+    values of 100 or more as integers; ``*`` marks the best cell and every cell whose interval overlaps it."""
+    m = comparison_map(comparison, nfe, metric, grids=grids, names=names)
+    rec = recommend(comparison, nfe, metric, grids=grids, names=names)
+    tied = {(rec["best"]["grid"], rec["best"]["sampler"])} | {(t["grid"], t["sampler"]) for t in rec["ties"]}
+    lines = [f"{'':18s}" + "".join(f"{g:>{width}s}" for g in grids)]
+    for n in names:
+        row = f"{samplers.label(n):18s}"
+        for g in grids:
+            c = m[n][g]
+            text = "-" if c is None else f"{_fmt(c['value'])} [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}]"
+            row += f"{text + ('*' if (g, n) in tied else ' '):>{width}s}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def recommend(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=COMPARED) -> dict:
+    """The rule: the cell (grid, sampler) with the lowest value, and every cell whose interval overlaps the best
+    one's (not separated from it: equally recommendable at this sample size).  Returns ``{"best": {"grid",
+    "sampler", "value", "ci"}, "ties": [...same...]}``."""
+    cells = [{"grid": g, "sampler": n, **c} for n in names for g in grids
+             if (c := _cell(comparison, g, n, nfe, metric)) is not None and math.isfinite(c["value"])]
+    if not cells:
+        raise ValueError(f"no {metric} values at nfe={nfe}")
+    best = min(cells, key=lambda c: c["value"])
+    ties = [c for c in cells if c is not best and separated(c, best) == 0]
+    return {"best": best, "ties": sorted(ties, key=lambda c: c["value"])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-step diagnostics of the accelerated deterministic sampler
+# ----------------------------------------------------------------------------------------------------------------
+def step_diagnostics(schedule, grid: str, nfe: int) -> list[dict]:
+    r"""Per step ``i`` of ``grid`` at ``nfe`` (path ending at ``alpha_bar = 1``): the levels ``abar_t ->
+    abar_prev``, the extrapolation ratio ``(abar_prev - abar_t) / (abar_t - abar_next)`` (how far beyond the last
+    two evaluations the accelerated sampler extrapolates eps, linear in ``abar``), its correction coefficient
+    ``c`` of ``c (eps_{t+1} - eps_t)`` (:func:`updates.accelerated_ode_coefficient`) and DDIM's ``c_eps``
+    (:func:`updates.ddim_coefficients`).  The first step has no correction (``None``)."""
+    ts = grid_timesteps(schedule, nfe, grid)
+    path = [float(a) for a in schedule.path(ts, 1.0)]
+    rows = []
+    for i in range(len(ts)):
+        a_t, a_prev = path[i], path[i + 1]
+        c_eps = updates.ddim_coefficients(a_t, a_prev)[1]
+        row = {"step": i + 1, "t": int(ts[i]), "alpha_bar_t": a_t, "alpha_bar_prev": a_prev, "c_eps": c_eps,
+               "ratio": None, "c": None}
+        if i > 0:
+            a_next = path[i - 1]
+            row["ratio"] = (a_prev - a_t) / (a_t - a_next)
+            row["c"] = updates.accelerated_ode_coefficient(a_next, a_t, a_prev)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exact-score control
+# ----------------------------------------------------------------------------------------------------------------
+def exact_eps_fn(target, schedule):
+    """``eps_fn(x, t)`` with integer training steps ``t`` for an exact-score target (``target.eps(x, abar_t)``)."""
+    abar = schedule.alpha_bars
+
+    def fn(x: torch.Tensor, t) -> torch.Tensor:
+        return target.eps(x.double(), float(abar[int(t)])).to(x.dtype)
+
+    return fn
+
+
+def hybrid_eps_fn(eps_fn, exact_fn, first_t: int):
+    """``eps_fn`` everywhere except at training step ``first_t``, where ``exact_fn`` answers (the learned model
+    with the exact noise prediction at its first step only)."""
+
+    def fn(x: torch.Tensor, t) -> torch.Tensor:
+        return exact_fn(x, t) if int(t) == int(first_t) else eps_fn(x, t)
+
+    return fn
+
+
+def exact_score_control(target, schedule, noise: torch.Tensor, *, grids=GRIDS, nfes=(4, 5, 8, 10),
+                        names=("ddim", "accelerated_ode"), reference_nfe: int = 200, level: float = 0.95,
+                        progress: bool = False) -> dict:
+    r"""The distance to the probability-flow solution with the *exact* noise prediction of ``target`` (e.g.
+    :func:`rates.fit_fashion_mnist_mixture`) on the model's grids: ``{"values": {grid: {name: {str(nfe):
+    {"value", "ci"}}}}, "reference": {str(t_start): rms_vs_half}}``, all in float64 from ``noise``."""
+    fn = exact_eps_fn(target, schedule)
+    x = noise.double()
+    refs, values = {}, {}
+    jobs = [(g, k) for g in grids for k in nfes]
+    for g, k in tqdm(jobs, desc="exact-score control", disable=not progress, leave=False):
+        ts = grid_timesteps(schedule, k, g)
+        t0 = int(ts[0])
+        if t0 not in refs:
+            refs[t0] = pf_reference(fn, schedule, t0, x, nfe=reference_nfe, batch_size=len(x))
+        for n in names:
+            y = generate(fn, schedule, n, g, k, x, batch_size=len(x))
+            values.setdefault(g, {}).setdefault(n, {})[str(k)] = pf_distance(y, refs[t0]["solution"], level)
+    return {"values": values, "reference": {str(t): r["rms_vs_half"] for t, r in refs.items()},
+            "reference_nfe": reference_nfe, "num_samples": len(x)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diffusers' own peers against the library
+# ----------------------------------------------------------------------------------------------------------------
+def peer_agreement(eps_fn, schedule, noise: torch.Tensor, *, grids=GRIDS, nfes=(5, 10)) -> dict:
+    """Max abs difference between diffusers' ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler`` (float32
+    noise, the schedulers' own arithmetic) and the library's ``dpm_solver_pp_2m`` / ``unipc_bh2`` run in float64,
+    from the same noise: ``{grid: {str(nfe): {"diffusers_dpm_solver_pp_2m": d, "diffusers_unipc_bh2": d or
+    None}}}``; ``None`` where diffusers' UniPC cannot visit the grid (it takes no custom timesteps)."""
+    out = {}
+    for g in grids:
+        for k in nfes:
+            ts = grid_timesteps(schedule, k, g)
+            row = {}
+            for peer, ours in (("diffusers_dpm_solver_pp_2m", "dpm_solver_pp_2m"),
+                               ("diffusers_unipc_bh2", "unipc_bh2")):
+                try:
+                    theirs = samplers.run_sampler(eps_fn, noise.float(), peer, schedule, ts)
+                except ValueError:
+                    row[peer] = None
+                    continue
+                mine = samplers.run_sampler(eps_fn, noise.double(), ours, schedule, ts)
+                row[peer] = float((theirs.double().cpu() - mine.cpu()).abs().max())
+            out.setdefault(g, {})[str(k)] = row
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plot helpers
+# ----------------------------------------------------------------------------------------------------------------
+def _to_display(img: torch.Tensor) -> np.ndarray:
+    img = ((img.detach().float().clamp(-1, 1) + 1) / 2).cpu()
+    return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+
+
+def image_grid(rows, row_labels, col_labels, *, cell: float = 0.72, label_width: float = 1.5, fontsize: int = 9):
+    """A matplotlib figure with one row of images (``(C, H, W)`` in ``[-1, 1]``, or ``None``: shown as "n/a") per
+    entry of ``rows``, row labels on the left and column labels on top; ``cell`` inches per image.  Returns the
+    figure."""
+    import matplotlib.pyplot as plt
+
+    nr, nc = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(nr, nc, figsize=(cell * nc + label_width, cell * nr + 0.4), squeeze=False)
+    for r, (row, lab) in enumerate(zip(rows, row_labels)):
+        for c in range(nc):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(row) and row[c] is not None:
+                ax.imshow(_to_display(row[c]), cmap="gray", vmin=0, vmax=1)
+            elif c < len(row):  # a grid that cannot have this many steps
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", fontsize=fontsize, transform=ax.transAxes)
+            else:
+                ax.axis("off")
+            if r == 0 and c < len(col_labels):
+                ax.set_title(col_labels[c], fontsize=fontsize)
+        axes[r][0].set_ylabel(lab, fontsize=fontsize, rotation=0, ha="right", va="center")
+    fig.subplots_adjust(wspace=0.04, hspace=0.06)
+    return fig
+
+
+def map_heatmap(comparison: dict, nfes, metric: str = "fd", *, grids=GRIDS, names=COMPARED, fontsize: int = 8):
+    """One heat-map panel per NFE (stacked vertically): rows samplers, columns grids, colour ``log10`` of the
+    value, each cell annotated ``value`` and ``[lo, hi]``; the best cell and those not separated from it framed.
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(len(nfes), 1, figsize=(6.9, 2.9 * len(nfes)), squeeze=False)
+    for ax, k in zip(axes[:, 0], nfes):
+        m = comparison_map(comparison, k, metric, grids=grids, names=names)
+        vals = np.array([[np.nan if m[n][g] is None else m[n][g]["value"] for g in grids] for n in names])
+        im = ax.imshow(np.log10(vals), cmap="viridis_r", aspect="auto")
+        rec = recommend(comparison, k, metric, grids=grids, names=names)
+        framed = [rec["best"]] + rec["ties"]
+        for i, n in enumerate(names):
+            for j, g in enumerate(grids):
+                c = m[n][g]
+                if c is None:
+                    continue
+                ax.text(j, i, f"{_fmt(c['value'])}\n[{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}]", ha="center",
+                        va="center", fontsize=fontsize - 1, color="white" if np.log10(c["value"]) > np.nanmean(
+                            np.log10(vals)) else "black")
+        for c in framed:
+            i, j = names.index(c["sampler"]), grids.index(c["grid"])
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.set_xticks(range(len(grids)), grids, fontsize=fontsize + 1)
+        ax.set_yticks(range(len(names)), [samplers.label(n) for n in names], fontsize=fontsize + 1)
+        ax.set_title(f"{k} NFE", fontsize=fontsize + 2)
+        fig.colorbar(im, ax=ax, label=f"log10 {metric.upper()}", shrink=0.8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,116 @@
+"""The comparison's pieces on exact-score targets and synthetic features: grids, shared noises, intervals, the
+map and its rule, per-step diagnostics, the exact-score control and diffusers' peers against the library."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import accelerated_diffusion as ad
+from accelerated_diffusion import updates
+from accelerated_diffusion.experiments import comparison as C, features
+from accelerated_diffusion.schedules import DiscreteSchedule
+
+SCHED = DiscreteSchedule.from_diffusers("linear")
+TARGET = ad.GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=torch.float64),
+                            torch.stack([0.05 * torch.eye(2, dtype=torch.float64)] * 2))
+
+
+def test_grid_timesteps_checks_the_nfe():
+    for g in C.GRIDS:
+        assert len(C.grid_timesteps(SCHED, 5, g)) == 5
+    with pytest.raises(ValueError, match="divide"):
+        C.grid_timesteps(SCHED, 7, "uniform")
+
+
+def test_initial_noise_is_per_sample():
+    a, b = C.initial_noise(3, (2,), seed=1), C.initial_noise(5, (2,), seed=1)
+    assert torch.equal(a, b[:3])
+    assert not torch.equal(a, C.initial_noise(3, (2,), seed=2))
+
+
+def test_generate_same_noises_and_seeded_stochastic(one_thread):
+    fn = C.exact_eps_fn(TARGET, SCHED)
+    x = C.initial_noise(10, (2,), dtype=torch.float64)
+    y1 = C.generate(fn, SCHED, "accelerated_sde", "uniform", 5, x, seed=3, batch_size=4)
+    y2 = C.generate(fn, SCHED, "accelerated_sde", "uniform", 5, x, seed=3, batch_size=4)
+    assert torch.equal(y1, y2)
+    y3 = C.generate(fn, SCHED, "accelerated_sde", "uniform", 5, x, seed=3, batch_size=4, final_noise=True)
+    assert not torch.equal(y1, y3)  # the paper form adds the last noise
+
+
+def test_frechet_interval_contains_the_value_and_shrinks():
+    rng = np.random.default_rng(0)
+    ref = (np.zeros(4), np.eye(4))
+    small = C.frechet_with_ci(rng.normal(size=(50, 4)) + 0.5, ref, num_boot=100)
+    large = C.frechet_with_ci(rng.normal(size=(2000, 4)) + 0.5, ref, num_boot=100)
+    for r in (small, large):
+        assert r["ci"][0] <= r["value"] <= r["ci"][1]
+    assert large["ci"][1] - large["ci"][0] < small["ci"][1] - small["ci"][0]
+    assert large["ci"][0] < 1.0 < large["ci"][1]  # the population value: |mean shift|^2 = 4 * 0.25
+    f = rng.normal(size=(30, 4))
+    assert C.frechet_with_ci(f, ref)["value"] == features.frechet_distance_from_stats(
+        *features.feature_statistics(f), *ref)
+
+
+def _cell(v, lo, hi):
+    return {"fd": {"value": v, "ci": [lo, hi]}, "pf": None}
+
+
+def test_separated_map_and_recommendation():
+    comp = {"uniform": {"ddim": {"5": _cell(10, 9, 11)}, "accelerated_ode": {"5": _cell(5, 4, 6)}},
+            "trailing": {"ddim": {"5": _cell(6, 5.5, 12)}, "accelerated_ode": {"5": _cell(50, 40, 60)}}}
+    names = ("ddim", "accelerated_ode")
+    grids = ("uniform", "trailing")
+    assert C.separated(comp["uniform"]["accelerated_ode"]["5"]["fd"], comp["uniform"]["ddim"]["5"]["fd"]) == -1
+    assert C.separated(comp["uniform"]["ddim"]["5"]["fd"], comp["trailing"]["ddim"]["5"]["fd"]) == 0
+    rec = C.recommend(comp, 5, grids=grids, names=names)
+    assert (rec["best"]["grid"], rec["best"]["sampler"]) == ("uniform", "accelerated_ode")
+    assert [(t["grid"], t["sampler"]) for t in rec["ties"]] == [("trailing", "ddim")]
+    text = C.format_map(comp, 5, grids=grids, names=names)
+    assert "5 [4, 6]*" in text and "50 [40, 60] " in text
+    assert C.comparison_map(comp, 5, "pf", grids=grids, names=names)["ddim"]["uniform"] is None
+
+
+def test_step_diagnostics_use_the_update_coefficients():
+    rows = C.step_diagnostics(SCHED, "trailing", 5)
+    a = [float(v) for v in SCHED.path(SCHED.subsample(5, "trailing"))]
+    assert rows[0]["c"] is None and rows[0]["ratio"] is None
+    for i, r in enumerate(rows[1:], start=1):
+        assert r["ratio"] == pytest.approx((a[i + 1] - a[i]) / (a[i] - a[i - 1]))
+        assert r["c"] == updates.accelerated_ode_coefficient(a[i - 1], a[i], a[i + 1])
+        assert r["c_eps"] == updates.ddim_coefficients(a[i], a[i + 1])[1]
+    assert rows[1]["ratio"] > 10 and rows[1]["c"] > 3 * abs(rows[1]["c_eps"])  # the long first extrapolation
+
+
+def test_exact_score_control_reference_converged_and_ddim_first_order(one_thread):
+    x = C.initial_noise(32, (2,), dtype=torch.float64)
+    out = C.exact_score_control(TARGET, SCHED, x, grids=("trailing",), nfes=(5, 10, 20), reference_nfe=100)
+    d = out["values"]["trailing"]["ddim"]
+    assert d["20"]["value"] < d["10"]["value"] < d["5"]["value"]
+    assert max(out["reference"].values()) < 0.1 * d["20"]["value"]
+    hybrid = C.hybrid_eps_fn(lambda y, t: torch.zeros_like(y), C.exact_eps_fn(TARGET, SCHED), 999)
+    assert torch.equal(hybrid(x, 999), C.exact_eps_fn(TARGET, SCHED)(x, 999))
+    assert torch.equal(hybrid(x, 500), torch.zeros_like(x))
+
+
+def test_diffusers_peers_agree_with_the_library(one_thread):
+    fn = C.exact_eps_fn(TARGET, SCHED)
+    x = C.initial_noise(4, (2,), dtype=torch.float64)
+    out = C.peer_agreement(fn, SCHED, x, grids=("trailing", "logsnr"), nfes=(5,))
+    assert out["trailing"]["5"]["diffusers_dpm_solver_pp_2m"] < 1e-4
+    assert out["trailing"]["5"]["diffusers_unipc_bh2"] < 1e-4
+    assert out["logsnr"]["5"]["diffusers_dpm_solver_pp_2m"] < 1e-4
+    assert out["logsnr"]["5"]["diffusers_unipc_bh2"] is None  # diffusers' UniPC takes no custom grid
+
+
+def test_pf_reference_from_its_start(one_thread):
+    fn = C.exact_eps_fn(TARGET, SCHED)
+    x = C.initial_noise(8, (2,), dtype=torch.float64)
+    ref = C.pf_reference(fn, SCHED, 800, x, nfe=60)
+    assert ref["t_start"] == 800 and ref["rms_vs_half"] < 1e-2
+    y = C.generate(fn, SCHED, "dpm_solver_pp_2m", "quadratic", 10, x)  # quadratic starts at 800
+    assert C.pf_distance(y, ref["solution"])["value"] < C.pf_distance(
+        C.generate(fn, SCHED, "ddim", "quadratic", 10, x), ref["solution"])["value"]
+    assert math.isfinite(ref["rms_vs_half"])
