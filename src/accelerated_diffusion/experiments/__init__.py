@@ -1,0 +1,1 @@
+"""The reproduction: experiments, results files and the helpers of the chapters."""
