@@ -74,8 +74,14 @@ __all__ = [
     "gaussian_tv_1d",
     "gaussian_reference_tv",
     "refinement_check",
+    "PAPER_TS",
+    "LINEAR_TS",
+    "FIT_MIN_NFE",
     "rate_sweep",
     "fit_rates",
+    "exact_rates",
+    "gaussian_check",
+    "refinement_table",
     "results_json",
 ]
 
@@ -224,31 +230,57 @@ def _start_grid(target, a_start: float, num_points: int, width: float) -> np.nda
     return np.linspace((mu - width * sd).min(), (mu + width * sd).max(), num_points)
 
 
+def _resolved_flow(target, path, method, x, a0, a1, dy_frac, rounds, max_split):
+    """``flow_map`` on ``x``, then up to ``rounds`` batched passes that split every cell whose image is longer
+    than ``dy_frac`` times the narrowest output standard deviation (where the flow stretches: between modes)."""
+    fm = flow_map(target, path, method, x)
+    phi, dphi, mins = fm["phi"], fm["dphi"], np.array(fm["tangent_min"])
+    dy_max = dy_frac * float(level_components(target, a1)[2].min())
+    for _ in range(rounds):
+        dy = np.abs(np.diff(phi))
+        cell_mass = np.maximum(np.diff(cdf(target, x, a0)), np.abs(np.diff(cdf(target, phi, a1))))
+        bad = np.nonzero((dy > dy_max) & (cell_mass > 1e-15))[0]
+        if bad.size == 0:
+            break
+        k = np.minimum(np.ceil(dy[bad] / dy_max).astype(int), max_split)
+        new = np.concatenate([x[i] + (x[i + 1] - x[i]) * np.arange(1, j) / j for i, j in zip(bad, k)])
+        f2 = flow_map(target, path, method, new)
+        mins = np.minimum(mins, np.array(f2["tangent_min"]))
+        x = np.concatenate([x, new])
+        order = np.argsort(x, kind="stable")
+        x, phi, dphi = x[order], np.concatenate([phi, f2["phi"]])[order], np.concatenate([dphi, f2["dphi"]])[order]
+    return x, phi, dphi, mins
+
+
 def deterministic_tv(target: GaussianMixture, path, method: str, *, num_points: int = 4001, width: float = 12.0,
-                     refine: int = -1, fold_points: int = 20001) -> dict:
+                     refine: int = 0, dy_frac: float = 0.25, rounds: int = 3, max_split: int = 256,
+                     fold_points: int = 20001) -> dict:
     r"""Exact ``TV(q_out, p_out)`` of a deterministic sampler started from the exact ``q`` at ``path[0]``, output
-    compared with ``q`` at ``path[-1]``.  ``num_points`` start points cover ``width`` standard deviations of every
-    component.  Returns ``tv``, ``folded`` (``Phi'`` changes sign over the start points carrying mass) and, when
-    it folds, ``fold`` = {``x_range`` of the start points with ``Phi' < 0``, their mass under ``q_start``,
-    ``y_range`` of their images, ``first_level``: the first level of the path at which the map from the start
-    has folded, ``first_step``}; ``crossings``: number of sign changes of the density difference."""
+    compared with ``q`` at ``path[-1]``.  ``num_points`` uniform start points cover ``width`` standard deviations
+    of every component; cells whose image is longer than ``dy_frac`` times the narrowest output standard
+    deviation are split (up to ``rounds`` passes, ``max_split`` pieces per cell), so that the map is resolved
+    where it stretches.  Crossings of the density difference are located by linear interpolation and ``Phi``
+    there by cubic Hermite interpolation (``refine = -1``) or by ``refine + 1`` regula-falsi runs of the sampler.
+    Returns ``tv``, ``folded`` (``Phi'`` changes sign over the start points carrying mass) and, when it folds,
+    ``fold`` = {``x_range`` of the start points with ``Phi' <= 0``, their ``mass`` under ``q_start``, ``y_range``
+    of their images, ``first_step`` and ``first_level``: the first level of the path at which the map from the
+    start has folded}; ``crossings``: number of sign changes of the density difference; ``num_points``."""
     path = torch.as_tensor(path, dtype=torch.float64)
     a0, a1 = float(path[0]), float(path[-1])
-    x = _start_grid(target, a0, num_points, width)
-    fm = flow_map(target, path, method, x)
-    phi, dphi = fm["phi"], fm["dphi"]
+    x, phi, dphi, mins = _resolved_flow(target, path, method, _start_grid(target, a0, num_points, width), a0, a1,
+                                        dy_frac, rounds, max_split)
     q0 = density(target, x, a0)
     mass = q0 > 1e-300
     folded = bool((dphi[mass] <= 0).any())
-    out = {"tv": None, "folded": folded, "fold": None, "crossings": None, "num_points": num_points}
+    out = {"tv": None, "folded": folded, "fold": None, "crossings": None, "num_points": int(x.size)}
     if folded:
         neg = mass & (dphi <= 0)
-        mins = np.array(fm["tangent_min"])
         first = int(np.argmax(mins <= 0))
-        dx = x[1] - x[0]
+        mid = np.concatenate([[x[0]], 0.5 * (x[1:] + x[:-1]), [x[-1]]])
+        cell = np.diff(cdf(target, mid, a0))
         out["fold"] = {
             "x_range": [float(x[neg].min()), float(x[neg].max())],
-            "mass": float(cdf(target, x[neg].max() + dx / 2, a0) - cdf(target, x[neg].min() - dx / 2, a0)),
+            "mass": float(cell[neg].sum()),
             "y_range": [float(phi[neg].min()), float(phi[neg].max())],
             "first_step": first,
             "first_level": float(path[first]),
@@ -650,20 +682,23 @@ def gaussian_tv_1d(m0: float, v0: float, m1: float, v1: float) -> float:
     return 0.5 * tv
 
 
-def gaussian_reference_tv(target: Gaussian, path, method: str) -> dict:
+def gaussian_reference_tv(target: Gaussian, path, method: str, *, with_rates: bool = False) -> dict:
     """For a one-component target: the output law ``N(m, v)`` of the sampler (:func:`rates.gaussian_output_law`,
-    an independent closed form) and ``tv`` = its exact TV to ``q_out`` (:func:`gaussian_tv_1d`), with
-    ``tv_rates`` = the same by :func:`rates.gaussian_tv` (characteristic-function inversion, relative 1e-4)."""
+    an independent closed form) and ``tv`` = its exact TV to ``q_out`` (:func:`gaussian_tv_1d`); with
+    ``with_rates`` also ``tv_rates`` = the same by :func:`rates.gaussian_tv` (characteristic-function inversion,
+    relative accuracy 1e-4; slow when it struggles to converge, None when it fails)."""
     path = torch.as_tensor(path, dtype=torch.float64)
     a1 = float(path[-1])
     mp, Cp = gaussian_output_law(target, path, method, "exact")
     mq, Cq = target.marginal_mean(a1), target.marginal_cov(a1)
-    tv = gaussian_tv_1d(float(mq[0]), float(Cq[0, 0]), float(mp[0]), float(Cp[0, 0]))
-    try:
-        tv_rates = gaussian_tv(mq, Cq, mp, Cp)
-    except RuntimeError:
-        tv_rates = None
-    return {"tv": tv, "tv_rates": tv_rates, "mean": float(mp[0]), "var": float(Cp[0, 0])}
+    out = {"tv": gaussian_tv_1d(float(mq[0]), float(Cq[0, 0]), float(mp[0]), float(Cp[0, 0])),
+           "mean": float(mp[0]), "var": float(Cp[0, 0])}
+    if with_rates:
+        try:
+            out["tv_rates"] = gaussian_tv(mq, Cq, mp, Cp)
+        except RuntimeError:
+            out["tv_rates"] = None
+    return out
 
 
 def refinement_check(target: GaussianMixture, path, method: str, *, factor: int = 2, **kw) -> dict:
@@ -675,42 +710,105 @@ def refinement_check(target: GaussianMixture, path, method: str, *, factor: int 
         n = kw.get("num_points", 4001)
         base = deterministic_tv(target, path, method, **kw)
         fine = deterministic_tv(target, path, method, **{**kw, "num_points": factor * (n - 1) + 1,
+                                                          "dy_frac": kw.get("dy_frac", 0.25) / factor,
                                                           "fold_points": factor * kw.get("fold_points", 20001)})
-    return {"tv": base["tv"], "tv_fine": fine["tv"], "rel_change": abs(fine["tv"] - base["tv"]) / fine["tv"]}
+    return {"tv": base["tv"], "tv_fine": fine["tv"], "rel_change": abs(fine["tv"] - base["tv"]) / fine["tv"],
+            "folded": bool(base.get("folded", False))}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Sweeps, fits, results
 # --------------------------------------------------------------------------------------------------------------
-def rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPLERS, **path_kw) -> dict:
-    """``{method: {"T", "nfe", "tv", "folded", "fold"}}`` over ``Ts`` on the path :func:`rates.make_path`
-    (``schedule`` ``"paper"`` or ``"linear"``, start from the exact ``q`` at the first level, output compared with
-    ``q`` at the last)."""
-    res = {m: {"T": [], "nfe": [], "tv": [], "folded": [], "fold": []} for m in methods}
+PAPER_TS = (10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000)
+LINEAR_TS = (5, 8, 10, 20, 25, 40, 50, 100, 125, 200, 250, 500, 1000)  # divisors of 1000 (leading spacing)
+FIT_MIN_NFE = {"paper": 99, "linear": 39}
+
+
+def rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPLERS, *, tv_kw: dict | None = None,
+               **path_kw) -> dict:
+    """``{method: {"T", "nfe", "tv", "folds", "mean_map_folds"}}`` over ``Ts`` on the path
+    :func:`rates.make_path` (``schedule`` ``"paper"`` or ``"linear"``), started from the exact ``q`` at the first
+    level, output compared with ``q`` at the last.  ``folds``: one entry per folded run of a deterministic sampler
+    (``T`` and the fold report of :func:`deterministic_tv`); ``mean_map_folds``: per run of a stochastic sampler,
+    the number of kernels whose mean map decreases somewhere on the density's support."""
+    res = {m: {"T": [], "nfe": [], "tv": [], "folds": [], "mean_map_folds": []} for m in methods}
     for T in Ts:
         path = make_path(schedule, int(T), **path_kw)
         for m in methods:
-            r = exact_tv(target, path, m)
+            r = exact_tv(target, path, m, **(tv_kw or {}).get("stochastic" if m in STOCHASTIC else "deterministic", {}))
             res[m]["T"].append(int(T))
             res[m]["nfe"].append(int(path.numel() - 1))
             res[m]["tv"].append(r["tv"])
-            res[m]["folded"].append(bool(r.get("folded", False)))
-            res[m]["fold"].append(r.get("fold"))
+            if r.get("folded"):
+                res[m]["folds"].append({"T": int(T), **r["fold"]})
+            if m in STOCHASTIC:
+                res[m]["mean_map_folds"].append(r["mean_map_folds"])
+    for m in methods:
+        if m not in STOCHASTIC:
+            del res[m]["mean_map_folds"]
     return res
 
 
-def fit_rates(res: dict, x_min: float) -> dict:
-    """Adds ``slope = {"value", "ci"}`` (:func:`rates.fit_slope` of log TV on log NFE over ``nfe >= x_min``)."""
+def fit_rates(res: dict, x_min: float, *, log_factor: bool = False) -> dict:
+    """Adds ``slope = {"value", "ci", "x_min"}`` to every sampler of ``res`` (:func:`rates.fit_slope` of log TV on
+    log NFE over ``nfe >= x_min``, 95% t-interval); with ``log_factor`` also ``slope_vs_T_over_logT`` (the same
+    fit against ``T / log T``, for the paper schedule whose step is ``c1 log T / T``)."""
     for m, r in res.items():
         f = fit_slope(r["nfe"], r["tv"], x_min=x_min)
         r["slope"] = {"value": f["slope"], "ci": f["ci"], "x_min": x_min}
+        if log_factor:
+            x = [T / math.log(T) for T in r["T"]]
+            g = fit_slope(x, r["tv"], x_min=x_min / math.log(x_min))
+            r["slope_vs_T_over_logT"] = {"value": g["slope"], "ci": g["ci"]}
     return res
 
 
-def results_json(target: GaussianMixture, sweeps: dict, *, name: str | None = None, extra: dict | None = None) -> dict:
+def exact_rates(target: GaussianMixture, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, methods=SAMPLERS,
+                c0: float = 2.0, c1: float = 4.0, x_min: dict | None = None) -> dict:
+    """Both schedules, all samplers, fitted slopes: ``{schedule: {sampler: {"T", "nfe", "tv", "slope", ...}}}``."""
+    x_min = {**FIT_MIN_NFE, **(x_min or {})}
+    out = {}
+    out["paper"] = fit_rates(rate_sweep(target, "paper", paper_Ts, methods, c0=c0, c1=c1), x_min["paper"],
+                             log_factor=True)
+    out["linear"] = fit_rates(rate_sweep(target, "linear", linear_Ts, methods), x_min["linear"])
+    return out
+
+
+def gaussian_check(cases, methods=SAMPLERS, target: Gaussian | None = None) -> dict:
+    """Relative error of :func:`exact_tv` against the closed form :func:`gaussian_reference_tv` on a one-component
+    target (default :data:`TARGETS` ``["gaussian"]``) for every ``(schedule, T)`` in ``cases`` and sampler:
+    ``{"rows": [[schedule, T, sampler, tv, reference, rel_error], ...], "max_rel_error": ...}``."""
+    target = target or mixture_1d(**TARGETS["gaussian"])
+    rows = []
+    for schedule, T in cases:
+        path = make_path(schedule, int(T))
+        for m in methods:
+            tv = exact_tv(target, path, m)["tv"]
+            ref = gaussian_reference_tv(target, path, m)["tv"]
+            rows.append([schedule, int(T), m, tv, ref, abs(tv - ref) / ref])
+    return {"target": target_params(target), "rows": rows, "max_rel_error": max(r[-1] for r in rows)}
+
+
+def refinement_table(target: GaussianMixture, cases, methods=SAMPLERS, factor: int = 2) -> dict:
+    """:func:`refinement_check` for every ``(schedule, T)`` in ``cases`` and sampler: ``{"rows": [[schedule, T,
+    sampler, tv, tv_fine, rel_change, folded], ...], "max_rel_change": ..., "max_rel_change_folded": ...}`` (the
+    largest change over the unfolded and the folded runs; deterministic samplers: ``factor`` times the start
+    points and a ``factor`` times finer split of stretched cells; stochastic: grids ``factor`` times finer)."""
+    rows = []
+    for schedule, T in cases:
+        path = make_path(schedule, int(T))
+        for m in methods:
+            r = refinement_check(target, path, m, factor=factor)
+            rows.append([schedule, int(T), m, r["tv"], r["tv_fine"], r["rel_change"], r["folded"]])
+    return {"factor": factor, "rows": rows,
+            "max_rel_change": max([r[5] for r in rows if not r[6]], default=None),
+            "max_rel_change_folded": max([r[5] for r in rows if r[6]], default=None)}
+
+
+def results_json(target: GaussianMixture, results: dict, *, name: str | None = None, **extra) -> dict:
     """The results object ``{"target": {"weights", "means", "variances"}, "results": {schedule: {sampler: {"T",
-    "nfe", "tv", "slope": {"value", "ci"}}}}}`` (plus ``extra`` keys), saved as ``name`` when given."""
-    obj = {"target": target_params(target), "results": sweeps, **(extra or {})}
+    "nfe", "tv", "slope": {"value", "ci"}}}}}`` plus ``extra`` keys, saved as ``name`` when given."""
+    obj = {"target": target_params(target), **extra, "results": results}
     if name is not None:
         save_results(name, obj)
     return obj
