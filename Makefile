@@ -9,7 +9,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 CHAPTERS := $(wildcard chapters/*.ipynb)
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup data-deps book execute html test test-unit test-notebooks clean
+.PHONY: setup data-deps browser-deps book execute html test test-unit test-notebooks test-browser clean
 
 ## setup: .venv with the package and its book and test extras, plus the Fashion-MNIST Debian package
 setup: $(VENV)/.installed data-deps
@@ -17,7 +17,7 @@ setup: $(VENV)/.installed data-deps
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[book,test]'
+	$(BIN)/python -m pip install --quiet -e '.[book,experiments,test]'
 	@touch $@
 
 data-deps:
@@ -32,6 +32,18 @@ data-deps:
 	  echo "      package fall back to the official download (checksummed) when it needs the data"; \
 	fi
 
+## browser-deps: headless Chromium and its driver (Debian) for tests/test_browser.py; installed when root
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing the Debian packages chromium and chromium-driver (for the browser test)"; \
+	  (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "warning: could not install chromium/chromium-driver; tests/test_browser.py will be skipped"; \
+	else \
+	  echo "note: chromium or chromedriver missing and not root; run 'sudo apt-get install chromium chromium-driver'"; \
+	  echo "      or tests/test_browser.py is skipped"; \
+	fi
+
 ## book: execute every chapter with papermill (outputs kept in the notebooks), then build the HTML book
 book: setup execute html
 
@@ -41,16 +53,20 @@ execute:
 	  $(BIN)/papermill --cwd chapters --kernel python3 --log-level WARNING "$$nb" "$$nb" || exit 1; \
 	done
 
+## html: render the book from the committed notebook outputs (no execution) into _build/html
 html:
 	$(BIN)/jupyter-book build . -W --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-## test: unit tests, then every chapter re-executed by nbval (tagged cells compared)
-test: setup
+## test: unit tests, the browser test of the built book, then every chapter re-executed by nbval
+test: setup browser-deps
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider tests chapters --nbval-lax --durations=15
 
 test-unit: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests
+
+test-browser: setup browser-deps
+	$(BIN)/python -m pytest -p no:cacheprovider tests/test_browser.py
 
 test-notebooks: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider chapters --nbval-lax

@@ -26,7 +26,7 @@ from diffusers import DDIMScheduler, UNet2DModel
 from tqdm import tqdm
 
 import accelerated_diffusion as ad
-from accelerated_diffusion.results import save_results
+from accelerated_diffusion.experiments.paths import save_results
 
 SCHEDULERS = {
     "AcceleratedDDIMScheduler": ad.AcceleratedDDIMScheduler,

@@ -1,4 +1,4 @@
-"""The sympy derivations (``accelerated_diffusion.derivations``) against the library code, and their symbolic claims.
+"""The sympy derivations (``accelerated_diffusion.experiments.derivations``) against the library code, and their symbolic claims.
 
 Every final formula derived in ``derivations.py`` is lambdified and compared on random inputs with the function
 of ``accelerated_diffusion.updates`` that implements it (coefficients and whole steps on random tensors).  The
@@ -15,7 +15,7 @@ import sympy as sp
 import torch
 
 import accelerated_diffusion as ad
-from accelerated_diffusion import derivations as D
+from accelerated_diffusion.experiments import derivations as D
 from accelerated_diffusion import updates
 
 RNG = np.random.default_rng(20240303)

@@ -1,4 +1,4 @@
-"""Classifier features and the Fréchet distance (accelerated_diffusion.features), with the shipped classifier."""
+"""Classifier features and the Fréchet distance (accelerated_diffusion.experiments.features), with the shipped classifier."""
 
 import json
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from accelerated_diffusion import features
-from accelerated_diffusion.classifier import evaluate_accuracy, to_model_range
-from accelerated_diffusion.data import load_fashion_mnist
+from accelerated_diffusion.experiments import features
+from accelerated_diffusion.experiments.classifier import evaluate_accuracy
+from accelerated_diffusion.experiments.features import to_model_range
+from accelerated_diffusion.experiments.data import load_fashion_mnist
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,4 +1,4 @@
-"""The paper-checkpoint path of chapters/learned_scores.ipynb, offline (issue 6, item 4).
+"""The paper-checkpoint path of chapters/learned_scores.ipynb, offline.
 
 1. With a hub id of the paper's checkpoints and no network, the notebook stops in its first code cell with
    ``ModelNotAvailableError`` naming the model and the download command.
@@ -17,6 +17,7 @@ import pytest
 papermill = pytest.importorskip("papermill")
 
 from accelerated_diffusion import models  # noqa: E402
+from conftest import save_random_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "chapters" / "learned_scores.ipynb"
@@ -53,7 +54,7 @@ def test_paper_checkpoint_offline_stops_at_once(tmp_path, offline_hub, model_id)
 
 @pytest.mark.slow
 def test_church_architecture_random_weights_one_image(tmp_path, offline_hub):
-    folder = models.save_random_model(tmp_path / "ddpm-church-256-random", "ddpm-church-256", seed=0)
+    folder = save_random_model(tmp_path / "ddpm-church-256-random", "ddpm-church-256", seed=0)
     nb = _execute(tmp_path, model_id=str(folder), figure2_nfe=5, figure2_num_samples=1,
                   figure2_samplers=["accelerated_ode"], **NOTHING_ELSE)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

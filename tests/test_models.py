@@ -9,6 +9,7 @@ import torch
 
 import accelerated_diffusion as ad
 from accelerated_diffusion import models
+from conftest import reference_config, save_random_model
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_unreachable_hub_fails_at_once(monkeypatch):
 
 
 def test_schedule_from_config():
-    s = models.schedule_from_config(models.reference_config("google/ddpm-church-256", "scheduler"))
+    s = models.schedule_from_config(reference_config("google/ddpm-church-256", "scheduler"))
     assert torch.equal(s.betas, ad.DiscreteSchedule.from_diffusers("linear", 1000, 1e-4, 0.02).betas)
     for bad in ({"prediction_type": "v_prediction"}, {"trained_betas": [0.1]}, {"beta_schedule": "sigmoid"}):
         with pytest.raises(ValueError):
@@ -76,9 +77,9 @@ def test_pipeline_layout_and_eps_fn_dtype(tmp_path):
 def test_church_architecture_offline_one_image_at_5_nfe(offline, tmp_path):
     """The paper-checkpoint path: google/ddpm-church-256's exact architecture, random weights, saved to and loaded
     from a local folder, one 256x256 image at 5 NFE with the accelerated ODE sampler."""
-    folder = models.save_random_model(tmp_path / "church", "google/ddpm-church-256", seed=0)
+    folder = save_random_model(tmp_path / "church", "google/ddpm-church-256", seed=0)
     unet = models.load_unet(folder)
-    ref = models.reference_config("google/ddpm-church-256", "unet")
+    ref = reference_config("google/ddpm-church-256", "unet")
     for k in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block", "sample_size", "in_channels"):
         assert list(unet.config[k]) == list(ref[k]) if isinstance(ref[k], list) else unet.config[k] == ref[k]
     n_params = sum(p.numel() for p in unet.parameters())

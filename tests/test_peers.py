@@ -1,4 +1,4 @@
-"""Tests of accelerated_diffusion.peers: our float64 DPM-Solver++(2M) and UniPC against diffusers' schedulers."""
+"""The library's float64 DPM-Solver++(2M) and UniPC-bh2 (``ad.sample``) against diffusers' schedulers (``peers``)."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import accelerated_diffusion as ad
-from accelerated_diffusion import peers
+from accelerated_diffusion import peers, updates
 from accelerated_diffusion.schedules import betas_for
 
 
@@ -30,7 +30,7 @@ def test_dpm_solver_pp_2m_matches_diffusers(num_steps):
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = _run_diffusers(sched, target, x, num_inference_steps=num_steps)
     path, _ = peers.diffusers_path(sched)
-    ours = peers.dpm_solver_pp_2m(target.eps, x, path)
+    ours = ad.sample(target.eps, x, path, "dpm_solver_pp_2m")
     assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5), float((ours - ref).abs().max())
     # not a trivially equal comparison: DDIM on the same path differs by far more than the tolerance
     ddim = ad.sample(target.eps, x, path, "ddim")
@@ -46,20 +46,20 @@ def test_dpm_solver_pp_2m_custom_timesteps_match_diffusers():
     ref = _run_diffusers(sched, target, x, timesteps=ts)
     path, visited = peers.diffusers_path(sched)
     assert visited == ts
-    ours = peers.dpm_solver_pp_2m(target.eps, x, path)
+    ours = ad.sample(target.eps, x, path, "dpm_solver_pp_2m")
     assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5), float((ours - ref).abs().max())
 
 
 @pytest.mark.parametrize("num_steps,spacing", [(5, "linspace"), (10, "trailing"), (25, "leading")])
 def test_unipc_matches_diffusers(num_steps, spacing):
     target = _target()
-    sched = peers.diffusers_unipc(betas_for("linear"), spacing)
+    sched = peers.diffusers_unipc_bh2(betas_for("linear"), spacing)
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     ref = _run_diffusers(sched, target, x, num_inference_steps=num_steps)
     path, _ = peers.diffusers_path(sched)
-    ours = peers.unipc_bh2(target.eps, x, path)
+    ours = ad.sample(target.eps, x, path, "unipc_bh2")
     assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5), float((ours - ref).abs().max())
-    dpm = peers.dpm_solver_pp_2m(target.eps, x, path)  # the corrector must matter
+    dpm = ad.sample(target.eps, x, path, "dpm_solver_pp_2m")  # the corrector must matter
     assert float((dpm - ref).abs().max()) > 1e-4
 
 
@@ -71,12 +71,12 @@ def test_second_order_on_a_gaussian():
     a0, a1 = 0.02, 0.98
     x = torch.ones(1, 1, dtype=torch.float64)
     exact = math.sqrt((a1 * s2 + 1 - a1) / (a0 * s2 + 1 - a0))
-    for method in peers.PEER_METHODS:
+    for method in ("dpm_solver_pp_2m", "unipc_bh2"):
         errs = []
         for n in (40, 80, 160):
-            lam = torch.linspace(peers.half_log_snr(a0), peers.half_log_snr(a1), n + 1, dtype=torch.float64)
+            lam = torch.linspace(updates.half_log_snr(a0), updates.half_log_snr(a1), n + 1, dtype=torch.float64)
             path = torch.sigmoid(2 * lam)  # uniform in lambda
-            errs.append(abs(float(peers.sample_peer(target.eps, x, path, method)) - exact))
+            errs.append(abs(float(ad.sample(target.eps, x, path, method)) - exact))
         ratios = [errs[i] / errs[i + 1] for i in range(2)]
         assert all(3.5 < r < 4.7 for r in ratios), (method, errs)
 
@@ -85,19 +85,19 @@ def test_nfe_and_final_level_one():
     target = _target()
     path = torch.tensor([0.1, 0.4, 0.8, 1.0], dtype=torch.float64)
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    for method in peers.PEER_METHODS:
-        out, nfe = peers.sample_peer(target.eps, x, path, method, return_nfe=True)
+    for method in ("dpm_solver_pp_2m", "unipc_bh2"):
+        out, nfe = ad.sample(target.eps, x, path, method, return_nfe=True)
         assert nfe == 3 and torch.isfinite(out).all()
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="unknown method"):
-        peers.sample_peer(lambda x, t: x, torch.zeros(1, 1), [0.1, 0.5], "dpm3")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        ad.sample(lambda x, t: x, torch.zeros(1, 1), [0.1, 0.5], "dpm3")
     with pytest.raises(ValueError, match="strictly increasing"):
-        peers.dpm_solver_pp_2m(lambda x, t: x, torch.zeros(1, 1), [0.5, 0.1])
+        ad.sample(lambda x, t: x, torch.zeros(1, 1), [0.5, 0.1], "dpm_solver_pp_2m")
     with pytest.raises(ValueError, match="alpha_bar"):
-        peers.half_log_snr(0.0)
+        updates.half_log_snr(0.0)
     with pytest.raises(ValueError, match="less noisy"):
-        peers.dpm_solver_pp_2m_step(torch.zeros(1), torch.zeros(1), 0.5, 0.4)
+        updates.dpm_solver_pp_2m_step(torch.zeros(1), torch.zeros(1), 0.5, 0.4)
     with pytest.raises(ValueError, match="alpha_bar = 1"):
-        peers.unipc_bh2_corrector_step(torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.5, 1.0)
+        updates.unipc_bh2_corrector_step(torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.5, 1.0)

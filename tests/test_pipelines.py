@@ -8,7 +8,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 import accelerated_diffusion as ad
-from accelerated_diffusion.pipelines import InitNoiseDDPMPipeline, tiny_random_stable_diffusion
+from accelerated_diffusion.pipelines import InitNoiseDDPMPipeline
+from accelerated_diffusion.experiments.toy_pipelines import tiny_random_stable_diffusion
 
 CLASSES = [ad.AcceleratedDDIMScheduler, ad.AcceleratedDDPMScheduler, ad.DDIMTypeScheduler, ad.DDPMTypeScheduler]
 STOCHASTIC = (ad.AcceleratedDDPMScheduler, ad.DDPMTypeScheduler)

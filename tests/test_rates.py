@@ -1,4 +1,4 @@
-"""Tests of accelerated_diffusion.rates: exact output laws, oracles, estimators and fits."""
+"""Tests of accelerated_diffusion.experiments.rates: exact output laws, oracles, estimators and fits."""
 
 import math
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import accelerated_diffusion as ad
-from accelerated_diffusion import metrics, rates
-from accelerated_diffusion.data import load_fashion_mnist
+from accelerated_diffusion import metrics
+from accelerated_diffusion.experiments import rates
+from accelerated_diffusion.experiments.data import load_fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_make_path():
     with pytest.raises(ValueError, match="final_alpha_bar"):
         rates.make_path("paper", 10, final_alpha_bar=1.0)
     with pytest.raises(ValueError, match="unknown sampler"):
-        rates.run_sampler(lambda x, t: x, torch.zeros(1, 1), q, "euler")
+        ad.sample(lambda x, t: x, torch.zeros(1, 1), q, "euler")
 
 
 def test_exact_flow_map_against_a_fine_solver(gauss):

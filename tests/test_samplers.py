@@ -12,7 +12,7 @@ TARGET = ad.Gaussian([0.5, -1.0], [[1.0, 0.3], [0.3, 0.5]])
 PATH = torch.tensor([0.01, 0.2, 0.6, 0.9, 1.0], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("method", sorted(ad.METHODS))
+@pytest.mark.parametrize("method", sorted(ad.samplers.LIBRARY_SAMPLERS))
 def test_nfe_equals_number_of_steps_and_timesteps_are_passed(method):
     seen = []
 
@@ -44,7 +44,7 @@ def test_same_seed_gives_bit_identical_samples(method):
     assert not torch.equal(run(3), run(4))
 
 
-@pytest.mark.parametrize("method", sorted(ad.METHODS))
+@pytest.mark.parametrize("method", sorted(ad.samplers.LIBRARY_SAMPLERS))
 def test_float32_in_float32_out_close_to_float64(method):
     x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     out64 = ad.sample(TARGET.eps, x, PATH, method, generator=torch.Generator().manual_seed(1))
@@ -71,7 +71,9 @@ def test_bad_paths_are_rejected(path, match):
 
 
 def test_unknown_method_and_bad_arguments():
-    with pytest.raises(ValueError, match="unknown method 'euler'"):
+    with pytest.raises(ValueError, match="diffusers' own scheduler"):
+        ad.sample(lambda x, t: x, torch.zeros(1, 1), [0.1, 0.5], "diffusers_dpm_solver_pp_2m")
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         ad.sample(TARGET.eps, torch.zeros(1, 2), PATH, "euler")
     with pytest.raises(ValueError, match="timesteps has 2 entries"):
         ad.sample(TARGET.eps, torch.zeros(1, 2), PATH, "ddim", timesteps=[1, 2])
@@ -84,7 +86,7 @@ def test_wrong_model_output_shape_names_the_step():
         ad.sample(lambda x, t: torch.zeros(1), torch.zeros(1, 2), PATH, "ddim")
 
 
-@pytest.mark.parametrize("method", sorted(ad.METHODS))
+@pytest.mark.parametrize("method", sorted(ad.samplers.LIBRARY_SAMPLERS))
 def test_nan_from_the_model_names_the_step(method):
     def eps_fn(x, t):
         return torch.full_like(x, math.nan) if t == PATH[2] else torch.zeros_like(x)

@@ -7,7 +7,7 @@ Oracles used here:
 * the core loop :func:`accelerated_diffusion.sample` on the path built by ``schedules.sampling_path`` from the
   scheduler's public ``alphas_cumprod`` and ``timesteps`` (same noise, drawn in the same order);
 * on a diagonal Gaussian target: an INDEPENDENT ORACLE below (``_oracle_*``) that writes the paper's update
-  rules in scalar score form (paper-notes), composes them as affine maps and propagates the Gaussian law exactly.
+  rules in scalar score form (as the paper states them), composes them as affine maps and propagates the Gaussian law exactly.
 """
 
 import math
@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 import accelerated_diffusion as ad
 from accelerated_diffusion import metrics, schedules
-from accelerated_diffusion.results import data_dir
+from accelerated_diffusion.experiments.paths import data_dir
 from accelerated_diffusion.schedulers import (
     AcceleratedDDIMScheduler,
     AcceleratedDDPMScheduler,
@@ -172,7 +172,7 @@ def _oracle_eps_affine(a):
 
 
 def _oracle_deterministic(method, levels):
-    """INDEPENDENT ORACLE. The deterministic samplers in scalar form (paper-notes), composed as affine maps of the
+    """INDEPENDENT ORACLE. The deterministic samplers in scalar form (as the paper states them), composed as affine maps of the
     start: x = k x_T + b per coordinate.  Returns (k, b)."""
     k, b = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
     prev_eps = None  # (k, b) of eps_{t+1}(x_{t+1})

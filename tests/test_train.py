@@ -1,4 +1,4 @@
-"""Tests of accelerated_diffusion.train: a tiny seeded run, exact resumption, export, command line, bad input."""
+"""Tests of accelerated_diffusion.experiments.train: a tiny seeded run, exact resumption, export, command line, bad input."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import csv
 import pytest
 import torch
 
-from accelerated_diffusion import train
-from accelerated_diffusion.data import load_fashion_mnist
+from accelerated_diffusion.experiments import train
+from accelerated_diffusion.experiments.data import load_fashion_mnist
 
 TINY = dict(block_out_channels=[8, 16], layers_per_block=1, attention=True, batch_size=8, lr=2e-3, warmup=2,
             ema_decay=0.9, checkpoint_every=1000, log_every=2)

@@ -3,7 +3,7 @@
 Oracles used here (none of them calls the formula under test):
 * exact DDIM and the accelerated ODE step: numerical integration (scipy ``solve_ivp``, rtol 1e-12) of the
   probability-flow ODE in ``x`` with ``eps`` frozen, resp. extrapolated linearly in ``alpha_bar``;
-* the paper's baselines and Phi/Psi: the formulas of ../shared/paper-notes.md written in score form with numpy;
+* the paper's baselines and Phi/Psi: the paper's formulas written in score form with numpy;
 * on a Gaussian target: the composed affine maps (deterministic samplers) and exactly propagated Gaussian laws
   (stochastic samplers), built from those numpy oracles.
 """

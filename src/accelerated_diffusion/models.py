@@ -4,7 +4,7 @@ r"""Loading pretrained epsilon-prediction UNets (diffusers format), offline firs
 (the paper's checkpoints: ``google/ddpm-church-256``, ``google/ddpm-bedroom-256``,
 ``google/ddpm-ema-celebahq-256``, or any other ``UNet2DModel`` repository).  The order is:
 
-1. a local folder (relative paths are also tried against the project root), holding ``config.json`` and the
+1. a local folder (a relative path is taken relative to the working directory), holding ``config.json`` and the
    weights at its root (the google/ddpm layout) or in ``unet/`` (the pipeline layout);
 2. the Hugging Face cache, without network (``local_files_only=True``);
 3. the hub, but only after a 3-second TCP check that it is reachable and when ``HF_HUB_OFFLINE`` is not set --
@@ -15,9 +15,6 @@ The scheduler side: :func:`load_scheduler_config` reads ``scheduler_config.json`
 :func:`schedule_from_config` turns it into a :class:`~accelerated_diffusion.schedules.DiscreteSchedule`
 (checking that the model predicts epsilon with a standard beta schedule).  :func:`eps_fn` wraps a UNet as the
 ``eps_fn(x, t)`` that :func:`accelerated_diffusion.sample` calls.
-
-``data/reference/`` ships the configs of ``google/ddpm-church-256`` so that :func:`random_unet` can build the exact
-architecture with random weights for offline tests (:func:`save_random_model` writes such a model as a folder).
 """
 
 from __future__ import annotations
@@ -43,9 +40,6 @@ __all__ = [
     "load_scheduler_config",
     "schedule_from_config",
     "eps_fn",
-    "reference_config",
-    "random_unet",
-    "save_random_model",
 ]
 
 PAPER_MODELS = ("google/ddpm-church-256", "google/ddpm-bedroom-256", "google/ddpm-ema-celebahq-256")
@@ -62,20 +56,9 @@ def is_hub_id(name: str) -> bool:
 
 
 def resolve_local(model_id_or_path) -> Path | None:
-    """The local folder meant by ``model_id_or_path`` (as given, else relative to the project root), or None."""
+    """The local folder ``model_id_or_path`` (relative to the working directory), or None."""
     p = Path(model_id_or_path).expanduser()
-    if p.is_dir():
-        return p
-    if not p.is_absolute():
-        from .results import project_root
-
-        try:
-            q = project_root() / p
-        except FileNotFoundError:
-            return None
-        if q.is_dir():
-            return q
-    return None
+    return p if p.is_dir() else None
 
 
 def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
@@ -200,34 +183,3 @@ def eps_fn(unet):
             return unet(x.to(p.device, p.dtype), t).sample.to(x.device, x.dtype)
 
     return fn
-
-
-def reference_config(name: str = "ddpm-church-256", kind: str = "unet") -> dict:
-    """A shipped config from ``data/reference/<name>.<kind>_config.json`` (``kind`` in ``unet``, ``scheduler``);
-    ``name`` may be a hub id (``google/ddpm-church-256``)."""
-    from .results import data_dir
-
-    f = data_dir() / "reference" / f"{name.split('/')[-1]}.{kind}_config.json"
-    if not f.exists():
-        raise FileNotFoundError(f"no shipped reference config {f}")
-    return json.loads(f.read_text())
-
-
-def random_unet(config: dict, seed: int = 0):
-    """A ``UNet2DModel`` of the architecture in ``config`` with diffusers' default random initialisation, seeded
-    (the global torch RNG is left untouched)."""
-    from diffusers import UNet2DModel
-
-    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UNet2DModel(**cfg).eval()
-
-
-def save_random_model(folder, name: str = "ddpm-church-256", seed: int = 0) -> Path:
-    """Write a randomly initialised copy of a reference model (:func:`reference_config`) to ``folder`` in the
-    google/ddpm layout (``config.json``, weights and ``scheduler_config.json`` at the root); returns the folder."""
-    folder = Path(folder)
-    random_unet(reference_config(name, "unet"), seed).save_pretrained(folder)
-    (folder / "scheduler_config.json").write_text(json.dumps(reference_config(name, "scheduler"), indent=2) + "\n")
-    return folder

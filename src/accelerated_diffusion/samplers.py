@@ -6,20 +6,40 @@ Every loop walks a sampling path ``alpha_bars`` (noisiest level first, output le
 :mod:`accelerated_diffusion.targets` expect), and applies one update rule of :mod:`accelerated_diffusion.updates`.
 So the number of function evaluations (NFE) is ``len(alpha_bars) - 1``.
 
-The public entry point is :func:`sample`.
+Every sampler has one name, registered in :data:`SAMPLERS` (with its display label and whether it is
+stochastic); the code, the results files and the book's tables all use these names.  Entry points:
+
+* :func:`sample` -- a library sampler on any path (exact-score targets, custom grids);
+* :func:`run_sampler` -- any registered sampler, diffusers' own peer schedulers included, on a model's
+  integer timesteps (the one dispatch the experiments use);
+* :func:`sample_with_scheduler` -- drive any diffusers scheduler the way a pipeline does.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from . import updates
+from . import peers, updates
 from .schedules import validate_path
 
-__all__ = ["METHODS", "sample", "sample_with_scheduler", "ModelOutputError"]
+__all__ = [
+    "SAMPLERS",
+    "LIBRARY_SAMPLERS",
+    "PAPER_SAMPLERS",
+    "STOCHASTIC",
+    "DETERMINISTIC",
+    "SamplerSpec",
+    "spec",
+    "label",
+    "sample",
+    "sample_with_scheduler",
+    "run_sampler",
+    "ModelOutputError",
+]
 
 EpsFn = Callable[[torch.Tensor, object], torch.Tensor]
 
@@ -126,14 +146,108 @@ def sample_accelerated_sde(s: _Stepper) -> torch.Tensor:
     return x
 
 
-METHODS: dict[str, Callable[[_Stepper], torch.Tensor]] = {
-    "ddim": sample_ddim,
-    "ddim_type": sample_ddim_type,
-    "ddpm_type": sample_ddpm_type,
-    "accelerated_ode": sample_accelerated_ode,
-    "accelerated_sde": sample_accelerated_sde,
+def sample_dpm_solver_pp_2m(s: _Stepper, lower_order_final: bool = True) -> torch.Tensor:
+    """DPM-Solver++(2M) loop: first step first order; the last step first order when the path ends at
+    ``abar = 1`` or, with ``lower_order_final``, when it has fewer than 15 steps (diffusers' rule)."""
+    x, x0_next, a_next = s.x, None, None
+    n = len(s)
+    for i in range(n):
+        a_t, a_prev = s.levels[i], s.levels[i + 1]
+        x0 = updates.eps_to_x0(x, s.eps(x, i), a_t)
+        first = x0_next is None or (i == n - 1 and lower_order_final and n < 15)
+        x = updates.dpm_solver_pp_2m_step(x, x0, a_t, a_prev, None if first else x0_next, a_next)
+        x0_next, a_next = x0, a_t
+        s.done(i, x)
+    return x
+
+
+def sample_unipc_bh2(s: _Stepper) -> torch.Tensor:
+    """UniPC loop (predictor UniP-2 = DPM-Solver++(2M) step, corrector UniC), diffusers' order schedule: order
+    ``min(2, evaluations so far, steps left)`` for the predictor, the corrector at step ``i`` uses the order of the
+    predictor of step ``i - 1``; no corrector after the last step."""
+    x, n = s.x, len(s)
+    hist: list[tuple[torch.Tensor, float]] = []  # (x0, level) of the evaluations, newest last
+    last_x, last_order = None, 0
+    for i in range(n):
+        a_t, a_prev = s.levels[i], s.levels[i + 1]
+        x0 = updates.eps_to_x0(x, s.eps(x, i), a_t)
+        if last_x is not None:
+            older = hist[-2] if last_order == 2 else (None, None)
+            x = updates.unipc_bh2_corrector_step(last_x, hist[-1][0], x0, hist[-1][1], a_t, *older)
+        hist = (hist + [(x0, a_t)])[-2:]
+        order = min(2, len(hist), n - i)
+        last_x, last_order = x, order
+        x0_next, a_next = hist[-2] if order == 2 else (None, None)
+        x = updates.dpm_solver_pp_2m_step(x, x0, a_t, a_prev, x0_next, a_next)
+        s.done(i, x)
+    return x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The registry: one name per sampler, used by the code, the results files and the book's labels
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What the rest of the project needs to know about a sampler.
+
+    ``name`` is the one identifier (results keys, parameters, command line); ``label`` is how tables and figures
+    show it; ``loop`` runs it on any path (``None`` for diffusers' own schedulers, which run through
+    :func:`sample_with_scheduler`); ``scheduler`` names the drop-in diffusers scheduler class of this package
+    (or of diffusers) that implements the same rule.
+    """
+
+    name: str
+    label: str
+    stochastic: bool
+    source: str
+    loop: Callable[[_Stepper], torch.Tensor] | None = None
+    scheduler: str | None = None
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    s.name: s
+    for s in (
+        SamplerSpec("ddim", "DDIM", False, "DDIM (Song et al.), exact eta = 0 step", sample_ddim),
+        SamplerSpec("ddim_type", "DDIM-type", False, "the paper's deterministic baseline", sample_ddim_type,
+                    "DDIMTypeScheduler"),
+        SamplerSpec("ddpm_type", "DDPM-type", True, "the paper's stochastic baseline", sample_ddpm_type,
+                    "DDPMTypeScheduler"),
+        SamplerSpec("accelerated_ode", "accelerated ODE", False, "the paper's accelerated deterministic sampler",
+                    sample_accelerated_ode, "AcceleratedDDIMScheduler"),
+        SamplerSpec("accelerated_sde", "accelerated SDE", True, "the paper's accelerated stochastic sampler",
+                    sample_accelerated_sde, "AcceleratedDDPMScheduler"),
+        SamplerSpec("dpm_solver_pp_2m", "DPM-Solver++(2M)", False, "Lu et al. 2022b, Algorithm 2 (peer)",
+                    sample_dpm_solver_pp_2m),
+        SamplerSpec("unipc_bh2", "UniPC-bh2", False, "Zhao et al. 2023, bh2, order 2 (peer)", sample_unipc_bh2),
+        SamplerSpec("diffusers_dpm_solver_pp_2m", "DPM-Solver++(2M), diffusers", False,
+                    "diffusers' DPMSolverMultistepScheduler", None, "DPMSolverMultistepScheduler"),
+        SamplerSpec("diffusers_unipc_bh2", "UniPC-bh2, diffusers", False, "diffusers' UniPCMultistepScheduler", None,
+                    "UniPCMultistepScheduler"),
+    )
 }
-STOCHASTIC = frozenset({"ddpm_type", "accelerated_sde"})
+#: The samplers implemented here, which run on any path (:func:`sample`).
+LIBRARY_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if s.loop is not None)
+#: The paper's four samplers and exact DDIM.
+PAPER_SAMPLERS = ("ddim", "ddim_type", "ddpm_type", "accelerated_ode", "accelerated_sde")
+STOCHASTIC = frozenset(n for n, s in SAMPLERS.items() if s.stochastic)
+DETERMINISTIC = tuple(n for n in LIBRARY_SAMPLERS if n not in STOCHASTIC)
+_PEER_FACTORIES = {
+    "diffusers_dpm_solver_pp_2m": peers.diffusers_dpm_solver_pp_2m,
+    "diffusers_unipc_bh2": peers.diffusers_unipc_bh2,
+}
+
+
+def label(name: str) -> str:
+    """The display label of sampler ``name`` (tables, legends)."""
+    return spec(name).label
+
+
+def spec(name: str) -> SamplerSpec:
+    """The :class:`SamplerSpec` of ``name``; a clear error for an unknown name."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {list(SAMPLERS)}") from None
 
 
 def sample(
@@ -159,7 +273,8 @@ def sample(
     alpha_bars:
         The path: strictly increasing levels in (0, 1], noisiest first, output level last.
     method:
-        One of ``"ddim"``, ``"ddim_type"``, ``"ddpm_type"``, ``"accelerated_ode"``, ``"accelerated_sde"``.
+        A name of :data:`LIBRARY_SAMPLERS`: the paper's ``"ddim_type"``, ``"ddpm_type"``, ``"accelerated_ode"``,
+        ``"accelerated_sde"``, exact ``"ddim"``, and the peers ``"dpm_solver_pp_2m"``, ``"unipc_bh2"``.
     timesteps:
         What to pass to ``eps_fn`` at each step (e.g. the model's integer timesteps); default ``alpha_bars[:-1]``
         as floats.
@@ -177,19 +292,19 @@ def sample(
     -------
     The sample at level ``alpha_bars[-1]``, or ``(sample, nfe)`` when ``return_nfe``.
     """
-    return run_loop(METHODS, eps_fn, x, alpha_bars, method, timesteps=timesteps, generator=generator,
+    return _run_loop(eps_fn, x, alpha_bars, method, timesteps=timesteps, generator=generator,
                     progress=progress, check_finite=check_finite, return_nfe=return_nfe)
 
 
-def run_loop(loops: dict, eps_fn, x, alpha_bars, method: str, *, timesteps=None, generator=None, progress=False,
-             check_finite=True, return_nfe=False):
-    """Validate the arguments and run ``loops[method]`` (shared by :func:`sample` and
-    :func:`accelerated_diffusion.peers.sample_peer`)."""
-    if method not in loops:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(loops)}")
+def _run_loop(eps_fn, x, alpha_bars, method: str, *, timesteps=None, generator=None, progress=False,
+              check_finite=True, return_nfe=False):
+    s = spec(method)
+    if s.loop is None:
+        raise ValueError(f"{method!r} is diffusers' own scheduler: run it with run_sampler or sample_with_scheduler; "
+                         f"sample() runs {list(LIBRARY_SAMPLERS)}")
     stepper = _Stepper(eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc=method)
     try:
-        out = loops[method](stepper)
+        out = s.loop(stepper)
     finally:
         stepper.bar.close()
     return (out, stepper.nfe) if return_nfe else out
@@ -230,3 +345,42 @@ def sample_with_scheduler(
             raise ModelOutputError(f"step {i} (t={int(t)}): model output has shape {shape}, expected {tuple(x.shape)}")
         x = scheduler.step(out, t, x, **kwargs).prev_sample
     return (x, nfe) if return_nfe else x
+
+
+def run_sampler(
+    eps_fn: EpsFn,
+    noise: torch.Tensor,
+    name: str,
+    schedule,
+    timesteps,
+    *,
+    final_alpha_bar: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    return_nfe: bool = False,
+):
+    r"""The one dispatch for a model with integer timesteps: run sampler ``name`` (any key of :data:`SAMPLERS`)
+    from ``noise`` through the training ``schedule``'s ``timesteps`` (noisiest first; a
+    :class:`~accelerated_diffusion.schedules.DiscreteSchedule` and e.g. ``schedule.subsample(nfe, spacing)``),
+    ending at ``final_alpha_bar`` (1.0: clean data, as diffusers' pipelines do).
+
+    The library's samplers run :func:`sample` on ``schedule.path(timesteps, final_alpha_bar)`` and pass the
+    integer timestep to ``eps_fn``; diffusers' own peer schedulers are configured with the schedule's betas and
+    driven by :func:`sample_with_scheduler` on the same timesteps (``diffusers_unipc_bh2`` accepts no custom
+    timesteps: it raises unless its own spacing gives exactly these). NFE = ``len(timesteps)``.
+    """
+    s = spec(name)
+    ts = [int(t) for t in timesteps]
+    if s.loop is not None:
+        path = schedule.path(torch.tensor(ts), final_alpha_bar)
+        return sample(eps_fn, noise, path, name, timesteps=ts, generator=generator, progress=progress,
+                      return_nfe=return_nfe)
+    if final_alpha_bar != 1.0:
+        raise ValueError(f"{name} (diffusers' scheduler) always ends at clean data; final_alpha_bar must be 1.0")
+    scheduler = _PEER_FACTORIES[name](schedule.betas)
+    if name == "diffusers_unipc_bh2":
+        scheduler = peers.unipc_for_timesteps(scheduler, ts)
+        out = sample_with_scheduler(eps_fn, noise, scheduler, len(ts), progress=progress, return_nfe=return_nfe)
+    else:
+        out = sample_with_scheduler(eps_fn, noise, scheduler, timesteps=ts, progress=progress, return_nfe=return_nfe)
+    return out

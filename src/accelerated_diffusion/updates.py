@@ -2,7 +2,7 @@ r"""The update rules: one function per rule, the single source of truth.
 
 Every function here maps the iterate at level ``alpha_bar_t`` (noisier) to level ``alpha_bar_prev`` (less noisy,
 ``alpha_bar_prev > alpha_bar_t``), given the model's noise prediction ``eps = eps_theta(x, t)``.  With an
-epsilon-prediction network the score estimate is (paper-notes, "Set-up")
+epsilon-prediction network the score estimate is (the paper's set-up)
 
 .. math:: s_t(x) = -\frac{\varepsilon_\theta(x, t)}{\sqrt{1 - \bar\alpha_t}},
 
@@ -46,6 +46,9 @@ __all__ = [
     "accelerated_sde_step",
     "eps_to_score",
     "eps_to_x0",
+    "half_log_snr",
+    "dpm_solver_pp_2m_step",
+    "unipc_bh2_corrector_step",
 ]
 
 
@@ -239,3 +242,114 @@ def accelerated_sde_step(x_plus: torch.Tensor, eps: torch.Tensor, alpha_bar_t, a
     """
     c_x, c_eps, _ = ddpm_type_coefficients(alpha_bar_t, alpha_bar_prev)
     return c_x * x_plus + c_eps * eps + accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev) * noise
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Peer rules (exponential integrators in the data prediction x0, in the half log-SNR lambda)
+# --------------------------------------------------------------------------------------------------------------
+def half_log_snr(alpha_bar) -> float:
+    r"""``lambda = log(sqrt(abar) / sqrt(1 - abar)) = (log abar - log1p(-abar)) / 2``; ``+inf`` at ``abar = 1``."""
+    a = float(alpha_bar)
+    if not 0.0 < a <= 1.0:
+        raise ValueError(f"alpha_bar must lie in (0, 1], got {a!r}")
+    return math.inf if a == 1.0 else 0.5 * (math.log(a) - math.log1p(-a))
+
+
+def _first_order_coefficients(alpha_bar_t: float, alpha_bar_prev: float) -> tuple[float, float, float]:
+    """``(sigma_prev / sigma_t, -alpha_prev expm1(-h), h)`` of the exponential-integrator step (DDIM in x0 form)."""
+    if not alpha_bar_prev > alpha_bar_t:
+        raise ValueError(f"a step must go to a less noisy level: alpha_bar_prev={alpha_bar_prev!r} <= alpha_bar_t={alpha_bar_t!r}")
+    h = half_log_snr(alpha_bar_prev) - half_log_snr(alpha_bar_t)
+    sigma_ratio = math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t))
+    return sigma_ratio, -math.sqrt(alpha_bar_prev) * math.expm1(-h), h
+
+
+def dpm_solver_pp_2m_step(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    alpha_bar_t,
+    alpha_bar_prev,
+    x0_next: torch.Tensor | None = None,
+    alpha_bar_next=None,
+) -> torch.Tensor:
+    r"""One step of DPM-Solver++(2M) (Lu et al. 2022, *DPM-Solver++*, Algorithm 2; diffusers' ``midpoint``):
+
+    .. math::
+        x_{\rm prev} = \frac{\sigma_{\rm prev}}{\sigma_t}\, x_t - \alpha_{\rm prev}\big(e^{-h} - 1\big)\, D,
+        \qquad
+        D = \Big(1 + \frac{1}{2r}\Big) x_0(x_t) - \frac{1}{2r}\, x_0(x_{\rm next}),
+        \quad r = \frac{h_{\rm last}}{h},
+
+    with ``x0`` the data predictions at the current and the previous (noisier) iterate.  Without ``x0_next``
+    (first step), or when ``alpha_bar_prev = 1`` (``h = inf``), ``D = x0(x_t)``: the first-order step, which is
+    exact DDIM written in ``x0``.  The step is exact when ``x0`` is linear in ``lambda`` along the step.
+    """
+    sigma_ratio, c_x0, h = _first_order_coefficients(float(alpha_bar_t), float(alpha_bar_prev))
+    if x0_next is None or math.isinf(h):
+        d = x0
+    else:
+        if alpha_bar_next is None:
+            raise ValueError("x0_next given without alpha_bar_next")
+        h_last = half_log_snr(alpha_bar_t) - half_log_snr(alpha_bar_next)
+        if not h_last > 0:
+            raise ValueError(f"the previous level must be noisier: alpha_bar_next={alpha_bar_next!r} >= alpha_bar_t={alpha_bar_t!r}")
+        half_inv_r = 0.5 * h / h_last
+        d = (1.0 + half_inv_r) * x0 - half_inv_r * x0_next
+    return sigma_ratio * x + c_x0 * d
+
+
+def _unic_weights(h: float, rk: float | None) -> tuple[float | None, float]:
+    r"""UniC-bh2 weights ``(rho_1, rho_t)`` of the differences ``D_1`` and ``x0_t - x0_s0`` (Zhao et al. 2023,
+    Algorithm 3, ``B(h) = e^{-h} - 1``).  Order 1 (``rk`` is None): ``rho_t = 1/2``.  Order 2: the solution of
+    ``[[1, 1], [rk, 1]] (rho_1, rho_t) = (b_1, b_2)`` with ``b_k = k! g_k / B(h)``, ``g_1 = expm1(hh)/hh - 1``,
+    ``g_{k+1} = g_k / hh - 1/(k+1)!`` and ``hh = -h`` (diffusers' recursion, written out for order 2)."""
+    if rk is None:
+        return None, 0.5
+    hh = -h
+    b_h = math.expm1(hh)
+    phi = b_h / hh - 1.0
+    b1 = phi / b_h
+    phi = phi / hh - 0.5
+    b2 = 2.0 * phi / b_h
+    rho_1 = (b1 - b2) / (1.0 - rk)
+    return rho_1, b1 - rho_1
+
+
+def unipc_bh2_corrector_step(
+    x_s0: torch.Tensor,
+    x0_s0: torch.Tensor,
+    x0_t: torch.Tensor,
+    alpha_bar_s0,
+    alpha_bar_t,
+    x0_s1: torch.Tensor | None = None,
+    alpha_bar_s1=None,
+) -> torch.Tensor:
+    r"""The UniC corrector (Zhao et al. 2023, *UniPC*, bh2 variant, data prediction; diffusers'
+    ``multistep_uni_c_bh_update``): after the predictor moved ``x_s0`` (level ``s0``) to level ``t`` and the model
+    was evaluated there (data prediction ``x0_t``, at the *uncorrected* point), the corrected iterate is
+
+    .. math::
+        x_t^{c} = \frac{\sigma_t}{\sigma_{s_0}} x_{s_0} - \alpha_t (e^{-h} - 1)\, x_0(s_0)
+                  - \alpha_t B(h) \big(\rho_1 D_1 + \rho_t (x_0(t) - x_0(s_0))\big),
+        \qquad B(h) = e^{-h} - 1,
+
+    with ``h = lambda_t - lambda_s0``, ``D_1 = (x0(s1) - x0(s0)) / r_1``, ``r_1 = (lambda_s1 - lambda_s0) / h``
+    and the weights of :func:`_unic_weights` (order 2 when the older evaluation ``x0_s1`` is given, else order 1
+    with ``rho_t = 1/2`` and no ``D_1`` term).  The corrector costs no model evaluation: ``x0_t`` is reused by the
+    next predictor step.
+    """
+    sigma_ratio, c_x0, h = _first_order_coefficients(float(alpha_bar_s0), float(alpha_bar_t))
+    if math.isinf(h):
+        raise ValueError("the UniC corrector is never applied at alpha_bar = 1 (no model evaluation there)")
+    alpha_t = math.sqrt(float(alpha_bar_t))
+    b_h = math.expm1(-h)
+    if x0_s1 is None:
+        _, rho_t = _unic_weights(h, None)
+        corr = rho_t * (x0_t - x0_s0)
+    else:
+        if alpha_bar_s1 is None:
+            raise ValueError("x0_s1 given without alpha_bar_s1")
+        rk = (half_log_snr(alpha_bar_s1) - half_log_snr(alpha_bar_s0)) / h
+        rho_1, rho_t = _unic_weights(h, rk)
+        corr = rho_1 * (x0_s1 - x0_s0) / rk + rho_t * (x0_t - x0_s0)
+    return sigma_ratio * x_s0 + c_x0 * x0_s0 - alpha_t * b_h * corr

@@ -49,10 +49,10 @@ import torch
 from scipy import special
 from scipy.interpolate import PchipInterpolator
 
-from .. import peers, samplers, updates
-from ..rates import fit_slope, gaussian_output_law, gaussian_tv, make_path
-from ..results import save_results
+from .. import samplers, updates
 from ..targets import Gaussian, GaussianMixture
+from .paths import save_results
+from .rates import SAMPLERS, fit_slope, gaussian_output_law, gaussian_tv, make_path
 
 __all__ = [
     "SAMPLERS",
@@ -85,8 +85,7 @@ __all__ = [
     "results_json",
 ]
 
-SAMPLERS = ("ddim_type", "ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
-STOCHASTIC = ("ddpm_type", "accelerated_sde")
+STOCHASTIC = tuple(m for m in SAMPLERS if m in samplers.STOCHASTIC)  # ("ddpm_type", "accelerated_sde")
 
 #: One-dimensional test targets (``weights``, ``means``, ``variances``).
 TARGETS = {
@@ -189,13 +188,10 @@ def eps_derivative(target: GaussianMixture, x: torch.Tensor, alpha_bar: float) -
 # Running the library's samplers (one dispatch)
 # --------------------------------------------------------------------------------------------------------------
 def run(eps_fn, x: torch.Tensor, path: torch.Tensor, method: str, *, generator=None) -> torch.Tensor:
-    """Run one of :data:`SAMPLERS` with the library's loop, ``t = alpha_bar`` passed to ``eps_fn``."""
+    """Run one of :data:`SAMPLERS` with the library's loop (:func:`accelerated_diffusion.sample`), passing the
+    level ``alpha_bar`` as ``t`` to ``eps_fn`` (what the exact-score targets expect)."""
     ts = [float(a) for a in path[:-1]]
-    if method in samplers.METHODS:
-        return samplers.sample(eps_fn, x, path, method, timesteps=ts, generator=generator)
-    if method in peers.PEER_METHODS:
-        return peers.sample_peer(eps_fn, x, path, method, timesteps=ts)
-    raise ValueError(f"unknown sampler {method!r}; expected one of {SAMPLERS}")
+    return samplers.sample(eps_fn, x, path, method, timesteps=ts, generator=generator)
 
 
 def flow_map(target: GaussianMixture, path, method: str, x) -> dict:

@@ -1,9 +1,9 @@
-r"""Measuring the paper's rate claims with exact scores (chapter *Rates with exact scores*, issue 5).
+r"""Measuring the paper's rate claims with exact scores (chapter *Rates with exact scores*).
 
 With the exact noise prediction ``eps*`` of a target (:mod:`accelerated_diffusion.targets`) the discretisation
 error is the only error left, so error-versus-steps curves measure a sampler's rate directly.  This module holds
 the experiment code; the update rules themselves are called from :mod:`accelerated_diffusion.samplers` /
-:mod:`accelerated_diffusion.updates` and :mod:`accelerated_diffusion.peers`, never re-typed.
+:mod:`accelerated_diffusion.updates`, never re-typed.
 
 * **Paths** (:func:`make_path`): ``"paper"`` -- the learning-rate schedule of the theory (:func:`paper_betas`) with
   ``T`` levels ``abar_T .. abar_1`` (``T - 1`` steps, output compared with ``q_1``); ``"linear"`` -- the 1000-step
@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import metrics, peers, updates
-from .samplers import METHODS, STOCHASTIC, sample
-from .schedules import DiscreteSchedule, validate_path
-from .targets import Gaussian, GaussianMixture
+from .. import metrics, updates
+from ..samplers import LIBRARY_SAMPLERS, STOCHASTIC, sample
+from ..schedules import DiscreteSchedule, validate_path
+from ..targets import Gaussian, GaussianMixture
+from .data import load_fashion_mnist
 
 __all__ = [
     "SAMPLERS",
     "DETERMINISTIC",
     "LINEAR_SCHEDULE",
     "make_path",
-    "run_sampler",
     "gaussian_target",
     "exact_flow_map",
     "gaussian_output_law",
@@ -53,13 +53,15 @@ __all__ = [
     "fit_fashion_mnist_mixture",
 ]
 
+#: The order in which the rate tables list the samplers (all of the library's samplers).
 SAMPLERS = ("ddim_type", "ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
+assert sorted(SAMPLERS) == sorted(LIBRARY_SAMPLERS)
 DETERMINISTIC = tuple(m for m in SAMPLERS if m not in STOCHASTIC)
 LINEAR_SCHEDULE = dict(schedule="linear", num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Paths and the sampler dispatch
+# Paths
 # --------------------------------------------------------------------------------------------------------------
 def make_path(schedule: str, T: int, *, c0: float = 2.0, c1: float = 4.0, spacing: str = "leading",
               final_alpha_bar: float | None = None) -> torch.Tensor:
@@ -80,16 +82,6 @@ def make_path(schedule: str, T: int, *, c0: float = 2.0, c1: float = 4.0, spacin
         sched = DiscreteSchedule.from_diffusers(**LINEAR_SCHEDULE)
         return sched.path(sched.subsample(T, spacing), final_alpha_bar=final_alpha_bar)
     raise ValueError(f"unknown schedule {schedule!r}; expected 'paper' or 'linear'")
-
-
-def run_sampler(eps_fn, x: torch.Tensor, alpha_bars, method: str, *, generator: torch.Generator | None = None,
-                progress: bool = False) -> torch.Tensor:
-    """Run any sampler of :data:`SAMPLERS` (the library's five and the two peers of :mod:`.peers`) on a path."""
-    if method in METHODS:
-        return sample(eps_fn, x, alpha_bars, method, generator=generator, progress=progress)
-    if method in peers.PEER_METHODS:
-        return peers.sample_peer(eps_fn, x, alpha_bars, method, progress=progress)
-    raise ValueError(f"unknown sampler {method!r}; expected one of {SAMPLERS}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -206,7 +198,7 @@ def gaussian_output_law(target: Gaussian, path, method: str, start: str = "exact
     (``start="exact"``: no initialisation error) or from ``N(0, I)`` (``start="standard"``, as in practice).
 
     Deterministic samplers: the output is an affine map ``A x + b`` of the start (:func:`metrics.affine_map`
-    applied to :func:`run_sampler`), so its law is ``N(A m_T + b, A S_T A^T)``.  Stochastic samplers: see
+    applied to :func:`accelerated_diffusion.sample`), so its law is ``N(A m_T + b, A S_T A^T)``.  Stochastic samplers: see
     :func:`_stochastic_law`.  ``affine`` passes a precomputed ``(A, b)`` of a deterministic sampler."""
     path = validate_path(path)
     a_T, d = float(path[0]), target.dim
@@ -224,7 +216,7 @@ def gaussian_output_law(target: Gaussian, path, method: str, start: str = "exact
 
 def _sampler_map(target: Gaussian, path, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, b)`` of a deterministic sampler on a Gaussian target (:func:`metrics.affine_map`)."""
-    return metrics.affine_map(lambda x: run_sampler(target.eps, x, path, method), target.dim)
+    return metrics.affine_map(lambda x: sample(target.eps, x, path, method), target.dim)
 
 
 def gaussian_errors(target: Gaussian, path, method: str, *, exact_tv: bool = False) -> dict:
@@ -324,12 +316,12 @@ def flow_reference(target: GaussianMixture, x: torch.Tensor, alpha_bar_in: float
     ``alpha_bar_out = 1`` the last uniform level is ``1 - 1e-12`` and the final (first-order) jump to 1 returns the
     data prediction there, whose error is ``O(1e-12)``.  Check convergence by comparing two ``num_steps``."""
     top = alpha_bar_out if alpha_bar_out < 1.0 else 1.0 - 1e-12
-    lam = torch.linspace(peers.half_log_snr(alpha_bar_in), peers.half_log_snr(top), num_steps + 1, dtype=torch.float64)
+    lam = torch.linspace(updates.half_log_snr(alpha_bar_in), updates.half_log_snr(top), num_steps + 1, dtype=torch.float64)
     path = torch.sigmoid(2 * lam)  # abar = sigmoid(2 lambda)
     path[0], path[-1] = alpha_bar_in, top
     if alpha_bar_out == 1.0:
         path = torch.cat([path, torch.ones(1, dtype=torch.float64)])
-    return run_sampler(target.eps, x, path, method, progress=progress)
+    return sample(target.eps, x, path, method, progress=progress)
 
 
 def _mean_ci(v: torch.Tensor, level: float) -> tuple[float, float]:
@@ -436,7 +428,7 @@ def mixture_rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPL
         x, ref, check = refs[(a_T, a_out)]
         res["ref_check"].append(check)
         for i, m in enumerate(methods):
-            y = run_sampler(target.eps, x, path, m, generator=torch.Generator().manual_seed(seed + 1 + i))
+            y = sample(target.eps, x, path, m, generator=torch.Generator().manual_seed(seed + 1 + i))
             res[m]["T"].append(int(T))
             res[m]["nfe"].append(int(path.numel() - 1))
             res[m]["rms_flow"].append(None if m in STOCHASTIC else rms_with_ci(y, ref))
@@ -468,7 +460,6 @@ def fit_fashion_mnist_mixture(rank: int = 16, diag_floor: float = 1e-3, split: s
     over, floored at ``diag_floor`` (border pixels are constant; the floor keeps the covariance invertible).
     Weights are the class frequencies.  Deterministic (no randomness), float64.  The event shape is
     ``(1, 28, 28)``."""
-    from .data import load_fashion_mnist
 
     if rank < 1 or diag_floor <= 0:
         raise ValueError(f"need rank >= 1 and diag_floor > 0, got rank={rank}, diag_floor={diag_floor}")

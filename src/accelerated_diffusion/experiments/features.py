@@ -1,7 +1,7 @@
 r"""Classifier features and the Fréchet distance (an FID analogue for Fashion-MNIST).
 
 The features are the 128-unit penultimate layer of the project's small Fashion-MNIST classifier
-(:mod:`accelerated_diffusion.classifier`, shipped in ``data/fmnist-classifier/``).  The Fréchet distance between
+(:mod:`accelerated_diffusion.experiments.classifier`, shipped in ``data/fmnist-classifier/``).  The Fréchet distance between
 two Gaussians fitted to feature sets (Heusel et al. 2017, the formula behind FID) is
 
 .. math::
@@ -19,7 +19,7 @@ roots sum to the trace term.  So singular covariances (fewer samples than featur
 
 Typical use::
 
-    from accelerated_diffusion import features
+    from accelerated_diffusion.experiments import features
     fd = features.frechet_distance(samples)            # samples: float in [-1, 1], (n, 1, 28, 28) or (n, 1, 32, 32)
     fd_real = features.real_data_frechet_distance(len(samples))  # the floor at this n
 """
@@ -34,10 +34,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .classifier import FashionCNN, to_model_range
-from .metrics import gaussian_w2_squared
+from torch import nn
+
+from ..metrics import gaussian_w2_squared
+from .data import load_fashion_mnist
+from .paths import data_dir
 
 __all__ = [
+    "FEATURE_DIM",
+    "FashionCNN",
+    "to_model_range",
     "default_classifier_dir",
     "load_classifier",
     "prepare_images",
@@ -52,11 +58,43 @@ __all__ = [
 
 # Images further than this from [-1, 1] are almost surely on another scale (e.g. [0, 255]); refuse them.
 MAX_ABS_VALUE = 5.0
+FEATURE_DIM = 128  # width of the feature layer
+
+
+class FashionCNN(nn.Module):
+    """Two 3x3 conv blocks (32, 64 channels, each ReLU + 2x2 max-pool), a 128-unit linear layer (the features),
+    ReLU, dropout and a 10-way linear head.  About 420k parameters."""
+
+    def __init__(self, feature_dim: int = FEATURE_DIM, num_classes: int = 10, dropout: float = 0.3):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 14
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14 -> 7
+            nn.Flatten(),
+        )
+        self.features = nn.Linear(64 * 7 * 7, feature_dim)
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features (before the ReLU), shape ``(n, feature_dim)``."""
+        return self.features(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits, shape ``(n, num_classes)``."""
+        return self.head(self.embed(x))
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images in ``[0, 255]`` -> float32 in ``[-1, 1]`` (``x / 127.5 - 1``, the DDPM convention)."""
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
+    return images_uint8.float() / 127.5 - 1.0
+
+
 
 
 def default_classifier_dir() -> Path:
-    """``data/fmnist-classifier`` of the project (see :func:`accelerated_diffusion.results.data_dir`)."""
-    from .results import data_dir
+    """``data/fmnist-classifier`` of the project (see :func:`accelerated_diffusion.experiments.paths.data_dir`)."""
 
     return data_dir() / "fmnist-classifier"
 
@@ -93,14 +131,14 @@ def prepare_images(images, *, clip: bool = True) -> torch.Tensor:
 
     * ``(n, 1, 32, 32)`` inputs (the padded size a UNet likes) are center-cropped to 28x28 (2 pixels a side);
     * ``(n, 28, 28)`` gets its channel axis; numpy arrays are accepted;
-    * uint8 input raises (convert with ``x / 127.5 - 1``, :func:`accelerated_diffusion.classifier.to_model_range`),
+    * uint8 input raises (convert with ``x / 127.5 - 1``, :func:`to_model_range`),
       as do NaN/Inf and values beyond +-5 (almost surely another scale, e.g. [0, 255]); floats in [0, 1] cannot
       be told apart from dark images and are *not* detected: the caller owns the scale;
     * with ``clip`` values are clamped to ``[-1, 1]``, as saving an image would do.
     """
     x = torch.as_tensor(images)
     if x.dtype == torch.uint8:
-        raise TypeError("images are uint8; convert them to [-1, 1] first (x / 127.5 - 1, classifier.to_model_range)")
+        raise TypeError("images are uint8; convert them to [-1, 1] first (x / 127.5 - 1, features.to_model_range)")
     if not torch.is_floating_point(x):
         raise TypeError(f"images must be a float tensor in [-1, 1], got dtype {x.dtype}")
     if x.ndim == 3:
@@ -202,7 +240,6 @@ def real_data_frechet_distance(n: int, split: str = "train", *, seed: int = 0, r
     """FD of ``n`` real Fashion-MNIST images of ``split`` (a seeded subset, :func:`subset_indices`) against the
     reference statistics: the value a perfect sampler would get at this ``n`` (the small-sample bias).  Use
     ``split="train"`` (independent of the test-split reference)."""
-    from .data import load_fashion_mnist
 
     images, _ = load_fashion_mnist(split)
     idx = subset_indices(len(images), n, seed)

@@ -1,6 +1,6 @@
 r"""The project's small Fashion-MNIST classifier: its architecture, its training, and the command that ships it.
 
-The network is only a *feature extractor* for the Fréchet distance of :mod:`accelerated_diffusion.features`
+The network is only a *feature extractor* for the Fréchet distance of :mod:`accelerated_diffusion.experiments.features`
 (an FID analogue for 28x28 grey-scale images, where Inception features make no sense).  Its penultimate layer
 (128 units, read before its ReLU) gives the features.
 
@@ -9,7 +9,7 @@ Shipped files (``data/fmnist-classifier/``, written by ``accelerated-diffusion t
 * ``model.safetensors`` -- the weights (float32, about 1.7 MB);
 * ``config.json`` -- architecture, training settings, test accuracy, provenance;
 * ``test_stats.safetensors`` -- mean and covariance (float64) of the features of the 10,000 test images,
-  the reference of :func:`accelerated_diffusion.features.frechet_distance`;
+  the reference of :func:`accelerated_diffusion.experiments.features.frechet_distance`;
 * ``MODEL_CARD.md`` -- provenance, exact command, time, hardware, accuracy, and the small-``n`` bias of the
   Fréchet distance measured on real images.
 
@@ -31,40 +31,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["FashionCNN", "to_model_range", "train_classifier", "evaluate_accuracy", "main", "FEATURE_DIM"]
+from . import data, features
+from .features import FEATURE_DIM, FashionCNN, to_model_range
+from .paths import data_dir
 
-FEATURE_DIM = 128
-
-
-class FashionCNN(nn.Module):
-    """Two 3x3 conv blocks (32, 64 channels, each ReLU + 2x2 max-pool), a 128-unit linear layer (the features),
-    ReLU, dropout and a 10-way linear head.  About 420k parameters."""
-
-    def __init__(self, feature_dim: int = FEATURE_DIM, num_classes: int = 10, dropout: float = 0.3):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 14
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14 -> 7
-            nn.Flatten(),
-        )
-        self.features = nn.Linear(64 * 7 * 7, feature_dim)
-        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features (before the ReLU), shape ``(n, feature_dim)``."""
-        return self.features(self.body(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits, shape ``(n, num_classes)``."""
-        return self.head(self.embed(x))
-
-
-def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 images in ``[0, 255]`` -> float32 in ``[-1, 1]`` (``x / 127.5 - 1``, the DDPM convention)."""
-    if images_uint8.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
-    return images_uint8.float() / 127.5 - 1.0
-
+__all__ = ["train_classifier", "evaluate_accuracy", "main"]
 
 def evaluate_accuracy(model: FashionCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` on float images in ``[-1, 1]``."""
@@ -128,10 +99,10 @@ def _model_card(cfg: dict, bias_rows: list[tuple[int, float, float]]) -> str:
 
 A small CNN trained by this project so that generated Fashion-MNIST images can be scored with a Fréchet
 distance in the feature space of a network that knows the data (an FID analogue: Inception features are
-meaningless for 28x28 grey-scale images). Use it through `accelerated_diffusion.features`.
+meaningless for 28x28 grey-scale images). Use it through `accelerated_diffusion.experiments.features`.
 
 ## Provenance
-- Data: Fashion-MNIST train split (60,000 images), loaded with `accelerated_diffusion.data.load_fashion_mnist`
+- Data: Fashion-MNIST train split (60,000 images), loaded with `accelerated_diffusion.experiments.data.load_fashion_mnist`
   (Debian package `dataset-fashion-mnist`, content checked against SHA-256 sums).
 - Command: `{cfg["command"]}`
 - Seed {cfg["seed"]}; {cfg["epochs"]} epochs of Adam (lr {cfg["lr"]}), batch size {cfg["batch_size"]}, no augmentation.
@@ -162,15 +133,12 @@ reference itself, the train rows are independent of it):
 {rows}
 
 Compare a sampler's FD at n samples with the row for the same n, never with 0.
-(`accelerated_diffusion.features.real_data_frechet_distance(n)` recomputes a row.)
+(`accelerated_diffusion.experiments.features.real_data_frechet_distance(n)` recomputes a row.)
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     """``accelerated-diffusion train-classifier``: train, evaluate and ship the classifier (see module doc)."""
-    from . import data, features
-    from .results import data_dir
-
     p = argparse.ArgumentParser(prog="accelerated-diffusion train-classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=None, help="output folder (default: data/fmnist-classifier)")
     p.add_argument("--epochs", type=int, default=3)

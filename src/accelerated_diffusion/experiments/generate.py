@@ -4,18 +4,16 @@ Commands::
 
     accelerated-diffusion generate --model data/fmnist-ddpm --samplers ddim accelerated_ode --nfe 5 10 \
         --num-samples 1000 --out runs/gen                       # one process
-    accelerate launch --num_processes 4 -m accelerated_diffusion.generate --model ... --out runs/gen   # 4 GPUs
-    accelerate launch --multi_gpu --num_processes 2 -m accelerated_diffusion.generate ...   # 2 CPU processes
+    accelerate launch --num_processes 4 -m accelerated_diffusion.experiments.generate --model ... --out runs/gen   # 4 GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m accelerated_diffusion.experiments.generate ...   # 2 CPU processes
                                                                                         # on a machine without CUDA
     accelerated-diffusion metrics runs/gen/manifest.json       # Fréchet distance per sampler and NFE
 
-Samplers (:data:`SAMPLERS`): the library's ``ddim``, ``ddim_type``, ``ddpm_type``, ``accelerated_ode`` and
-``accelerated_sde`` (:func:`accelerated_diffusion.sample` on the path ``DiscreteSchedule.subsample(nfe, spacing)``
-followed by ``alpha_bar = 1``), and the peers ``dpmsolver++2m`` and ``unipc`` through diffusers' schedulers and
-:func:`accelerated_diffusion.sample_with_scheduler` (configured by :mod:`accelerated_diffusion.peers`).
-DPM-Solver++(2M) is given the very same timesteps; UniPC accepts no custom timesteps in diffusers, so it uses
-diffusers' own ``spacing`` (for ``leading`` that is a different subsequence: ``k * (N // (S + 1))``); the
-manifest records the timesteps each sampler visited.
+Samplers: any name of the registry :data:`accelerated_diffusion.samplers.SAMPLERS`, run through its one
+dispatch :func:`accelerated_diffusion.samplers.run_sampler` on the timesteps ``DiscreteSchedule.subsample(nfe,
+spacing)`` followed by ``alpha_bar = 1``: the library's seven samplers on any spacing, and diffusers' own peer
+schedulers (``diffusers_dpm_solver_pp_2m`` on any spacing; ``diffusers_unipc_bh2`` only where one of diffusers'
+own spacings visits the same timesteps).  The manifest records the timesteps each sampler visited.
 
 On a machine without CUDA, ``--multi_gpu`` starts the processes with torchrun and they form a gloo (CPU)
 group; ``accelerate launch --cpu --num_processes 2`` does *not* start two processes in accelerate 1.x (it needs
@@ -52,10 +50,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .samplers import METHODS, STOCHASTIC, sample, sample_with_scheduler
+from .. import samplers
+from ..models import eps_fn, load_scheduler_config, load_unet, schedule_from_config
+from ..samplers import SAMPLERS, STOCHASTIC
+from . import features
+from .paths import save_results
 
 __all__ = [
-    "SAMPLERS",
     "DIFFUSERS_SAMPLERS",
     "initial_noise",
     "seed_batches",
@@ -71,8 +72,6 @@ __all__ = [
     "metrics_main",
 ]
 
-DIFFUSERS_SAMPLERS = ("dpmsolver++2m", "unipc")
-SAMPLERS = tuple(METHODS) + DIFFUSERS_SAMPLERS
 FORMATS = ("pt", "npy", "png")
 PATH_NOISE_SEED_OFFSET = 2**32
 
@@ -98,35 +97,16 @@ def shard(num_batches: int, process_index: int, num_processes: int) -> list[int]
     return list(range(process_index, num_batches, num_processes))
 
 
-def _sampler_timesteps(sampler: str, nfe: int, schedule, spacing: str) -> list[int]:
+def run_sampler(eps_fn, noise: torch.Tensor, sampler: str, nfe: int, schedule, *, spacing: str = "leading",
+                generator=None, progress: bool = False):
+    """Run ``sampler`` (a name of :data:`accelerated_diffusion.samplers.SAMPLERS`) from ``noise`` with ``nfe``
+    model evaluations on the ``spacing`` grid of the training ``schedule``, through the one dispatch
+    :func:`accelerated_diffusion.samplers.run_sampler`; returns ``(images, timesteps)``."""
     ts = schedule.subsample(nfe, spacing).tolist()
     if len(ts) != nfe:
         raise ValueError(f"spacing {spacing!r} gives {len(ts)} timesteps for NFE {nfe}; choose another spacing")
-    return ts
-
-
-def run_sampler(eps_fn, noise: torch.Tensor, sampler: str, nfe: int, schedule, *, spacing: str = "leading", generator=None, progress: bool = False):
-    """Run one sampler of :data:`SAMPLERS` from ``noise`` with ``nfe`` model evaluations on the training
-    ``schedule`` (:class:`~accelerated_diffusion.schedules.DiscreteSchedule`); returns ``(images, timesteps)``.
-    ``generator`` feeds the stochastic samplers' path noise (on ``noise.device``)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-    if sampler in METHODS:
-        ts = _sampler_timesteps(sampler, nfe, schedule, spacing)
-        x, used = sample(eps_fn, noise, schedule.path(torch.tensor(ts), 1.0), sampler, timesteps=ts, generator=generator, progress=progress, return_nfe=True)
-    else:
-        from . import peers
-
-        if sampler == "dpmsolver++2m":
-            ts = _sampler_timesteps(sampler, nfe, schedule, spacing)
-            sch = peers.diffusers_dpm_solver_pp_2m(schedule.betas)
-            x, used = sample_with_scheduler(eps_fn, noise, sch, timesteps=ts, progress=progress, return_nfe=True)
-        else:
-            if spacing not in ("leading", "trailing", "linspace"):
-                raise ValueError(f"unipc supports diffusers' spacings leading/trailing/linspace only, got {spacing!r}")
-            sch = peers.diffusers_unipc(schedule.betas, spacing)
-            x, used = sample_with_scheduler(eps_fn, noise, sch, nfe, progress=progress, return_nfe=True)
-        ts = [int(t) for t in sch.timesteps]
+    x, used = samplers.run_sampler(eps_fn, noise, sampler, schedule, ts, generator=generator, progress=progress,
+                                   return_nfe=True)
     if used != nfe:
         raise RuntimeError(f"{sampler} used {used} model evaluations, expected {nfe}")
     return x, ts
@@ -186,7 +166,7 @@ def load_images(root: Path, files: list[str]) -> torch.Tensor:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="accelerated-diffusion generate", description="Generate N samples per sampler and NFE (sharded with accelerate).")
     p.add_argument("--model", required=True, help="local diffusers folder or hub id (see accelerated_diffusion.models)")
-    p.add_argument("--samplers", nargs="+", default=["ddim", "accelerated_ode"], choices=SAMPLERS)
+    p.add_argument("--samplers", nargs="+", default=["ddim", "accelerated_ode"], choices=list(SAMPLERS))
     p.add_argument("--nfe", nargs="+", type=int, default=[5, 10])
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="sample i has seed SEED + i")
@@ -204,8 +184,6 @@ def _parser() -> argparse.ArgumentParser:
 def generate(args: argparse.Namespace, process_index: int = 0, num_processes: int = 1, device=None) -> dict:
     """This process's share of the work (see module docstring); writes the images and returns its partial
     manifest (runs with this process's files and timings)."""
-    from .models import eps_fn, load_scheduler_config, load_unet, schedule_from_config
-
     device = torch.device(args.device or device or "cpu")
     if device.type == "cpu":  # accelerate says "cpu:0"; a model moved there computes differently (batch size 1)
         device = torch.device("cpu")
@@ -286,7 +264,7 @@ def _process_state(device: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``accelerated-diffusion generate`` / ``python -m accelerated_diffusion.generate`` (module docstring)."""
+    """``accelerated-diffusion generate`` / ``python -m accelerated_diffusion.experiments.generate`` (module docstring)."""
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -310,12 +288,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compute_metrics(manifest_path, *, reference: str = "test", classifier=None, real_data_baseline: bool = True, progress: bool = True) -> dict:
-    """Fréchet distance (:func:`accelerated_diffusion.features.frechet_distance`) of every run of a manifest
+    """Fréchet distance (:func:`accelerated_diffusion.experiments.features.frechet_distance`) of every run of a manifest
     against the ``reference`` statistics, plus, per sample count ``n``, the FD of ``n`` real training images
-    (:func:`~accelerated_diffusion.features.real_data_frechet_distance`): the small-sample floor.  Samples are
+    (:func:`~accelerated_diffusion.experiments.features.real_data_frechet_distance`): the small-sample floor.  Samples are
     clipped to ``[-1, 1]`` first, as saving them as images (or diffusers' pipelines) would."""
-    from . import features
-
     manifest_path = Path(manifest_path)
     manifest = json.loads(manifest_path.read_text())
     root = manifest_path.parent
@@ -358,8 +334,6 @@ def metrics_main(argv: list[str] | None = None) -> int:
     out = args.out or args.manifest.parent / "metrics.json"
     out.write_text(json.dumps(res, indent=2) + "\n")
     if args.results_name:
-        from .results import save_results
-
         save_results(args.results_name, res)
     for r in res["results"]:
         print(f"{r['sampler']:>16s}  NFE {r['nfe']:3d}  n {r['n']:6d}  FD {r['fd']:.4g}")

@@ -1,6 +1,6 @@
 r"""Train a small DDPM on Fashion-MNIST, in the same form as the google/ddpm-* checkpoints.
 
-``python -m accelerated_diffusion.train --out runs/fmnist-ddpm --steps 20000`` (or ``accelerated-diffusion train``).
+``python -m accelerated_diffusion.experiments.train --out runs/fmnist-ddpm --steps 20000`` (or ``accelerated-diffusion train``).
 
 What is trained (Ho, Jain, Abbeel 2020, Algorithm 1; the google/ddpm-church-256 set-up, scaled down):
 
@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_fashion_mnist
-from .schedules import DiscreteSchedule
+from ..schedules import DiscreteSchedule
 
 __all__ = [
     "TrainConfig",
@@ -330,7 +330,7 @@ def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool
 
 def _parser() -> argparse.ArgumentParser:
     d = _default_config()
-    p = argparse.ArgumentParser(prog="python -m accelerated_diffusion.train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m accelerated_diffusion.experiments.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/fmnist-ddpm", help="run folder (checkpoint.pt, loss.csv)")
     p.add_argument("--steps", type=int, default=d["steps"], help="total optimiser steps")
@@ -387,7 +387,7 @@ def run_command(argv: list[str] | None = None) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m accelerated_diffusion.train``; ``accelerated-diffusion train``
+    """Command-line entry point (``python -m accelerated_diffusion.experiments.train``; ``accelerated-diffusion train``
     dispatches here); returns the exit status."""
     run_command(argv)
     return 0

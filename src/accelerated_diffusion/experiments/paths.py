@@ -1,0 +1,133 @@
+"""Where the reproduction's files live, and reading/writing the numbers the book cites.
+
+Locations are explicit, never discovered by walking up the directory tree:
+
+* the **repository** -- ``$ACCELERATED_DIFFUSION_ROOT`` if set, else the checkout this package was imported from
+  (the folder above ``src/``); an installed copy outside a checkout must set the variable;
+* the **shipped data** (models, reference configs) -- ``<repository>/data`` (:func:`data_dir`);
+* the **results** the chapters write -- ``$ACCELERATED_DIFFUSION_RESULTS`` if set (the test suite points it at a
+  temporary folder so that a test run leaves the checkout untouched), else ``<repository>/data/results``
+  (:func:`results_dir`); every function that writes also takes an explicit ``folder``.
+
+Writes are atomic (:func:`atomic_write_text`: a temporary file in the same folder, then ``os.replace``) and the JSON
+is strict: a non-finite float raises instead of being written as ``NaN``/``Infinity``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "ROOT_ENV",
+    "RESULTS_ENV",
+    "repository_root",
+    "data_dir",
+    "results_dir",
+    "in_repository",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "dumps_strict",
+    "save_results",
+    "load_results",
+]
+
+ROOT_ENV = "ACCELERATED_DIFFUSION_ROOT"
+RESULTS_ENV = "ACCELERATED_DIFFUSION_RESULTS"
+_CHECKOUT = Path(__file__).resolve().parents[3]  # <checkout>/src/accelerated_diffusion/experiments/paths.py
+
+
+def repository_root() -> Path:
+    """``$ACCELERATED_DIFFUSION_ROOT``, else the checkout holding this package's ``src/`` folder."""
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env).resolve()
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "data").is_dir():
+        return _CHECKOUT
+    raise FileNotFoundError(
+        f"this copy of accelerated_diffusion is not inside a repository checkout; set {ROOT_ENV} to the "
+        "repository folder (the one holding data/) to use the shipped models and results"
+    )
+
+
+def data_dir() -> Path:
+    """The shipped data: ``<repository>/data``."""
+    return repository_root() / "data"
+
+
+def in_repository(path_or_id):
+    """``<repository>/<path_or_id>`` when that exists (e.g. ``"data/fmnist-ddpm"`` from a chapter, whose working
+    directory is ``chapters/``), else ``path_or_id`` unchanged (an absolute path or a hub id)."""
+    p = Path(str(path_or_id))
+    if not p.is_absolute():
+        candidate = repository_root() / p
+        if candidate.exists():
+            return candidate
+    return path_or_id
+
+
+def results_dir() -> Path:
+    """``$ACCELERATED_DIFFUSION_RESULTS`` if set, else ``<repository>/data/results``."""
+    env = os.environ.get(RESULTS_ENV)
+    return Path(env).resolve() if env else data_dir() / "results"
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, flushed, then renamed over
+    ``path``; an interruption leaves either the old file or the new one, never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def dumps_strict(obj, **kwargs) -> str:
+    """``json.dumps`` that refuses NaN and infinities (``ValueError``) instead of writing non-standard JSON; store
+    a missing number as ``None`` together with the reason."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"{err}: store a non-finite number as null with the reason instead") from None
+
+
+def _results_path(name: str, folder) -> Path:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"results name must be a plain file name, got {name!r}")
+    base = Path(folder) if folder is not None else results_dir()
+    return base / (name if name.endswith(".json") else name + ".json")
+
+
+def save_results(name: str, obj, *, folder=None) -> Path:
+    """Write ``obj`` as strict, pretty JSON to ``<folder>/<name>`` (default :func:`results_dir`; ``.json`` added if
+    missing), atomically; returns the path."""
+    path = _results_path(name, folder)
+    return atomic_write_text(path, dumps_strict(obj, indent=2) + "\n")
+
+
+def load_results(name: str, *, folder=None):
+    """Read ``<folder>/<name>`` written by :func:`save_results` (default :func:`results_dir`, then the shipped
+    ``data/results`` when the results folder has no such file, so a chapter can show committed numbers)."""
+    path = _results_path(name, folder)
+    if not path.exists() and folder is None:
+        shipped = data_dir() / "results" / path.name
+        if shipped.exists():
+            path = shipped
+    if not path.exists():
+        raise FileNotFoundError(f"no results file {path.name}: run the chapter or command that writes it")
+    return json.loads(path.read_text())

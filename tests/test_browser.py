@@ -1,0 +1,131 @@
+"""The built book, as a reader sees it: every page opened in headless Chromium at a 1280 px window.
+
+One build (from the committed notebook outputs, no execution) into a temporary folder, one visit per page;
+each test below is one check, and a failure prints the per-page table of that check and the constructs at
+fault. ``tests/browser_report.py`` prints the same table on its own (``python tests/browser_report.py``).
+
+Skipped, with a message saying how to install them, where Chromium, its driver or selenium are missing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import browser_report as br
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    why = br.missing_requirements()
+    if why:
+        pytest.skip(why)
+    out = tmp_path_factory.mktemp("book-html")
+    t0 = time.perf_counter()
+    html_dir = br.build_book(out)
+    t1 = time.perf_counter()
+    reports, metrics = br.measure_book(html_dir)
+    t2 = time.perf_counter()
+    summary = (br.table(reports) + "\n\n" + br.describe_metrics(metrics)
+               + f"\nbuild {t1 - t0:.1f} s, browser {t2 - t1:.1f} s for {len(reports)} pages\n")
+    (out / "browser_report.txt").write_text(summary)
+    (out / "browser_findings.txt").write_text(br.findings(reports))
+    return {"reports": reports, "metrics": metrics, "html": html_dir, "summary": summary}
+
+
+def _failures(book, check: str) -> str:
+    """The per-page counts of one check, and the findings lines that belong to it."""
+    head, what = br.CHECKS[check]
+    rows = [f"{r.page}: {r.count(check)[0]} of {r.count(check)[1]}" for r in book["reports"] if r.count(check)[0]]
+    keys = {
+        "equations": ("equation ",), "code": ("code block",), "code_lines": ("code block",), "outputs": ("output ",), "tables": ("table ",),
+        "raw_tex": ("raw TeX",), "mathjax_errors": ("MathJax error",), "images_broken": ("not loaded",),
+        "images_alt": ("alt text",), "images_caption": ("no numbered caption",), "images_small": ("shown at",),
+        "links": ("broken link",),
+    }[check]
+    lines = []
+    for line in br.findings(book["reports"]).splitlines():
+        if line.endswith("finding(s)"):
+            page = line.split(":")[0]
+        elif any(k in line for k in keys):
+            lines.append(f"{page}:{line}")
+    return (f"{what} ({head}), per page:\n  " + "\n  ".join(rows) + "\n\n" + "\n".join(lines[:60])
+            + ("\n..." if len(lines) > 60 else "") + "\n\nall checks:\n" + book["summary"])
+
+
+def _assert_clean(book, check):
+    if any(r.count(check)[0] for r in book["reports"]):
+        pytest.fail(_failures(book, check), pytrace=False)
+
+
+def test_every_page_of_the_toc_was_opened(book):
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+    def files(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from ([v] if k in ("file", "root") else files(v))
+        elif isinstance(node, list):
+            for v in node:
+                yield from files(v)
+
+    opened = {r.page.removesuffix(".html") for r in book["reports"]}
+    assert set(files(toc)) <= opened, (set(files(toc)) - opened, book["summary"])
+
+
+def test_mathjax_is_served_from_the_book_itself(book):
+    """Offline maths: MathJax 3 loads from _static (installed by `make setup`); no script or style sheet
+    comes from the network."""
+    m = book["metrics"]
+    assert m["mathjax"] and m["mathjax"].startswith("3."), book["summary"]
+    remote = [s for s in m["scripts"] if s.startswith(("http://", "https://"))]
+    assert not remote, remote
+    assert (book["html"] / "_static" / "mathjax" / "tex-chtml.js").exists()
+
+
+def test_mathjax_typeset_every_formula(book):
+    _assert_clean(book, "mathjax_errors")
+    _assert_clean(book, "raw_tex")
+
+
+def test_no_display_equation_wider_than_the_column(book):
+    _assert_clean(book, "equations")
+
+
+def test_no_code_block_wider_than_the_column(book):
+    _assert_clean(book, "code")
+
+
+def test_no_cell_output_wider_than_the_column(book):
+    _assert_clean(book, "outputs")
+
+
+def test_no_table_wider_than_the_column(book):
+    _assert_clean(book, "tables")
+
+
+def test_every_image_loaded(book):
+    _assert_clean(book, "images_broken")
+
+
+def test_every_image_has_alt_text(book):
+    _assert_clean(book, "images_alt")
+
+
+def test_every_image_is_a_numbered_captioned_figure(book):
+    _assert_clean(book, "images_caption")
+
+
+def test_no_figure_shown_below_60_percent_of_its_size(book):
+    _assert_clean(book, "images_small")
+
+
+def test_every_internal_link_and_anchor_resolves(book):
+    _assert_clean(book, "links")
