@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from accelerated_diffusion import rates
+from accelerated_diffusion.experiments import rates
 from accelerated_diffusion.experiments import exact_1d as E
 
 torch.set_num_threads(1)
@@ -131,15 +131,14 @@ def test_folding_is_detected_and_its_tv_matches_a_histogram():
     assert not E.deterministic_tv(NARROW, path, "ddim")["folded"]
 
 
-def test_sweep_and_results_schema(tmp_path, monkeypatch):
-    monkeypatch.setenv("ACCELERATED_DIFFUSION_ROOT", str(tmp_path))
+def test_sweep_and_results_schema(tmp_path):
     res = E.exact_rates(NARROW, paper_Ts=(10, 12, 15), linear_Ts=(5, 8, 10), methods=("ddim", "ddpm_type"),
                         x_min={"paper": 5, "linear": 4})
-    obj = E.results_json(NARROW, res, name="rates_exact_1d_test.json")
+    obj = E.results_json(NARROW, res, name="rates_exact_1d_test.json", folder=tmp_path)
     assert set(obj["target"]) == {"weights", "means", "variances"}
     for s in ("paper", "linear"):
         for m in ("ddim", "ddpm_type"):
             r = obj["results"][s][m]
             assert {"T", "nfe", "tv", "slope"} <= set(r) and set(r["slope"]) >= {"value", "ci"}
             assert all(0 < v < 1 for v in r["tv"]) and r["slope"]["value"] < 0
-    assert (tmp_path / "data" / "results" / "rates_exact_1d_test.json").exists()
+    assert (tmp_path / "rates_exact_1d_test.json").exists()

@@ -801,10 +801,11 @@ def refinement_table(target: GaussianMixture, cases, methods=SAMPLERS, factor: i
             "max_rel_change_folded": max([r[5] for r in rows if r[6]], default=None)}
 
 
-def results_json(target: GaussianMixture, results: dict, *, name: str | None = None, **extra) -> dict:
+def results_json(target: GaussianMixture, results: dict, *, name: str | None = None, folder=None, **extra) -> dict:
     """The results object ``{"target": {"weights", "means", "variances"}, "results": {schedule: {sampler: {"T",
-    "nfe", "tv", "slope": {"value", "ci"}}}}}`` plus ``extra`` keys, saved as ``name`` when given."""
+    "nfe", "tv", "slope": {"value", "ci"}}}}}`` plus ``extra`` keys, saved as ``name`` (:func:`paths.save_results`,
+    in ``folder`` or the results folder) when given."""
     obj = {"target": target_params(target), **extra, "results": results}
     if name is not None:
-        save_results(name, obj)
+        save_results(name, obj, folder=folder)
     return obj
