@@ -83,6 +83,8 @@ __all__ = [
     "gaussian_check",
     "refinement_table",
     "results_json",
+    "explore",
+    "run_experiment",
 ]
 
 STOCHASTIC = tuple(m for m in SAMPLERS if m in samplers.STOCHASTIC)  # ("ddpm_type", "accelerated_sde")
@@ -95,6 +97,8 @@ TARGETS = {
     "separated": {"weights": [0.5, 0.5], "means": [-2.0, 2.0], "variances": [0.01, 0.01]},
     # unequal weights, one broad and one narrow component
     "unequal_narrow": {"weights": [0.8, 0.2], "means": [-1.0, 1.5], "variances": [0.09, 0.0025]},
+    # the same with a very narrow component (standard deviation 0.01)
+    "very_narrow": {"weights": [0.8, 0.2], "means": [-1.0, 1.5], "variances": [0.09, 0.0001]},
 }
 
 
@@ -809,3 +813,52 @@ def results_json(target: GaussianMixture, results: dict, *, name: str | None = N
     if name is not None:
         save_results(name, obj, folder=folder)
     return obj
+
+
+def explore(targets, Ts, schedule: str = "linear", methods=STOCHASTIC) -> list:
+    """TV of ``methods`` over ``Ts`` for each target of ``targets`` (dicts of :func:`mixture_1d` arguments), with
+    the slope fitted over all points: ``[{"target", "schedule", "T", method: {"tv", "slope"}}, ...]``."""
+    out = []
+    for params in targets:
+        tg = mixture_1d(**params)
+        res = rate_sweep(tg, schedule, Ts, methods)
+        entry = {"target": target_params(tg), "schedule": schedule, "T": [int(T) for T in Ts]}
+        for m in methods:
+            f = fit_slope(res[m]["nfe"], res[m]["tv"])
+            entry[m] = {"tv": res[m]["tv"], "slope": {"value": f["slope"], "ci": f["ci"]}}
+        out.append(entry)
+    return out
+
+
+def run_experiment(target_params_: dict, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, c0: float = 2.0,
+                   c1: float = 4.0, x_min: dict | None = None, gaussian_cases=(("paper", 30), ("paper", 300),
+                   ("linear", 20), ("linear", 200)), refinement_cases=(("paper", 100), ("linear", 40)),
+                   explore_targets=(), explore_Ts=(50, 100, 200, 500, 1000), name: str | None = None,
+                   folder=None) -> dict:
+    """Everything behind ``rates_exact_1d.json``: the rate sweeps of :func:`exact_rates` on the mixture
+    ``target_params_`` (weights, means, variances), the accuracy checks (:func:`gaussian_check` on the
+    one-component target, :func:`refinement_table` on the mixture), the :func:`explore` runs, and the CPU time;
+    saved as ``name`` when given (schema in ``data/results/README.md``)."""
+    import time
+
+    t0 = time.process_time()
+    x_min = {**FIT_MIN_NFE, **(x_min or {})}
+    target = mixture_1d(**target_params_)
+    results = exact_rates(target, paper_Ts=paper_Ts, linear_Ts=linear_Ts, c0=c0, c1=c1, x_min=x_min)
+    t_rates = time.process_time() - t0
+    accuracy = {"gaussian": gaussian_check(gaussian_cases), "refinement": refinement_table(target, refinement_cases)}
+    exploration = explore(explore_targets, explore_Ts) if explore_targets else []
+    extra = {
+        "description": "Exact TV of seven samplers on a one-dimensional Gaussian mixture with exact scores, "
+                       "started from the exact q at the first level",
+        "schedules": {
+            "paper": {"c0": c0, "c1": c1, "path": "all T levels abar_T .. abar_1, nfe = T - 1, output vs q_1"},
+            "linear": {"betas": "linear 1e-4 .. 0.02, 1000 steps", "spacing": "leading",
+                       "path": "timesteps arange(T)[::-1] * (1000 // T), output vs q at the last level, nfe = T - 1"},
+        },
+        "fit": {"x": "nfe", "x_min": x_min, "level": 0.95},
+        "accuracy": accuracy,
+        "exploration": exploration,
+        "timing": {"cpu_seconds": time.process_time() - t0, "cpu_seconds_rates": t_rates},
+    }
+    return results_json(target, results, name=name, folder=folder, **extra)
