@@ -1,4 +1,4 @@
-r"""How much time does a scheduler's own ``step`` add to a sampling step?  (Issue 4, item 7.)
+r"""How much time does a scheduler's own ``step`` add to a sampling step?
 
 Compares, on the CPU, the median wall time of one ``scheduler.step`` (model output given) with one forward pass of
 a ~1.1 M-parameter ``UNet2DModel`` at 32x32, batch 64, and writes the numbers with a description of the machine

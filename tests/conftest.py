@@ -1,11 +1,13 @@
-"""Shared fixtures of the unit tests: seeded generators per test, one torch thread, and random-weight copies of the
-shipped reference architectures (no downloads). The results redirection is in the repository's conftest.py."""
+"""Shared fixtures of the unit tests: seeded generators per test (``gen`` for torch, ``rng`` for NumPy), one torch
+thread, and random-weight copies of the shipped reference architectures (no downloads). The results redirection is
+in the repository's conftest.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +18,12 @@ from accelerated_diffusion.experiments.paths import data_dir
 def gen():
     """A CPU generator seeded per test: a test's inputs do not depend on which tests ran before it."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def rng():
+    """A NumPy generator seeded per test (same reason as ``gen``)."""
+    return np.random.default_rng(1234)
 
 
 @pytest.fixture

@@ -15,18 +15,18 @@ import sympy as sp
 import torch
 
 import accelerated_diffusion as ad
+import oracles
 from accelerated_diffusion.experiments import derivations as D
 from accelerated_diffusion import updates
 
-RNG = np.random.default_rng(20240303)
 H = D.h
 
 
 def _random_levels(n=25, gap=0.02):
     """Triples a_next < a_t < a_prev in (0, 1) with gaps of at least ``gap`` (well-conditioned steps)."""
-    out = []
+    out, rng = [], np.random.default_rng(20240303)
     while len(out) < n:
-        a = np.sort(RNG.uniform(0.01, 0.999, 3))
+        a = np.sort(rng.uniform(0.01, 0.999, 3))
         if np.min(np.diff(a)) > gap:
             out.append(tuple(float(v) for v in a))
     return out
@@ -78,12 +78,12 @@ def test_accelerated_sde_noise_scale_matches_library():
     _assert_coefficients_match(lambda *a: (scale(*a),), lambda n, t, p: (updates.accelerated_sde_noise_scale(t, p),))
 
 
-def test_conversions_match_library():
+def test_conversions_match_library(rng):
     conv = D.eps_x0_score_conversions()
     x0_of_eps = _lambdify(conv["x0_of_eps"], (D.x, D.eps, D.alpha_bar), "numpy")
     score_of_eps = _lambdify(conv["score_of_eps"], (D.eps, D.alpha_bar), "numpy")
-    for a in RNG.uniform(0.01, 0.99, 5):
-        xv, ev = torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    for a in rng.uniform(0.01, 0.99, 5):
+        xv, ev = torch.from_numpy(rng.standard_normal(4)), torch.from_numpy(rng.standard_normal(4))
         np.testing.assert_allclose(updates.eps_to_x0(xv, ev, a).numpy(), x0_of_eps(xv.numpy(), ev.numpy(), a), rtol=1e-12)
         np.testing.assert_allclose(updates.eps_to_score(ev, a).numpy(), score_of_eps(ev.numpy(), a), rtol=1e-12)
 
@@ -141,7 +141,7 @@ def test_sigma_form_steps_match_library(method):
            "accelerated": lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)}[method]
     expr = D.ode_step_sigma(method).subs(D.alpha_bar_prev, D.alpha_bar_of_sigma(D.sigma_prev))
     f = _lambdify(expr, (D.y, D.eps, D.eps_next, D.sigma_next, D.sigma_t, D.sigma_prev), "numpy")
-    sig = lambda a: math.sqrt((1 - a) / a)  # noqa: E731  (oracle: sigma of a level)
+    sig = oracles.sigma_of
     xv, ev, env = _tensors()
     for a_next, a_t, a_prev in LEVELS[:8]:
         y_prev = f(xv.numpy() / math.sqrt(a_t), ev.numpy(), env.numpy(), sig(a_next), sig(a_t), sig(a_prev))
@@ -176,6 +176,20 @@ def test_background_identities():
     assert D.probability_flow_gaussian_residual() == 0
     assert D.ddpm_type_mean_residual() == 0
     assert D.atan_sigma_identity_residual() == (0, 0)
+
+
+def test_probability_flow_from_fokker_planck():
+    fp = D.probability_flow_from_fokker_planck()
+    assert fp["continuity_residual"] == 0
+    assert fp["gaussian_fp_residual"] == 0
+    assert fp["residual"] == 0
+    # the same ODE as the chain-rule form of dy = eps d sigma
+    assert sp.simplify(fp["dx_dalpha_bar"]
+                       - D.probability_flow_ode()["dx_dalpha_bar"]) == 0
+    # a wrong velocity (no score) does not satisfy the continuity equation
+    q = fp["fokker_planck"].atoms(sp.Function).pop()
+    wrong = fp["fokker_planck"] + sp.diff(-D.x / 2 * q, D.x)
+    assert sp.simplify(wrong) != 0
 
 
 def test_exact_ddim_to_clean_data_is_tweedie():
@@ -264,7 +278,7 @@ def _half_log_snr(a):
     return 0.5 * math.log(a / (1 - a))
 
 
-def test_lambda_extrapolation_is_multistep_dpm_solver_2():
+def test_lambda_extrapolation_is_multistep_dpm_solver_2(rng):
     """eps linear in lambda, integrated exactly == multistep second-order DPM-Solver, Taylor variant.
 
     Independent oracle: the published update (Lu et al. 2022b, multistep DPM-Solver-2 in noise prediction,
@@ -273,7 +287,7 @@ def test_lambda_extrapolation_is_multistep_dpm_solver_2():
     """
     f = _lambdify(D.ode_step("lambda"), (D.x, D.eps, D.eps_next, *LEVEL_SYMBOLS))
     for a_next, a_t, a_prev in LEVELS[:10]:
-        xv, e, en = RNG.standard_normal(3)
+        xv, e, en = rng.standard_normal(3)
         h = _half_log_snr(a_prev) - _half_log_snr(a_t)
         r0 = (_half_log_snr(a_t) - _half_log_snr(a_next)) / h
         ref = (math.sqrt(a_prev / a_t) * xv - math.sqrt(1 - a_prev) * math.expm1(h) * e
@@ -281,7 +295,7 @@ def test_lambda_extrapolation_is_multistep_dpm_solver_2():
         assert f(xv, e, en, a_next, a_t, a_prev) == pytest.approx(ref, rel=1e-10, abs=1e-12)
 
 
-def test_dpm_solver_pp_2m_matches_published_update():
+def test_dpm_solver_pp_2m_matches_published_update(rng):
     """The module's DPM-Solver++(2M) (used for the truncation-error table) == the published update.
 
     Independent oracle: Lu et al. 2022b, Algorithm 2: x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D with
@@ -293,7 +307,7 @@ def test_dpm_solver_pp_2m_matches_published_update():
     y_prev = D._dpm_solver_steps("dpm_solver_pp_2m", yt, st, sprev, snext, eps_fn, yn)
     f = _lambdify(y_prev, (yt, yn, et, en, st, sprev, snext))
     for a_next, a_t, a_prev in LEVELS[:10]:
-        xt, xn, e, en_ = RNG.standard_normal(4)
+        xt, xn, e, en_ = rng.standard_normal(4)
         sig = [math.sqrt((1 - a) / a) for a in (a_t, a_prev, a_next)]
         got = math.sqrt(a_prev) * f(xt / math.sqrt(a_t), xn / math.sqrt(a_next), e, en_, *sig)
         h = _half_log_snr(a_prev) - _half_log_snr(a_t)
@@ -303,3 +317,15 @@ def test_dpm_solver_pp_2m_matches_published_update():
         d = (1 + 1 / (2 * r)) * x0_t - x0_n / (2 * r)
         ref = math.sqrt((1 - a_prev) / (1 - a_t)) * xt - math.sqrt(a_prev) * math.expm1(-h) * d
         assert got == pytest.approx(ref, rel=1e-10, abs=1e-12)
+
+
+def test_random_levels():
+    gen = torch.Generator().manual_seed(0)
+    for count, gap in ((2, 1e-3), (3, 1e-2)):
+        for _ in range(50):
+            levels = D.random_levels(gen, count, min_gap=gap)
+            assert len(levels) == count
+            assert 0.01 <= levels[0] and levels[-1] <= 0.99
+            assert all(b - a >= gap for a, b in zip(levels, levels[1:]))
+    with pytest.raises(ValueError):
+        D.random_levels(gen, 3, min_gap=0.5)

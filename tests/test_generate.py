@@ -127,14 +127,14 @@ def test_two_processes_with_accelerate_equal_one_process_bit_for_bit(tiny, singl
         assert torch.equal(imgs1[key], imgs2[key]), key
 
 
-def test_png_and_npy_round_trip(tmp_path):
+def test_png_and_npz_round_trip(tmp_path):
     x = torch.linspace(-1.2, 1.2, 2 * 28 * 28).reshape(2, 1, 28, 28)
-    for fmt in ("png", "npy"):
+    for fmt in ("png", "npz"):
         names = generate.save_batch(x, [7, 8], tmp_path / fmt, 0, fmt)
-        back = generate.load_images(tmp_path / fmt, names)
+        back, seeds = generate.load_batch(tmp_path / fmt, names)
         expect = ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1 if fmt == "png" else x
-        assert back.shape == x.shape and torch.allclose(back, expect, atol=1e-6)
-    assert names == ["batch00000.npy"]
+        assert back.shape == x.shape and torch.allclose(back, expect, atol=1e-6) and seeds == [7, 8]
+    assert names == ["batch00000.npz"]
 
 
 def test_metrics_step(single, tmp_path):

@@ -69,7 +69,7 @@ def test_pipeline_layout_and_eps_fn_dtype(tmp_path):
     loaded = models.load_unet(tmp_path, dtype=torch.float64)
     assert next(loaded.parameters()).dtype == torch.float64
     assert models.load_scheduler_config(tmp_path) == {"beta_schedule": "linear"}
-    x = torch.randn(2, 1, 8, 8)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     eps = models.eps_fn(loaded)(x, 10)
     assert eps.dtype == torch.float32 and eps.shape == x.shape
 
@@ -90,3 +90,35 @@ def test_church_architecture_offline_one_image_at_5_nfe(offline, tmp_path):
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     out, nfe = ad.sample(models.eps_fn(unet), x, path, "accelerated_ode", timesteps=timesteps.tolist(), return_nfe=True)
     assert nfe == 5 and out.shape == (1, 3, 256, 256) and torch.isfinite(out).all()
+
+
+def _tiny_unet():
+    from conftest import random_unet
+
+    return random_unet(dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                            layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                            up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4), seed=0)
+
+
+def test_eps_fn_takes_integer_timesteps_only():
+    """A UNet fed the float level alpha_bar as its timestep returns plausible but wrong noise: refused, with the
+    way to pass integer timesteps in the message."""
+    fn = models.eps_fn(_tiny_unet())
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in (0.5, 500.0, torch.tensor(0.5), torch.tensor([500.0, 400.0]), True, None):
+        with pytest.raises(TypeError, match=r"timesteps=.*run_sampler"):
+            fn(x, t)
+    for t in (-1, 1000, torch.tensor([999, 1000])):
+        with pytest.raises(ValueError, match=r"outside \[0, num_train_timesteps=1000\)"):
+            fn(x, t)
+    with pytest.raises(ValueError, match="num_train_timesteps=10"):
+        models.eps_fn(_tiny_unet(), num_train_timesteps=10)(x, 10)
+    for t in (0, 999, torch.tensor(5), torch.tensor([5, 6]), torch.tensor([5], dtype=torch.int32)):
+        assert fn(x, t).shape == x.shape
+    # sample() without timesteps= passes the levels: refused at the first step, before any wrong output
+    schedule = ad.DiscreteSchedule.from_diffusers("linear")
+    ts = schedule.subsample(3)
+    with pytest.raises(TypeError, match="not an integer"):
+        ad.sample(fn, x, schedule.path(ts), "ddim")
+    out, nfe = ad.sample(fn, x, schedule.path(ts), "ddim", timesteps=ts.tolist(), return_nfe=True)
+    assert nfe == 3 and torch.equal(out, ad.run_sampler(fn, x, "ddim", schedule, ts))

@@ -1,15 +1,17 @@
-"""The schedulers run unmodified in diffusers' DDPMPipeline and StableDiffusionPipeline (tiny, randomly
-initialised components built here and by ``pipelines.tiny_random_stable_diffusion``; no downloads), and
-InitNoiseDDPMPipeline honours init_noise_sigma."""
+"""The schedulers run unmodified in diffusers' DDPMPipeline, DDIMPipeline and StableDiffusionPipeline (tiny,
+randomly initialised components built here and by ``experiments.toy_pipelines.tiny_random_stable_diffusion``; no
+downloads), and InitNoiseDDPMPipeline honours init_noise_sigma."""
 
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 import accelerated_diffusion as ad
 from accelerated_diffusion.pipelines import InitNoiseDDPMPipeline
 from accelerated_diffusion.experiments.toy_pipelines import tiny_random_stable_diffusion
+from accelerated_diffusion.models import eps_fn
+from conftest import random_unet
 
 CLASSES = [ad.AcceleratedDDIMScheduler, ad.AcceleratedDDPMScheduler, ad.DDIMTypeScheduler, ad.DDPMTypeScheduler]
 STOCHASTIC = (ad.AcceleratedDDPMScheduler, ad.DDPMTypeScheduler)
@@ -28,17 +30,10 @@ class CallRecorder:
 
 @pytest.fixture(scope="module")
 def unet():
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
+    config = dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                  norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "UpBlock2D"))
+    return random_unet(config, seed=0)
 
 
 def ddpm_pipe(pipeline_cls, unet, scheduler):
@@ -75,6 +70,24 @@ def test_ddpm_pipeline_ignores_init_noise_sigma_ours_honours_it(unet):
         assert sigma > 1.1  # sqrt(1 + (1 - alpha_T)/2) with 4 leading steps of the DDPM schedule
         expected = randn_tensor(shape, generator=torch.Generator().manual_seed(3)) * (sigma if scaled else 1.0)
         torch.testing.assert_close(rec.inputs[0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_ddim_pipeline_one_line_swap(unet, cls):
+    """DDIMPipeline passes ``eta`` and ``use_clipped_model_output`` to ``step``: after the one-line swap it runs,
+    and gives what the scheduler gives when driven directly from the same start (``init_noise_sigma = 1`` here,
+    the accelerated DDPM scheduler excepted, whose start DDIMPipeline does not scale)."""
+    pipe = ddpm_pipe(DDIMPipeline, unet, DDIMScheduler())
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    img = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="pt",
+               eta=0.0).images
+    assert img.shape == (2, 3, 8, 8) and bool(((img >= 0) & (img <= 1)).all())
+    gen = torch.Generator().manual_seed(0)
+    noise = randn_tensor((2, 3, 8, 8), generator=gen) / pipe.scheduler.init_noise_sigma
+    ref = ad.sample_with_scheduler(eps_fn(unet), noise, cls.from_config(pipe.scheduler.config), 3, generator=gen)
+    torch.testing.assert_close(img, (ref / 2 + 0.5).clamp(0, 1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="eta=0.5"):
+        pipe(batch_size=1, num_inference_steps=2, eta=0.5)
 
 
 @pytest.mark.parametrize("cls", [ad.AcceleratedDDIMScheduler, ad.DDPMTypeScheduler], ids=lambda c: c.__name__)

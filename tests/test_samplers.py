@@ -13,15 +13,15 @@ PATH = torch.tensor([0.01, 0.2, 0.6, 0.9, 1.0], dtype=torch.float64)
 
 
 @pytest.mark.parametrize("method", sorted(ad.samplers.LIBRARY_SAMPLERS))
-def test_nfe_equals_number_of_steps_and_timesteps_are_passed(method):
+def test_nfe_equals_number_of_steps_and_timesteps_are_passed(method, gen):
     seen = []
 
     def eps_fn(x, t):
         seen.append(t)
         return TARGET.eps(x, PATH[len(seen) - 1])
 
-    x = torch.randn(8, 2, dtype=torch.float64)
-    out, nfe = ad.sample(eps_fn, x, PATH, method, timesteps=[999, 700, 300, 50], generator=torch.Generator().manual_seed(0), return_nfe=True)
+    x = torch.randn(8, 2, dtype=torch.float64, generator=gen)
+    out, nfe = ad.sample(eps_fn, x, PATH, method, timesteps=[999, 700, 300, 50], generator=gen, return_nfe=True)
     assert nfe == len(PATH) - 1 == len(seen)
     assert seen == [999, 700, 300, 50]
     assert out.shape == x.shape and out.dtype == x.dtype
@@ -113,3 +113,41 @@ def test_sample_with_scheduler_matches_diffusers_ddim_and_counts_nfe():
     assert torch.allclose(out.double(), ref, atol=1e-5)
     with pytest.raises(ValueError, match="exactly one"):
         ad.sample_with_scheduler(TARGET.eps, noise, sched)
+
+
+@pytest.mark.parametrize("method", sorted(ad.samplers.STOCHASTIC & set(ad.samplers.LIBRARY_SAMPLERS)))
+def test_per_sample_generators_make_a_sample_independent_of_its_batch(method):
+    """With one generator per sample (diffusers' ``randn_tensor`` convention), sample k drawn in a batch of 4 is
+    sample k drawn alone."""
+    gens = lambda: [torch.Generator().manual_seed(100 + k) for k in range(4)]  # noqa: E731
+    x = torch.cat([torch.randn(1, 2, generator=g, dtype=torch.float64) for g in gens()])
+    batch = ad.sample(TARGET.eps, x, PATH, method, generator=gens())
+    for k in range(4):
+        alone = ad.sample(TARGET.eps, x[k : k + 1], PATH, method, generator=[gens()[k]])
+        torch.testing.assert_close(batch[k : k + 1], alone, rtol=0, atol=1e-12)
+    # and the draws really differ between samples (not one stream shared by all)
+    assert not torch.allclose(batch[0], batch[1])
+    with pytest.raises(ValueError, match="one torch.Generator per sample"):
+        ad.sample(TARGET.eps, x, PATH, method, generator=gens()[:3])
+    with pytest.raises(TypeError, match="generator"):
+        ad.sample(TARGET.eps, x, PATH, method, generator=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex128])
+def test_model_output_must_be_real_floating(dtype):
+    with pytest.raises(ModelOutputError, match=rf"step 0 .*dtype {dtype}"):
+        ad.sample(lambda x, t: torch.zeros(x.shape, dtype=dtype), torch.zeros(1, 2), PATH, "ddim")
+
+
+def test_run_sampler_checks_timesteps_before_any_model_call():
+    schedule = ad.DiscreteSchedule.from_diffusers("linear")
+
+    def never(x, t):
+        raise AssertionError("the model must not be called")
+
+    noise = torch.zeros(1, 2)
+    for bad, error in (([900.7, 500], TypeError), ([1000, 5], ValueError), ([-1, 5], ValueError),
+                       (torch.tensor([900.0, 500.0]), TypeError)):
+        for name in ("ddim", "diffusers_dpm_solver_pp_2m"):
+            with pytest.raises(error, match="timesteps"):
+                ad.run_sampler(never, noise, name, schedule, bad)

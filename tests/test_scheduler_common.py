@@ -41,7 +41,7 @@ def first_step(scheduler, return_dict=True, seed=0):
     scheduler.set_timesteps(NUM_INFERENCE_STEPS)
     sample = dummy_sample()
     t = scheduler.timesteps[0]
-    return scheduler.step(0.1 * sample, t, sample, generator=torch.manual_seed(seed), return_dict=return_dict)
+    return scheduler.step(0.1 * sample, t, sample, generator=torch.Generator().manual_seed(seed), return_dict=return_dict)
 
 
 def save_and_reload(scheduler):
@@ -83,7 +83,7 @@ def test_step_shape(cls):
     for position in (0, NUM_INFERENCE_STEPS - 1):
         scheduler.set_timesteps(NUM_INFERENCE_STEPS)
         for t in scheduler.timesteps[: position + 1]:
-            out = scheduler.step(0.1 * sample, t, sample, generator=torch.manual_seed(0))
+            out = scheduler.step(0.1 * sample, t, sample, generator=torch.Generator().manual_seed(0))
         assert out.prev_sample.shape == sample.shape == out.pred_original_sample.shape
 
 

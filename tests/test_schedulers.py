@@ -6,8 +6,9 @@ Oracles used here:
   DDIM scheduler with the correction switched off;
 * the core loop :func:`accelerated_diffusion.sample` on the path built by ``schedules.sampling_path`` from the
   scheduler's public ``alphas_cumprod`` and ``timesteps`` (same noise, drawn in the same order);
-* on a diagonal Gaussian target: an INDEPENDENT ORACLE below (``_oracle_*``) that writes the paper's update
-  rules in scalar score form (as the paper states them), composes them as affine maps and propagates the Gaussian law exactly.
+* on a diagonal Gaussian target: the independent oracles of ``tests/oracles.py``, which write the paper's update
+  rules in score form (as the paper states them), compose them as affine maps and propagate the Gaussian law
+  exactly.
 """
 
 import math
@@ -18,6 +19,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 import accelerated_diffusion as ad
+import oracles
 from accelerated_diffusion import metrics, schedules
 from accelerated_diffusion.experiments.paths import data_dir
 from accelerated_diffusion.schedulers import (
@@ -165,61 +167,6 @@ def test_float32_matches_core_sample_too():
 # --------------------------------------------------------------------------------------------------------------
 # 3. Gaussian target with exact eps: the closed-form output law (independent oracle)
 # --------------------------------------------------------------------------------------------------------------
-def _oracle_eps_affine(a):
-    """INDEPENDENT ORACLE. Exact eps of the diagonal Gaussian target at level a, per coordinate: eps = e1 x + e0."""
-    c = a * VAR + (1 - a)
-    return math.sqrt(1 - a) / c, -math.sqrt(1 - a) * math.sqrt(a) * MEAN / c
-
-
-def _oracle_deterministic(method, levels):
-    """INDEPENDENT ORACLE. The deterministic samplers in scalar form (as the paper states them), composed as affine maps of the
-    start: x = k x_T + b per coordinate.  Returns (k, b)."""
-    k, b = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
-    prev_eps = None  # (k, b) of eps_{t+1}(x_{t+1})
-    for i in range(len(levels) - 1):
-        a, ap = levels[i], levels[i + 1]
-        e1, e0 = _oracle_eps_affine(a)
-        ek, eb = e1 * k, e1 * b + e0  # eps_t(x_t) as an affine function of x_T
-        if method == "ddim_type":  # Y' = (Y + (1 - alpha)/2 s) / sqrt(alpha), s = -eps / sqrt(1 - a)
-            al = a / ap
-            k, b = [(u - (1 - al) / 2 * e / math.sqrt(1 - a)) / math.sqrt(al) for u, e in ((k, ek), (b, eb))]
-        else:  # exact DDIM: sqrt(ap) x0 + sqrt(1 - ap) eps, x0 = (x - sqrt(1 - a) eps) / sqrt(a)
-            nk = math.sqrt(ap) * (k - math.sqrt(1 - a) * ek) / math.sqrt(a) + math.sqrt(1 - ap) * ek
-            nb = math.sqrt(ap) * (b - math.sqrt(1 - a) * eb) / math.sqrt(a) + math.sqrt(1 - ap) * eb
-            if method == "accelerated_ode" and prev_eps is not None:  # README's arcsin coefficient
-                an = levels[i - 1]
-                c = math.sqrt(ap) / (a - an) * (
-                    a * math.sqrt((1 - ap) / ap) + math.asin(math.sqrt(ap)) - a * math.sqrt((1 - a) / a) - math.asin(math.sqrt(a))
-                )
-                nk, nb = nk + c * (prev_eps[0] - ek), nb + c * (prev_eps[1] - eb)
-            k, b = nk, nb
-        prev_eps = (ek, eb)
-    return k, b
-
-
-def _oracle_stochastic_law(method, levels, start_var=None):
-    """INDEPENDENT ORACLE. Mean and variance (per coordinate) of the stochastic samplers' output, propagated
-    exactly; by default the accelerated one starts from Y_T^+ ~ N(0, 1 + (1 - alpha_T)/2), the other from N(0, 1)."""
-    if start_var is None:
-        start_var = 1 + (1 - levels[0] / levels[1]) / 2 if method == "accelerated_sde" else 1.0
-    m, v = torch.zeros(3, dtype=torch.float64), torch.full((3,), start_var, dtype=torch.float64)
-    for i in range(len(levels) - 1):
-        a, ap = levels[i], levels[i + 1]
-        al = a / ap
-        e1, e0 = _oracle_eps_affine(a)
-        # x + (1 - alpha) s(x), s = -eps / sqrt(1 - a): slope and offset, then / sqrt(alpha)
-        slope = (1 - (1 - al) * e1 / math.sqrt(1 - a)) / math.sqrt(al)
-        off = -(1 - al) * e0 / math.sqrt(1 - a) / math.sqrt(al)
-        m, v = slope * m + off, slope**2 * v
-        if method == "ddpm_type":
-            v = v + (1 - al) / al
-        else:  # Psi's own noise, then Phi of the next step
-            v = v + (1 - al) / 2
-            if i + 2 < len(levels):
-                v = v + (1 - levels[i + 1] / levels[i + 2]) / 2
-    return m, v
-
-
 def _target_model(s):
     return lambda x, t: TARGET.eps(x, float(s.alphas_cumprod[int(t)]))
 
@@ -230,12 +177,12 @@ def test_gaussian_deterministic_law_is_closed_form(method):
     s.set_timesteps(8)
     levels = [float(a) for a in schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)]
     A, b = metrics.affine_map(lambda x: run(s, _target_model(s), x, n=8)[0], 3)
-    k, b_or = _oracle_deterministic(method, levels)
-    torch.testing.assert_close(A, torch.diag(k), rtol=1e-10, atol=1e-12)
+    K, b_or = (torch.from_numpy(v) for v in oracles.deterministic_affine(method, levels, MEAN, torch.diag(VAR)))
+    torch.testing.assert_close(A, K, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(b, b_or, rtol=1e-10, atol=1e-12)
     # the output law N(b, A A^T) from Y_T ~ N(0, I) (init_noise_sigma = 1) is that of the oracle
     assert s.init_noise_sigma == 1.0
-    assert metrics.gaussian_kl(b, A @ A.T, b_or, torch.diag(k**2)) < 1e-12
+    assert metrics.gaussian_kl(b, A @ A.T, b_or, K @ K.T) < 1e-12
 
 
 @pytest.mark.parametrize("method", ["accelerated_sde", "ddpm_type"])
@@ -244,7 +191,8 @@ def test_gaussian_stochastic_law_is_closed_form(method):
     s = SCHEDULERS[method](clip_sample=False)
     s.set_timesteps(8)
     levels = [float(a) for a in schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)]
-    m_or, v_or = _oracle_stochastic_law(method, levels)
+    m_or, S_or = (torch.from_numpy(v) for v in oracles.stochastic_law(method, levels, MEAN, torch.diag(VAR)))
+    v_or = torch.diagonal(S_or)
     start_var = 1 + (1 - levels[0] / levels[1]) / 2 if method == "accelerated_sde" else 1.0
     assert s.init_noise_sigma**2 == pytest.approx(start_var, rel=1e-12)
     gen = torch.Generator().manual_seed(11)
@@ -488,3 +436,126 @@ def test_no_host_device_synchronisation_per_step(method):
         x = s.step(torch.empty_like(x), t, x).prev_sample
     with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
         s.step(torch.empty_like(x), s.timesteps[-1], x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 6. The timestep is honoured the same way on every device
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_aborted_run_then_fresh_run_on_the_meta_device(method):
+    """On an accelerator the position of an element of ``scheduler.timesteps`` is read from host metadata, not
+    counted: after a run aborted at its second step, a fresh run starts at position 0 and its last step is the one
+    that reads the finite-values flag (reading a meta tensor raises, so that read shows where the run ends)."""
+    s = SCHEDULERS[method]()
+    s.set_timesteps(5, device="meta")
+    x = torch.empty(2, 3, 4, 4, device="meta")
+    for t in s.timesteps[:2]:  # aborted run
+        x = s.step(torch.empty_like(x), t, x).prev_sample
+    for t in s.timesteps[:-1]:  # fresh run: four steps without any host read
+        x = s.step(torch.empty_like(x), t, x).prev_sample
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        s.step(torch.empty_like(x), s.timesteps[-1], x)
+
+
+@pytest.fixture
+def as_on_an_accelerator(monkeypatch):
+    """CPU tensors take the path of accelerator tensors (their values are treated as unreadable)."""
+    from accelerated_diffusion import schedulers
+
+    monkeypatch.setattr(schedulers, "_host_readable", lambda t: False)
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_aborted_run_then_fresh_run_gives_the_right_result(method, as_on_an_accelerator):
+    s = SCHEDULERS[method](clip_sample=False)
+    model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
+    ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
+    s.set_timesteps(6)
+    y = x
+    for t in s.timesteps[:3]:  # aborted run
+        y = s.step(model(y, t), t, y, generator=torch.Generator().manual_seed(3)).prev_sample
+    y, gen = x, torch.Generator().manual_seed(0)
+    for t in s.timesteps:  # fresh run, without set_timesteps
+        y = s.step(model(y, t), t, y, generator=gen).prev_sample
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_device_copies_of_timesteps_are_verified(method, as_on_an_accelerator):
+    """A copy of a timestep (not an element of ``scheduler.timesteps``) is taken to follow the previous step and
+    compared on the device: right in a run started by set_timesteps, a clear error after an aborted run."""
+    s = SCHEDULERS[method](clip_sample=False)
+    model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
+    ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
+    s.set_timesteps(6)
+    y, gen = x, torch.Generator().manual_seed(0)
+    for t in s.timesteps:
+        y = s.step(model(y, t), t.clone(), y, generator=gen).prev_sample
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    s.set_timesteps(6)
+    for t in s.timesteps[:3]:  # aborted run
+        s.step(model(x, t), t.clone(), x)
+    with pytest.raises(ValueError, match=rf"other than {int(s.timesteps[3])} at position 3"):
+        for t in s.timesteps:
+            s.step(model(x, t), t.clone(), x)
+
+
+@pytest.mark.parametrize("cls", list(SCHEDULERS.values()), ids=lambda c: c.__name__)
+def test_timesteps_and_model_outputs_of_the_wrong_type_are_refused(cls):
+    s = cls(clip_sample=False)
+    s.set_timesteps(10)  # 900, 800, ...
+    x = torch.zeros(1, 1, 2, 2)
+    for t in (900.7, 900.0, torch.tensor(900.7), torch.tensor(900.0), True, "900"):
+        with pytest.raises(TypeError, match="timestep must be an integer"):
+            s.step(x, t, x)
+    for dtype in (torch.int64, torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match=rf"model_output must be a real floating-point tensor, got dtype {dtype}"):
+            s.step(torch.zeros(x.shape, dtype=dtype), 900, x)
+    with pytest.raises(TypeError, match="sample must be a real floating-point tensor"):
+        s.step(x, 900, torch.zeros(x.shape, dtype=torch.int64))
+    for t in (torch.tensor([900.7]), [900.7], torch.tensor([True])):
+        with pytest.raises(TypeError, match="integers"):
+            s.add_noise(x, x, t)
+    with pytest.raises(TypeError, match="integers"):
+        s.set_timesteps(timesteps=[900.7, 500.0])
+    s.step(x, 900, x)  # integers pass
+
+
+@pytest.mark.parametrize("cls", list(SCHEDULERS.values()), ids=lambda c: c.__name__)
+def test_ddim_pipeline_keywords(cls):
+    """``eta`` and ``use_clipped_model_output``, which DDIMPipeline passes, are accepted where they mean what the
+    scheduler does, and refused otherwise."""
+    model, x = toy_model(cls().alphas_cumprod), _start((1, 1, 4, 4), 0)
+    for clip in (True, False):
+        s = cls(clip_sample=clip)
+        ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=4)
+        for kw in (dict(eta=0.0), dict(eta=0.0, use_clipped_model_output=None), dict(use_clipped_model_output=True)):
+            y, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=4, **kw)
+            torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        s.set_timesteps(4)
+        with pytest.raises(ValueError, match="eta=0.5"):
+            s.step(x, s.timesteps[0], x, eta=0.5)
+        if clip:
+            with pytest.raises(ValueError, match="use_clipped_model_output"):
+                s.step(x, s.timesteps[0], x, use_clipped_model_output=False)
+        else:
+            s.step(x, s.timesteps[0], x, use_clipped_model_output=False)
+
+
+@pytest.mark.parametrize("method", ["accelerated_ode", "accelerated_sde"])
+def test_a_run_from_begin_index_starts_afresh(method):
+    """img2img pipelines start at ``begin_index``: a run started there forgets an earlier (aborted) run."""
+    s = SCHEDULERS[method](clip_sample=False)
+    model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
+
+    def from_position_2(steps):
+        y, gen = x, torch.Generator().manual_seed(0)
+        for t in s.timesteps[2 : 2 + steps]:
+            y = s.step(model(y, t), t, y, generator=gen).prev_sample
+        return y
+
+    s.set_timesteps(6)
+    s.set_begin_index(2)
+    ref = from_position_2(4)
+    from_position_2(2)  # aborted
+    torch.testing.assert_close(from_position_2(4), ref, rtol=0, atol=0)

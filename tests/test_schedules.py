@@ -73,3 +73,45 @@ def test_sampling_path_and_schedule_object():
     assert full.shape == (1001,)
     with pytest.raises(ValueError, match="strictly increasing"):
         S.sampling_path(sched.alpha_bars, torch.tensor([0, 100]))
+
+
+@pytest.mark.parametrize(
+    "timesteps,error,match",
+    [
+        (torch.tensor([-1, 5]), ValueError, r"timesteps\[0\] = -1"),  # would wrap around to alpha_bar[999]
+        (torch.tensor([1000, 5]), ValueError, r"\[0, num_train_timesteps=1000\)"),
+        (torch.tensor([5.7, 3.2]), TypeError, "must be integers"),  # would be truncated to 5, 3
+        ([5.0, 3], TypeError, "must be integers"),
+        (torch.tensor([True, False]), TypeError, "must be integers"),
+        (np.array([[5, 3]]), ValueError, "1-D"),
+    ],
+)
+def test_path_rejects_timesteps_that_are_not_training_steps(timesteps, error, match):
+    sched = S.DiscreteSchedule.from_diffusers("linear")
+    with pytest.raises(error, match=match):
+        sched.path(timesteps)
+    with pytest.raises(error, match=match):
+        S.sampling_path(sched.alpha_bars, timesteps)
+
+
+def test_subsample_takes_integer_counts_only():
+    sched = S.DiscreteSchedule.from_diffusers("linear")
+    for bad in (10.7, 10.0, True, "10"):
+        with pytest.raises(TypeError, match="num_steps must be an int"):
+            sched.subsample(bad)
+    with pytest.raises(TypeError, match="steps_offset must be an int"):
+        sched.subsample(10, steps_offset=0.5)
+    assert sched.subsample(np.int64(10)).tolist() == sched.subsample(10).tolist()
+
+
+def test_schedule_from_a_list_of_betas():
+    sched = S.DiscreteSchedule([0.1, 0.2, 0.3])
+    assert sched.betas.dtype == torch.float64 and sched.num_train_timesteps == 3
+    torch.testing.assert_close(sched.alpha_bars, torch.tensor([0.9, 0.72, 0.504], dtype=torch.float64))
+    assert sched.path().tolist() == pytest.approx([0.504, 0.72, 0.9, 1.0])
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        S.DiscreteSchedule([0.1, 1.5])
+    with pytest.raises(ValueError, match="1-D"):
+        S.DiscreteSchedule([[0.1, 0.2]])
+    with pytest.raises(TypeError, match="sequence of numbers"):
+        S.DiscreteSchedule(["a", "b"])

@@ -8,11 +8,17 @@ from torch.distributions import MultivariateNormal
 
 import accelerated_diffusion as ad
 
-gen = torch.Generator().manual_seed(0)
 D, K, R = 5, 3, 2
-MEANS = torch.randn(K, D, generator=gen, dtype=torch.float64)
-FACTORS = torch.randn(K, D, R, generator=gen, dtype=torch.float64) * 0.7
-DIAG = torch.rand(K, D, generator=gen, dtype=torch.float64) * 0.5 + 0.1
+
+
+def _mixture_parameters(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(K, D, generator=g, dtype=torch.float64)
+    factors = torch.randn(K, D, R, generator=g, dtype=torch.float64) * 0.7
+    return means, factors, torch.rand(K, D, generator=g, dtype=torch.float64) * 0.5 + 0.1
+
+
+MEANS, FACTORS, DIAG = _mixture_parameters()
 COVS = FACTORS @ FACTORS.mT + torch.diag_embed(DIAG)
 WEIGHTS = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
 FULL = ad.GaussianMixture(WEIGHTS, MEANS, COVS)
@@ -27,7 +33,7 @@ def reference_log_prob(x, a):
 
 @pytest.mark.parametrize("a", LEVELS)
 @pytest.mark.parametrize("target", [FULL, LOWRANK], ids=["full", "lowrank"])
-def test_log_prob_and_score_are_exact(target, a):
+def test_log_prob_and_score_are_exact(target, a, gen):
     x = torch.randn(7, D, generator=gen, dtype=torch.float64, requires_grad=True)
     ref = reference_log_prob(x, a)
     assert torch.allclose(target.log_prob(x, a), ref, atol=1e-10)

@@ -1,11 +1,11 @@
 """Each update rule against an independent computation.
 
-Oracles used here (none of them calls the formula under test):
+Oracles used here (``tests/oracles.py``; none of them calls the formula under test):
 * exact DDIM and the accelerated ODE step: numerical integration (scipy ``solve_ivp``, rtol 1e-12) of the
   probability-flow ODE in ``x`` with ``eps`` frozen, resp. extrapolated linearly in ``alpha_bar``;
 * the paper's baselines and Phi/Psi: the paper's formulas written in score form with numpy;
 * on a Gaussian target: the composed affine maps (deterministic samplers) and exactly propagated Gaussian laws
-  (stochastic samplers), built from those numpy oracles.
+  (stochastic samplers).
 """
 
 import math
@@ -14,59 +14,42 @@ import mpmath
 import numpy as np
 import pytest
 import torch
-from scipy.integrate import solve_ivp
 
 import accelerated_diffusion as ad
+import oracles
 from accelerated_diffusion import updates
-
-RNG = np.random.default_rng(1234)
-
-
-def _sigma(a):
-    return math.sqrt((1 - a) / a)
-
-
-def _flow_oracle(x, a_from, a_to, eps_of_a):
-    """Integrate the probability-flow ODE numerically for a given eps path: in y = x / sqrt(abar) and
-    sigma = sqrt((1 - abar) / abar) it reads dy / dsigma = eps(abar(sigma)), abar(sigma) = 1 / (1 + sigma^2)."""
-
-    def rhs(sigma, y):
-        return eps_of_a(1.0 / (1.0 + sigma * sigma))
-
-    sol = solve_ivp(rhs, (_sigma(a_from), _sigma(a_to)), x / math.sqrt(a_from), rtol=1e-12, atol=1e-13, method="DOP853")
-    return math.sqrt(a_to) * sol.y[:, -1]
 
 
 LEVEL_PAIRS = [(0.05, 0.2), (0.3, 0.31), (0.6, 0.9), (0.9, 0.97)]
 
 
 @pytest.mark.parametrize("a_t,a_prev", LEVEL_PAIRS)
-def test_ddim_is_exact_integral_with_frozen_eps(a_t, a_prev):
-    x, eps = RNG.standard_normal(5), RNG.standard_normal(5)
+def test_ddim_is_exact_integral_with_frozen_eps(a_t, a_prev, rng):
+    x, eps = rng.standard_normal(5), rng.standard_normal(5)
     got = updates.ddim_step(torch.tensor(x), torch.tensor(eps), a_t, a_prev).numpy()
-    ref = _flow_oracle(x, a_t, a_prev, lambda a: eps)
+    ref = oracles.flow_integrate(x, a_t, a_prev, lambda a: eps)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9)
 
 
-def test_ddim_to_clean_data_is_tweedie():
+def test_ddim_to_clean_data_is_tweedie(rng):
     # at abar_prev = 1 exact DDIM returns the denoised estimate (x - sqrt(1 - abar) eps) / sqrt(abar)
-    x, eps = torch.tensor(RNG.standard_normal(4)), torch.tensor(RNG.standard_normal(4))
+    x, eps = torch.tensor(rng.standard_normal(4)), torch.tensor(rng.standard_normal(4))
     got = updates.ddim_step(x, eps, 0.4, 1.0)
     np.testing.assert_allclose(got.numpy(), ((x - math.sqrt(0.6) * eps) / math.sqrt(0.4)).numpy(), atol=1e-14)
     np.testing.assert_allclose(got.numpy(), updates.eps_to_x0(x, eps, 0.4).numpy(), atol=1e-14)
 
 
 @pytest.mark.parametrize("a_next,a_t,a_prev", [(0.02, 0.05, 0.2), (0.25, 0.3, 0.31), (0.4, 0.6, 0.9), (0.85, 0.9, 0.99)])
-def test_accelerated_ode_is_exact_integral_with_linear_extrapolation(a_next, a_t, a_prev):
-    x, eps_t, eps_next = (RNG.standard_normal(5) for _ in range(3))
+def test_accelerated_ode_is_exact_integral_with_linear_extrapolation(a_next, a_t, a_prev, rng):
+    x, eps_t, eps_next = (rng.standard_normal(5) for _ in range(3))
     slope = (eps_t - eps_next) / (a_t - a_next)
-    ref = _flow_oracle(x, a_t, a_prev, lambda a: eps_t + (a - a_t) * slope)
+    ref = oracles.flow_integrate(x, a_t, a_prev, lambda a: eps_t + (a - a_t) * slope)
     got = updates.accelerated_ode_step(torch.tensor(x), torch.tensor(eps_t), a_t, a_prev, torch.tensor(eps_next), a_next)
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-9)
 
 
-def test_accelerated_ode_first_step_is_ddim():
-    x, eps = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+def test_accelerated_ode_first_step_is_ddim(gen):
+    x, eps = (torch.randn(3, dtype=torch.float64, generator=gen) for _ in range(2))
     assert torch.equal(updates.accelerated_ode_step(x, eps, 0.2, 0.5), updates.ddim_step(x, eps, 0.2, 0.5))
     with pytest.raises(ValueError, match="alpha_bar_next"):
         updates.accelerated_ode_step(x, eps, 0.2, 0.5, eps_next=eps)
@@ -95,8 +78,8 @@ def _paper_alpha(a_t, a_prev):
 
 
 @pytest.mark.parametrize("a_t,a_prev", LEVEL_PAIRS)
-def test_baselines_match_paper_formulas(a_t, a_prev):
-    x, eps, z = (RNG.standard_normal(6) for _ in range(3))
+def test_baselines_match_paper_formulas(a_t, a_prev, rng):
+    x, eps, z = (rng.standard_normal(6) for _ in range(3))
     alpha = _paper_alpha(a_t, a_prev)
     score = -eps / math.sqrt(1 - a_t)  # s_t = -eps / sqrt(1 - abar_t)
     ddim_type = (x + (1 - alpha) / 2 * score) / math.sqrt(alpha)
@@ -107,8 +90,8 @@ def test_baselines_match_paper_formulas(a_t, a_prev):
 
 
 @pytest.mark.parametrize("a_t,a_prev", LEVEL_PAIRS)
-def test_accelerated_sde_matches_readme(a_t, a_prev):
-    y, eps, z1, z2 = (RNG.standard_normal(6) for _ in range(4))
+def test_accelerated_sde_matches_readme(a_t, a_prev, rng):
+    y, eps, z1, z2 = (rng.standard_normal(6) for _ in range(4))
     alpha = _paper_alpha(a_t, a_prev)
     phi = y + math.sqrt((1 - alpha) / 2) * z1
     score = -eps / math.sqrt(1 - a_t)
@@ -119,9 +102,9 @@ def test_accelerated_sde_matches_readme(a_t, a_prev):
     np.testing.assert_allclose(updates.accelerated_sde_step(got_phi, T(eps), a_t, a_prev, T(z2)).numpy(), psi, atol=1e-13)
 
 
-def test_ddim_type_equals_ddim_to_first_order():
+def test_ddim_type_equals_ddim_to_first_order(rng):
     # one step of size h: the two differ by O(h^2), so the difference / h -> 0
-    x, eps = torch.tensor(RNG.standard_normal(3)), torch.tensor(RNG.standard_normal(3))
+    x, eps = torch.tensor(rng.standard_normal(3)), torch.tensor(rng.standard_normal(3))
     ratios = []
     for h in (1e-2, 1e-3, 1e-4):
         diff = updates.ddim_type_step(x, eps, 0.5, 0.5 + h) - updates.ddim_step(x, eps, 0.5, 0.5 + h)
@@ -154,69 +137,29 @@ def test_updates_keep_dtype():
 # Whole samplers on a Gaussian target
 # ---------------------------------------------------------------------------------------------------------------
 D = 3
-_A = RNG.standard_normal((D, D))
-SIGMA = _A @ _A.T / D + 0.2 * np.eye(D)
-MU = RNG.standard_normal(D)
+
+
+def _gaussian_target(seed=1234):
+    g = np.random.default_rng(seed)
+    a = g.standard_normal((D, D))
+    return g.standard_normal(D), a @ a.T / D + 0.2 * np.eye(D)
+
+
+MU, SIGMA = _gaussian_target()
 TARGET = ad.Gaussian(MU, SIGMA)
 PATH = torch.tensor([0.02, 0.1, 0.3, 0.55, 0.8, 0.95, 1.0], dtype=torch.float64)
 
 
-def _eps_affine(a):
-    """Oracle: eps*(x, abar) = sqrt(1 - abar) C^{-1} (x - sqrt(abar) mu) = E x + e."""
-    C = a * SIGMA + (1 - a) * np.eye(D)
-    E = math.sqrt(1 - a) * np.linalg.inv(C)
-    return E, -E @ (math.sqrt(a) * MU)
-
-
-def _deterministic_oracle(method, x0):
-    """Run the oracle recursion in numpy on a batch (rows) -- independent of accelerated_diffusion.updates."""
-    x, eps_prev, a_next = x0.copy(), None, None
-    a = PATH.tolist()
-    for a_t, a_prev in zip(a[:-1], a[1:]):
-        E, e = _eps_affine(a_t)
-        eps = x @ E.T + e
-        if method == "ddim_type":  # Y' = (Y + (1 - alpha)/2 s) / sqrt(alpha), s = -eps / sqrt(1 - abar_t)
-            alpha = a_t / a_prev
-            x = (x - (1 - alpha) / (2 * math.sqrt(1 - a_t)) * eps) / math.sqrt(alpha)
-            continue
-        # exact DDIM / accelerated: integrate the flow ODE numerically with eps frozen / linearly extrapolated
-        if method == "ddim" or eps_prev is None:
-            path_eps = (lambda ep: (lambda aa: ep))
-            x = np.stack([_flow_oracle(xi, a_t, a_prev, path_eps(ei)) for xi, ei in zip(x, eps)])
-        else:
-            rows = []
-            for xi, ei, pi in zip(x, eps, eps_prev):
-                slope = (ei - pi) / (a_t - a_next)
-                rows.append(_flow_oracle(xi, a_t, a_prev, lambda aa, ei=ei, slope=slope: ei + (aa - a_t) * slope))
-            x = np.stack(rows)
-        eps_prev, a_next = eps, a_t
-    return x
-
-
 @pytest.mark.parametrize("method", ["ddim", "ddim_type", "accelerated_ode"])
-def test_deterministic_samplers_are_the_oracle_affine_maps(method):
-    x0 = RNG.standard_normal((4, D))
+def test_deterministic_samplers_are_the_oracle_affine_maps(method, rng):
+    x0 = rng.standard_normal((4, D))
     got = ad.sample(TARGET.eps, torch.tensor(x0), PATH, method).numpy()
-    np.testing.assert_allclose(got, _deterministic_oracle(method, x0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got, oracles.deterministic_by_integration(method, x0, PATH, MU, SIGMA), rtol=0, atol=1e-9)
+    K, b = oracles.deterministic_affine(method, PATH, MU, SIGMA)  # the closed-form composition agrees too
+    np.testing.assert_allclose(got, x0 @ K.T + b, rtol=0, atol=1e-9)
     # and the sampler is affine: the map recovered from D+1 points predicts any other point to 1e-10
     A, b = ad.metrics.affine_map(lambda x: ad.sample(TARGET.eps, x, PATH, method), D)
     np.testing.assert_allclose(got, x0 @ A.numpy().T + b.numpy(), rtol=0, atol=1e-10)
-
-
-def _stochastic_law(method):
-    """Oracle: exact Gaussian law of the output when Y_T ~ N(0, I), propagated step by step."""
-    m, S, I = np.zeros(D), np.eye(D), np.eye(D)
-    a = PATH.tolist()
-    for a_t, a_prev in zip(a[:-1], a[1:]):
-        alpha = a_t / a_prev
-        if method == "accelerated_sde":
-            S = S + (1 - alpha) / 2 * I  # Y^+ = Y + sqrt((1 - alpha)/2) Z
-        E, e = _eps_affine(a_t)
-        k = -(1 - alpha) / math.sqrt(1 - a_t)  # (1 - alpha) s = k eps
-        M, c = (I + k * E) / math.sqrt(alpha), k * e / math.sqrt(alpha)
-        noise_var = (1 - alpha) / alpha if method == "ddpm_type" else (1 - alpha) / 2
-        m, S = M @ m + c, M @ S @ M.T + noise_var * I
-    return m, S
 
 
 @pytest.mark.parametrize("method", ["ddpm_type", "accelerated_sde"])
@@ -226,7 +169,7 @@ def test_stochastic_samplers_have_the_oracle_gaussian_law(method):
     x = torch.randn(n, D, generator=gen, dtype=torch.float64)
     out = ad.sample(TARGET.eps, x, PATH, method, generator=gen)
     m_hat, S_hat = ad.metrics.empirical_moments(out)
-    m, S = _stochastic_law(method)
+    m, S = oracles.stochastic_law(method, PATH, MU, SIGMA)
     # 5-sigma tolerances from the sample size: var(mean_i) = S_ii / n, var(S_ij) ~ (S_ii S_jj + S_ij^2) / n
     tol_m = 5 * np.sqrt(np.diag(S) / n)
     tol_S = 5 * np.sqrt((np.outer(np.diag(S), np.diag(S)) + S**2) / n)
@@ -237,15 +180,7 @@ def test_stochastic_samplers_have_the_oracle_gaussian_law(method):
 def test_stochastic_law_check_detects_the_official_cifar_variant():
     """The extra sqrt(alpha_t) on the first noise (official CIFAR code, its issue #1) gives a different law, and the
     moment test above is sensitive enough to see it: guards the test's power, not the library."""
-    m, S = _stochastic_law("accelerated_sde")
-    mv, Sv, I = np.zeros(D), np.eye(D), np.eye(D)
-    a = PATH.tolist()
-    for a_t, a_prev in zip(a[:-1], a[1:]):
-        alpha = a_t / a_prev
-        Sv = Sv + alpha * (1 - alpha) / 2 * I
-        E, e = _eps_affine(a_t)
-        k = -(1 - alpha) / math.sqrt(1 - a_t)
-        M, c = (I + k * E) / math.sqrt(alpha), k * e / math.sqrt(alpha)
-        mv, Sv = M @ mv + c, M @ Sv @ M.T + (1 - alpha) / 2 * I
+    m, S = oracles.stochastic_law("accelerated_sde", PATH, MU, SIGMA)
+    mv, Sv = oracles.stochastic_law("accelerated_sde", PATH, MU, SIGMA, phi_times_sqrt_alpha=True)
     tol_S = 5 * np.sqrt((np.outer(np.diag(S), np.diag(S)) + S**2) / 200_000)
     assert np.any(np.abs(Sv - S) > 3 * tol_S)

@@ -9,7 +9,8 @@ Diffusion Models, Provably*, implemented once and checked.
 * :mod:`.schedulers` -- the paper's samplers as drop-in diffusers schedulers;
 * :mod:`.pipelines` -- a ``DDPMPipeline`` that honours ``init_noise_sigma``;
 * :mod:`.peers` -- diffusers' own DPM-Solver++(2M) and UniPC schedulers, configured for comparison;
-* :mod:`.models` -- loading pretrained UNets (local folder, cache, then the hub with a bounded check);
+* :mod:`.models` -- loading pretrained UNets (local folder, cache, then the hub with bounded calls);
+* :mod:`.integrity` -- SHA-256 sums recorded beside shipped weights, checked before loading;
 * :mod:`.targets` -- Gaussian and Gaussian-mixture targets with exact scores;
 * :mod:`.metrics` -- closed-form distances between Gaussians and estimators.
 
@@ -17,7 +18,7 @@ The reproduction (training, metrics, rate measurements, derivations) lives in
 :mod:`accelerated_diffusion.experiments` and needs the ``experiments`` extra.
 """
 
-from . import metrics, schedules, targets, updates
+from . import integrity, metrics, models, peers, pipelines, samplers, schedulers, schedules, targets, updates
 from .samplers import SAMPLERS, ModelOutputError, run_sampler, sample, sample_with_scheduler
 from .schedulers import AcceleratedDDIMScheduler, AcceleratedDDPMScheduler, DDIMTypeScheduler, DDPMTypeScheduler
 from .schedules import DiscreteSchedule, paper_betas, sampling_path, timestep_subsequence
@@ -42,6 +43,11 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "metrics",
+    "models",
+    "peers",
+    "pipelines",
+    "samplers",
+    "schedulers",
     "schedules",
     "targets",
     "updates",

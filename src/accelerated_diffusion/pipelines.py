@@ -16,12 +16,21 @@ Euler-type schedulers need ``init_noise_sigma`` far above 1 and an input scaling
 ``StableDiffusionPipeline`` (and the other latent pipelines) multiply the start by ``init_noise_sigma`` and pass
 ``generator`` to ``step``: the schedulers work there unmodified.
 
+Saving and reloading: ``pipe.save_pretrained(folder)`` records ``"_class_name": "InitNoiseDDPMPipeline"`` in
+``model_index.json``, and ``DiffusionPipeline.from_pretrained(folder)`` looks that name up in the ``diffusers``
+namespace.  Importing this module (which ``import accelerated_diffusion`` does) registers the class there
+(:func:`register_with_diffusers`), so after ``import accelerated_diffusion`` both ``DiffusionPipeline.from_pretrained(folder)`` and
+``InitNoiseDDPMPipeline.from_pretrained(folder)`` return an :class:`InitNoiseDDPMPipeline` (the schedulers of
+this package are found by diffusers through their library name, ``accelerated_diffusion``), without
+``trust_remote_code`` or a copy of the code in the folder.
+
 Both draw the start with ``randn_tensor`` from the same ``generator`` as ``DDPMPipeline``, so for a scheduler
 with ``init_noise_sigma = 1`` they return exactly what ``DDPMPipeline`` returns.
 """
 
 from __future__ import annotations
 
+import diffusers
 import torch
 from diffusers import DDPMPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
@@ -29,7 +38,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .samplers import sample_with_scheduler
 
-__all__ = ["InitNoiseDDPMPipeline"]
+__all__ = ["InitNoiseDDPMPipeline", "register_with_diffusers"]
 
 
 class InitNoiseDDPMPipeline(DDPMPipeline):
@@ -72,3 +81,18 @@ class InitNoiseDDPMPipeline(DDPMPipeline):
     def _progress_enabled(self) -> bool:
         """Whether ``set_progress_bar_config(disable=True)`` was called (then no bar)."""
         return not getattr(self, "_progress_bar_config", {}).get("disable", False)
+
+
+def register_with_diffusers(cls=InitNoiseDDPMPipeline) -> None:
+    """Make ``cls`` findable by name in the ``diffusers`` namespace, where ``DiffusionPipeline.from_pretrained``
+    resolves the ``_class_name`` of a saved pipeline's ``model_index.json``; refuses to shadow another class."""
+    try:
+        existing = getattr(diffusers, cls.__name__)
+    except (AttributeError, ImportError, RuntimeError):
+        existing = None
+    if existing is not None and existing is not cls:
+        raise RuntimeError(f"diffusers already defines {cls.__name__}; not replacing it")
+    setattr(diffusers, cls.__name__, cls)
+
+
+register_with_diffusers()

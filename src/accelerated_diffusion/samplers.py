@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm import tqdm
 
 from . import peers, updates
-from .schedules import validate_path
+from .schedules import check_timesteps, validate_path
 
 __all__ = [
     "SAMPLERS",
@@ -56,6 +57,15 @@ class _Stepper:
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not torch.is_floating_point(x):
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != x.shape[0] or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError(
+                    f"a list of generators must hold one torch.Generator per sample: got {len(generator)} entries "
+                    f"for a batch of {x.shape[0]}"
+                )
+            generator = list(generator)
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
         self.path = validate_path(alpha_bars)
         n = self.path.numel() - 1
         if timesteps is None:
@@ -78,12 +88,17 @@ class _Stepper:
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelOutputError(f"step {i} (t={t}): model output has shape {shape}, expected {tuple(x.shape)}")
+        if not out.is_floating_point():
+            raise ModelOutputError(f"step {i} (t={t}): model output has dtype {out.dtype}; eps must be a real "
+                                   "floating-point tensor")
         if self.check_finite and not bool(torch.isfinite(out).all()):
             raise ModelOutputError(f"step {i} (t={t}): model output contains NaN or Inf")
         return out.to(x.dtype)
 
     def noise(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+        """Standard normal noise like ``like``; with a list of generators, row ``k`` is drawn from generator ``k``
+        (diffusers' ``randn_tensor``), so a sample does not depend on the batch it is drawn in."""
+        return randn_tensor(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
     def done(self, i: int, x: torch.Tensor) -> None:
         if self.check_finite and not bool(torch.isfinite(x).all()):
@@ -257,12 +272,18 @@ def sample(
     method: str,
     *,
     timesteps=None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
     check_finite: bool = True,
     return_nfe: bool = False,
 ):
     r"""Run a sampler from ``x`` (the sample at level ``alpha_bars[0]``) along the path ``alpha_bars``.
+
+    Which ``t`` the model sees: by default ``t = alpha_bars[i]``, the level itself, which is what the exact-score
+    targets of :mod:`accelerated_diffusion.targets` (``target.eps(x, alpha_bar)``) take.  A trained network takes
+    its integer training step instead: pass ``timesteps=`` (e.g. ``schedule.subsample(n)`` with
+    ``alpha_bars=schedule.path(...)`` of the same timesteps), or call :func:`run_sampler`, which takes the schedule
+    and builds both.  :func:`accelerated_diffusion.models.eps_fn` refuses a ``t`` that is not an integer timestep.
 
     Parameters
     ----------
@@ -276,10 +297,12 @@ def sample(
         A name of :data:`LIBRARY_SAMPLERS`: the paper's ``"ddim_type"``, ``"ddpm_type"``, ``"accelerated_ode"``,
         ``"accelerated_sde"``, exact ``"ddim"``, and the peers ``"dpm_solver_pp_2m"``, ``"unipc_bh2"``.
     timesteps:
-        What to pass to ``eps_fn`` at each step (e.g. the model's integer timesteps); default ``alpha_bars[:-1]``
-        as floats.
+        What to pass to ``eps_fn`` at each step (a model's integer timesteps); default ``alpha_bars[:-1]`` as
+        floats (exact-score targets only, see above).
     generator:
-        ``torch.Generator`` for the stochastic samplers' noise (seed it for reproducible samples).
+        ``torch.Generator`` for the stochastic samplers' noise (seed it for reproducible samples), or a list of
+        ``x.shape[0]`` generators, one per sample (as diffusers' ``randn_tensor``): sample ``k`` then depends only
+        on ``x[k]`` and ``generator[k]``, not on the batch it is drawn in.
     progress:
         Show a tqdm progress bar.
     check_finite:
@@ -316,7 +339,7 @@ def sample_with_scheduler(
     num_inference_steps: int | None = None,
     *,
     timesteps=None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
     return_nfe: bool = False,
 ):
@@ -355,14 +378,15 @@ def run_sampler(
     timesteps,
     *,
     final_alpha_bar: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
     return_nfe: bool = False,
 ):
     r"""The one dispatch for a model with integer timesteps: run sampler ``name`` (any key of :data:`SAMPLERS`)
     from ``noise`` through the training ``schedule``'s ``timesteps`` (noisiest first; a
     :class:`~accelerated_diffusion.schedules.DiscreteSchedule` and e.g. ``schedule.subsample(nfe, spacing)``),
-    ending at ``final_alpha_bar`` (1.0: clean data, as diffusers' pipelines do).
+    ending at ``final_alpha_bar`` (1.0: clean data, as diffusers' pipelines do).  The timesteps must be integers
+    in ``[0, schedule.num_train_timesteps)`` (``TypeError`` / ``ValueError`` otherwise, before any model call).
 
     The library's samplers run :func:`sample` on ``schedule.path(timesteps, final_alpha_bar)`` and pass the
     integer timestep to ``eps_fn``; diffusers' own peer schedulers are configured with the schedule's betas and
@@ -370,7 +394,7 @@ def run_sampler(
     timesteps: it raises unless its own spacing gives exactly these). NFE = ``len(timesteps)``.
     """
     s = spec(name)
-    ts = [int(t) for t in timesteps]
+    ts = check_timesteps(timesteps, schedule.num_train_timesteps).tolist()
     if s.loop is not None:
         path = schedule.path(torch.tensor(ts), final_alpha_bar)
         return sample(eps_fn, noise, path, name, timesteps=ts, generator=generator, progress=progress,

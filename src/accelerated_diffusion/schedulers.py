@@ -34,8 +34,25 @@ the last timestep is 0, the last step goes from ``abar[0]`` to ``abar[0]``: it r
 ``DDIMScheduler`` does), so NFE is still ``len(scheduler.timesteps)``.
 
 The coefficients are float64 host scalars computed from the levels (see :mod:`.updates`), so a step launches a
-few element-wise kernels and never synchronises with an accelerator; the timestep is looked up on the host when
-it is a Python/NumPy integer or a CPU tensor and counted otherwise.
+few element-wise kernels and never synchronises with an accelerator.
+
+How ``step`` finds its position
+-------------------------------
+``step(model_output, timestep, sample)`` goes from the level of ``timestep`` to the next level of the path, on
+every device, and never reads a device value to find out which step it is:
+
+* a Python/NumPy integer or a CPU tensor is looked up by value on the host;
+* an element of ``scheduler.timesteps`` on an accelerator (what ``for t in scheduler.timesteps`` and every
+  diffusers pipeline pass) is a view of that tensor: its position is its offset in it, host metadata, so the
+  value is honoured exactly as on the CPU, also when a run was aborted and a new one starts at the first timestep;
+* any other accelerator tensor (a copy) cannot be read without a synchronisation: the step takes the position
+  that follows the previous step (the first one of a run after the last step, ``set_timesteps`` or
+  ``set_begin_index``), and compares the tensor with the timestep expected there *on the device*; the flag is read
+  at the last step of the run together with the finite-values flag (one synchronisation per run), and a mismatch
+  raises ``ValueError`` naming the first wrong position.
+
+The timestep must be an integer (int, NumPy integer or integer tensor; a float is never truncated) of the current
+schedule; a stateful scheduler (the two accelerated ones) also requires consecutive positions within a run.
 
 Model outputs
 -------------
@@ -77,7 +94,15 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import updates
 from .samplers import ModelOutputError
-from .schedules import BETA_SCHEDULES, SPACINGS, alpha_bars_from_betas, betas_for, timestep_subsequence
+from .schedules import (
+    BETA_SCHEDULES,
+    SPACINGS,
+    alpha_bars_from_betas,
+    betas_for,
+    check_timesteps,
+    is_integer_dtype,
+    timestep_subsequence,
+)
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -154,6 +179,8 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
     order = 1
     #: whether ``step`` must be called on consecutive timesteps (the sampler carries state between steps)
     _chained = False
+    #: whether ``step`` draws noise
+    _stochastic = False
 
     @register_to_config
     def __init__(
@@ -231,8 +258,7 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
         self._levels = levels  # float64 host scalars: path[i] -> path[i + 1] is step i
         self._step_index = None
         self._begin_index = None
-        self._nonfinite_at = None
-        self._reset()
+        self._start_run()
         self.init_noise_sigma = self._init_noise_sigma()
 
     def _reset(self) -> None:
@@ -256,9 +282,7 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("give exactly one of num_inference_steps and timesteps")
         if timesteps is not None:
-            ts = torch.as_tensor(timesteps).detach().cpu().numpy()
-            if not np.issubdtype(ts.dtype, np.integer):
-                raise ValueError(f"custom timesteps must be integers, got dtype {ts.dtype}")
+            ts = check_timesteps(timesteps, n_train, "custom timesteps").numpy()
         else:
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
                 raise TypeError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
@@ -297,17 +321,31 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
+        use_clipped_model_output: bool | None = None,
     ) -> AcceleratedSchedulerOutput | tuple:
         """One step of the sampler from ``timestep`` to the next level of the path.
 
         ``model_output`` is the network's output at ``(sample, timestep)`` (of the configured
-        ``prediction_type``); ``generator`` seeds the stochastic schedulers' noise (ignored by the deterministic
-        ones).  Returns ``prev_sample`` and ``pred_original_sample`` (or the tuple of both).
+        ``prediction_type``, a real floating-point tensor); ``timestep`` an integer of ``self.timesteps`` (see the
+        module docstring); ``generator`` (one ``torch.Generator`` or one per batch entry, as diffusers'
+        ``randn_tensor`` takes) seeds the stochastic schedulers' noise and is ignored by the deterministic ones.
+        Returns ``prev_sample`` and ``pred_original_sample`` (or the tuple of both).
+
+        ``eta`` and ``use_clipped_model_output`` are the keywords ``DDIMPipeline`` passes (so these schedulers run
+        in it): the noise of each sampler is fixed by its update rule, so ``eta`` must be 0; the update always uses
+        the noise consistent with the clipped ``x0`` (``use_clipped_model_output=True``), so ``False`` is refused
+        when ``clip_sample`` or ``thresholding`` is on (``None``, the pipeline's default, means this convention).
         """
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        self._check_ddim_keywords(eta, use_clipped_model_output)
         if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
             raise TypeError("model_output and sample must be torch tensors")
+        for what, v in (("model_output", model_output), ("sample", sample)):
+            if not v.is_floating_point():
+                raise TypeError(f"{what} must be a real floating-point tensor, got dtype {v.dtype}")
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}; "
@@ -342,45 +380,97 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
     # ---- helpers -------------------------------------------------------------------------------------------
+    def _check_ddim_keywords(self, eta, use_clipped_model_output) -> None:
+        name = type(self).__name__
+        if eta is not None and float(eta) != 0.0:
+            kind = "adds the noise its update rule prescribes" if self._stochastic else "is deterministic"
+            raise ValueError(
+                f"{name} {kind}; eta={eta!r} asks for DDIM's stochastic variant, which it does not implement: "
+                "pass eta=0.0 (or use diffusers' DDIMScheduler for eta > 0)"
+            )
+        clipping = self.config.clip_sample or self.config.thresholding
+        if use_clipped_model_output is False and clipping:
+            raise ValueError(
+                f"{name} always uses the noise consistent with the clipped x0 (use_clipped_model_output=True); "
+                "pass use_clipped_model_output=None or True, or switch clip_sample and thresholding off"
+            )
+
     def _broadcast_levels(self, timesteps, like: torch.Tensor):
-        t = torch.as_tensor(timesteps, device=like.device).long().flatten()
-        if bool(((t < 0) | (t >= self.config.num_train_timesteps)).any()):
-            raise ValueError(f"timesteps must lie in [0, {self.config.num_train_timesteps}), got {t.tolist()}")
+        n_train = self.config.num_train_timesteps
+        t = timesteps if isinstance(timesteps, torch.Tensor) else check_timesteps(timesteps, n_train)
+        if not is_integer_dtype(t.dtype):
+            raise TypeError(f"timesteps must be integers (training step indices), got dtype {t.dtype}")
+        t = t.to(like.device).long().flatten()
+        if bool(((t < 0) | (t >= n_train)).any()):
+            raise ValueError(f"timesteps must lie in [0, {n_train}), got {t.tolist()}")
         abar = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)[t]
         shape = (-1,) + (1,) * (like.ndim - 1)
         return abar.sqrt().reshape(shape), (1 - abar).sqrt().reshape(shape)
 
     def _index_for(self, timestep) -> int:
-        """Position of ``timestep`` in ``self.timesteps``: looked up on the host for ints and CPU tensors;
-        counted for accelerator tensors, without reading them (a run starts at ``begin_index``, default 0)."""
+        """Position of ``timestep`` in ``self.timesteps`` (see the module docstring): by value for host integers and
+        CPU tensors, by offset for views of ``self.timesteps``; otherwise the next position, verified on the
+        device."""
         n = len(self._timesteps_host)
-        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
-            if self._step_index is not None and self._step_index + 1 < n:
-                return self._step_index + 1
-            self._start_run()
-            return self._begin_index or 0
-        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
-            raise ValueError(f"step takes one timestep, got a tensor of shape {tuple(timestep.shape)}")
-        t = int(timestep)
-        if t not in self._index_of:
+        if isinstance(timestep, (bool, float, complex)) or not isinstance(timestep, (int, np.integer, torch.Tensor)):
+            raise TypeError(f"timestep must be an integer of scheduler.timesteps, got {timestep!r}")
+        if isinstance(timestep, torch.Tensor):
+            if not is_integer_dtype(timestep.dtype):
+                raise TypeError(
+                    f"timestep must be an integer of scheduler.timesteps, got a tensor of dtype {timestep.dtype}"
+                )
+            if timestep.numel() != 1:
+                raise ValueError(f"step takes one timestep, got a tensor of shape {tuple(timestep.shape)}")
+        if isinstance(timestep, torch.Tensor) and not _host_readable(timestep):
+            i = self._view_position(timestep)
+            if i is None:  # a copy on the device: the next position, compared on the device
+                i = self._step_index + 1 if self._step_index is not None and self._step_index + 1 < n else None
+                if i is None:
+                    self._start_run()
+                    i = self._begin_index or 0
+                self._verify_on_device(i, timestep)
+                return i
+        else:
+            t = int(timestep)
+            if t not in self._index_of:
+                raise ValueError(
+                    f"timestep {t} is not in the schedule set by set_timesteps ({self._timesteps_host[:3]}..."
+                    f"{self._timesteps_host[-1]}, {n} steps)"
+                )
+            i = self._index_of[t]
+        starts = (0, self._begin_index or 0)  # where a run may begin
+        if self._chained and self._step_index is not None and i not in (*starts, self._step_index + 1):
             raise ValueError(
-                f"timestep {t} is not in the schedule set by set_timesteps ({self._timesteps_host[:3]}..."
-                f"{self._timesteps_host[-1]}, {n} steps)"
+                f"{type(self).__name__} carries state from step to step: step() was called at timestep "
+                f"{self._timesteps_host[i]} (position {i}) after position {self._step_index}; follow "
+                "scheduler.timesteps in order, or call set_timesteps to start a new run"
             )
-        i = self._index_of[t]
-        if self._chained and self._step_index is not None and i not in (0, self._step_index + 1):
-            raise ValueError(
-                f"{type(self).__name__} carries state from step to step: step() was called at timestep {t} "
-                f"(position {i}) after position {self._step_index}; follow scheduler.timesteps in order, or call "
-                "set_timesteps to start a new run"
-            )
-        if i == 0:
+        continues = self._step_index is not None and i == self._step_index + 1
+        if i in starts and not continues:
             self._start_run()
         return i
+
+    def _view_position(self, timestep: torch.Tensor) -> int | None:
+        """The position of ``timestep`` in ``self.timesteps`` when it is one of its elements (a view, as iterating
+        or indexing gives), read from host metadata; ``None`` otherwise."""
+        ts = self.timesteps
+        if timestep._base is not ts and timestep is not ts:
+            return None
+        offset = timestep.storage_offset() - ts.storage_offset()
+        i, rem = divmod(offset, ts.stride(0))
+        return i if rem == 0 and 0 <= i < len(self._timesteps_host) else None
+
+    def _verify_on_device(self, i: int, timestep: torch.Tensor) -> None:
+        """Record, on the device, the first position where ``timestep`` differs from the expected timestep."""
+        wrong = (timestep.reshape(()) != self._timesteps_host[i]).to(timestep.device)
+        if self._mismatch_at is None:
+            self._mismatch_at = torch.full((), -1, dtype=torch.int64, device=timestep.device)
+        self._mismatch_at = torch.where(wrong & (self._mismatch_at < 0), i, self._mismatch_at)
 
     def _start_run(self) -> None:
         """A new run begins: forget the previous one."""
         self._nonfinite_at = None
+        self._mismatch_at = None
         self._reset()
 
     def _eps_and_x0(self, model_output: torch.Tensor, x: torch.Tensor, a_t: float):
@@ -400,28 +490,46 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
         return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
     def _check_finite(self, i: int, prev: torch.Tensor) -> None:
-        if not self.config.check_finite:
-            return
+        """Raise for a non-finite sample: at once on the CPU; on an accelerator the flag is accumulated on the
+        device and read, with the timestep-verification flag, at the last step of the run."""
         last = i == len(self._timesteps_host) - 1
         where = f"{type(self).__name__}.step at timestep {self._timesteps_host[i]} (position {i})"
-        if prev.device.type == "cpu":
+        if self.config.check_finite and prev.device.type == "cpu":
             if not bool(torch.isfinite(prev).all()):
                 raise ModelOutputError(f"{where} produced NaN or Inf (model output or correction not finite)")
+        elif self.config.check_finite:
+            bad = ~torch.isfinite(prev).all()  # stays on the device: no synchronisation here
+            if self._nonfinite_at is None:
+                self._nonfinite_at = torch.full((), -1, dtype=torch.int64, device=prev.device)
+            self._nonfinite_at = torch.where(bad & (self._nonfinite_at < 0), i, self._nonfinite_at)
+        if not last:
             return
-        bad = ~torch.isfinite(prev).all()  # stays on the device: no synchronisation here
-        if self._nonfinite_at is None:
-            self._nonfinite_at = torch.full((), -1, dtype=torch.int64, device=prev.device)
-        self._nonfinite_at = torch.where(bad & (self._nonfinite_at < 0), i, self._nonfinite_at)
-        if last:
-            first = int(self._nonfinite_at)  # the one synchronisation of the run
-            if first >= 0:
-                raise ModelOutputError(
-                    f"{type(self).__name__}: the sample became NaN or Inf at timestep {self._timesteps_host[first]} "
-                    f"(position {first})"
-                )
+        flags = [f for f in (self._mismatch_at, self._nonfinite_at) if f is not None]
+        if not flags:
+            return
+        values = torch.stack([f.to(flags[0].device) for f in flags]).tolist()  # the one synchronisation of the run
+        mismatch = values.pop(0) if self._mismatch_at is not None else -1
+        nonfinite = values.pop(0) if self._nonfinite_at is not None else -1
+        if mismatch >= 0:
+            raise ValueError(
+                f"{type(self).__name__}: step() was given a timestep other than {self._timesteps_host[mismatch]} at "
+                f"position {mismatch} of the run (a device tensor that is not an element of scheduler.timesteps is "
+                "taken to follow the previous step); pass the elements of scheduler.timesteps, or call "
+                "set_timesteps before a new run"
+            )
+        if nonfinite >= 0:
+            raise ModelOutputError(
+                f"{type(self).__name__}: the sample became NaN or Inf at timestep {self._timesteps_host[nonfinite]} "
+                f"(position {nonfinite})"
+            )
 
     def _update(self, i: int, x: torch.Tensor, eps: torch.Tensor, generator) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _host_readable(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s value costs no synchronisation with an accelerator (CPU tensors)."""
+    return t.device.type == "cpu"
 
 
 def _init_with_extra_config(base_cls, **extra):
@@ -494,6 +602,7 @@ class AcceleratedDDPMScheduler(_PathScheduler):
     """
 
     _chained = True
+    _stochastic = True
 
     def _init_noise_sigma(self) -> float:
         a_T, a_next = self._levels[0], self._levels[1]
@@ -521,6 +630,8 @@ class DDPMTypeScheduler(_PathScheduler):
     r"""The paper's DDPM-type baseline, :func:`accelerated_diffusion.updates.ddpm_type_step`:
     ``Y_{t-1} = (Y_t + (1 - alpha_t) s_t(Y_t) + sqrt(1 - alpha_t) Z_t) / sqrt(alpha_t)``, noise at every step.
     Not diffusers' ``DDPMScheduler`` (posterior mean and variance, no noise at the last step)."""
+
+    _stochastic = True
 
     def _update(self, i, x, eps, generator):
         return updates.ddpm_type_step(x, eps, self._levels[i], self._levels[i + 1], self._noise(x, generator))

@@ -40,6 +40,8 @@ __all__ = [
     "timestep_subsequence",
     "sampling_path",
     "validate_path",
+    "is_integer_dtype",
+    "check_timesteps",
 ]
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -93,32 +95,86 @@ def alpha_bars_from_betas(betas: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def paper_betas(T: int, c0: float = 2.0, c1: float = 4.0, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    r"""The learning-rate schedule of the paper's theory (Li et al. 2024, Section 3; also Li-Wei-Chen-Chi 2023):
+def paper_betas(
+    T: int, c0: float = 2.0, c1: float = 4.0, *,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    r"""The learning-rate schedule of the paper's theory (Li et al. 2024,
+    Section 3; also Li-Wei-Chen-Chi 2023):
 
     .. math::
         \beta_1 = T^{-c_0}, \qquad
-        \beta_{t+1} = \frac{c_1 \log T}{T} \min\Big\{ \beta_1 \Big(1 + \frac{c_1 \log T}{T}\Big)^{t},\ 1 \Big\},
+        \beta_{t+1} = \frac{c_1 \log T}{T}
+            \min\Big\{ \beta_1 \Big(1 + \frac{c_1 \log T}{T}\Big)^{t},\
+                       1 \Big\},
         \quad t = 1, \dots, T - 1.
 
-    The theory only asks ``c0, c1`` to be "sufficiently large"; the defaults are a choice of this project (see the
-    theory chapter): with ``c1 = 4`` the geometric growth from ``T^{-c0}`` reaches the cap after a fraction
-    ``c0 / c1`` of the steps, leaving ``alpha_bar_T`` small.  Computed in float64; the geometric factor is
-    evaluated as ``exp(log beta_1 + t log1p(rate))`` so it cannot overflow before the cap.
+    The theory only asks ``c0, c1`` to be "sufficiently large"; the
+    defaults are the book's choice (see the theory chapter): with
+    ``c1 = 4`` the geometric growth from ``T^{-c0}`` reaches the cap after
+    a fraction ``c0 / c1`` of the steps, leaving ``alpha_bar_T`` small.
+    Computed in float64; the geometric factor is evaluated as
+    ``exp(log beta_1 + t log1p(rate))`` so it cannot overflow before the
+    cap.
     """
     if T < 2:
         raise ValueError(f"T must be >= 2, got {T}")
     if c0 <= 0 or c1 <= 0:
-        raise ValueError(f"c0 and c1 must be positive, got c0={c0}, c1={c1}")
+        raise ValueError(
+            f"c0 and c1 must be positive, got c0={c0}, c1={c1}")
     rate = c1 * math.log(T) / T
     if rate >= 1:
-        raise ValueError(f"c1 log T / T = {rate:.3g} >= 1: T is too small for c1={c1} (betas would reach 1)")
+        raise ValueError(
+            f"c1 log T / T = {rate:.3g} >= 1: T is too small for "
+            f"c1={c1} (betas would reach 1)")
     beta1 = T ** (-c0)
     t = torch.arange(1, T, dtype=torch.float64)
-    # beta_1 (1 + rate)^t computed as exp(log(beta_1) + t log1p(rate)) to avoid overflow for large t.
+    # beta_1 (1 + rate)^t computed as exp(log(beta_1) + t log1p(rate))
+    # to avoid overflow for large t.
     growth = torch.exp(math.log(beta1) + t * math.log1p(rate))
-    betas = torch.cat([torch.tensor([beta1], dtype=torch.float64), rate * torch.clamp(growth, max=1.0)])
+    betas = torch.cat([torch.tensor([beta1], dtype=torch.float64),
+                       rate * torch.clamp(growth, max=1.0)])
     return betas.to(dtype)
+
+
+def is_integer_dtype(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` holds integers (``bool`` does not count: ``True`` is no timestep)."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def check_timesteps(timesteps, num_train_timesteps: int, name: str = "timesteps") -> torch.Tensor:
+    """``timesteps`` as a 1-D int64 CPU tensor, after checking that they are integer training steps in
+    ``[0, num_train_timesteps)``.
+
+    Accepts a Python or NumPy integer, a sequence of them, or an integer array or tensor.  Raises ``TypeError`` for
+    anything else (a float is never truncated, a bool is not a timestep) and ``ValueError`` naming the first entry
+    outside the range (a negative index would otherwise wrap around to the end of the schedule).
+    """
+    if isinstance(timesteps, (bool, float, complex)) or (
+        isinstance(timesteps, (list, tuple)) and any(isinstance(t, (bool, float, complex)) for t in timesteps)
+    ):
+        raise TypeError(f"{name} must be integers (training step indices), got {timesteps!r}")
+    try:
+        ts = torch.as_tensor(np.asarray(timesteps) if not isinstance(timesteps, torch.Tensor) else timesteps)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be integers (training step indices), got {timesteps!r}") from err
+    if not is_integer_dtype(ts.dtype):
+        raise TypeError(f"{name} must be integers (training step indices), got dtype {ts.dtype}: {_shown(ts)}")
+    if ts.ndim > 1:
+        raise ValueError(f"{name} must be an integer or a 1-D sequence, got shape {tuple(ts.shape)}")
+    ts = ts.detach().cpu().to(torch.int64).reshape(-1)
+    bad = torch.nonzero((ts < 0) | (ts >= num_train_timesteps)).flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(f"{name} must lie in [0, num_train_timesteps={num_train_timesteps}); "
+                         f"{name}[{i}] = {int(ts[i])}")
+    return ts
+
+
+def _shown(ts) -> list:
+    """At most 12 entries of ``ts`` for an error message."""
+    v = torch.as_tensor(ts).reshape(-1).tolist()
+    return v if len(v) <= 12 else v[:6] + ["..."] + v[-6:]
 
 
 def timestep_subsequence(
@@ -138,9 +194,12 @@ def timestep_subsequence(
       ``S`` entries when ``S`` does not divide ``N`` (e.g. 8 entries for ``N = 1000, S = 7``), exactly as there;
     * ``quadratic`` (official code): ``int(linspace(0, sqrt(0.8 N), S) ** 2)`` reversed.
 
-    Raises ``ValueError`` for an unknown spacing, ``num_steps`` outside ``[1, N]``, or a spacing that would visit
-    the same index twice or leave ``[0, N)``.
+    Raises ``TypeError`` for a count or offset that is not an integer, ``ValueError`` for an unknown spacing,
+    ``num_steps`` outside ``[1, N]``, or a spacing that would visit the same index twice or leave ``[0, N)``.
     """
+    for what, v in (("num_train_timesteps", num_train_timesteps), ("num_steps", num_steps), ("steps_offset", steps_offset)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{what} must be an int, got {v!r}")
     n, s = int(num_train_timesteps), int(num_steps)
     if not 1 <= s <= n:
         raise ValueError(f"num_steps must be in [1, num_train_timesteps={n}], got {num_steps}")
@@ -157,7 +216,7 @@ def timestep_subsequence(
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
     ts = np.ascontiguousarray(ts)
-    shown = ts.tolist() if len(ts) <= 12 else ts[:6].tolist() + ["..."] + ts[-6:].tolist()
+    shown = _shown(torch.from_numpy(ts))
     if len(np.unique(ts)) != len(ts):
         raise ValueError(f"spacing {spacing!r} with {s} steps visits a timestep twice: {shown}")
     if ts.min() < 0 or ts.max() >= n:
@@ -192,13 +251,14 @@ def validate_path(alpha_bars: torch.Tensor) -> torch.Tensor:
 def sampling_path(alpha_bars_train: torch.Tensor, timesteps: torch.Tensor, final_alpha_bar: float | None = 1.0) -> torch.Tensor:
     r"""The sampling path for a subsequence of training steps.
 
-    ``alpha_bars_train[i]`` is the training level of (0-based) step ``i``; ``timesteps`` are visited in the given
-    (descending) order; the path is ``[abar[tau_S], ..., abar[tau_1], final_alpha_bar]``.  ``final_alpha_bar=1.0``
-    is diffusers' ``set_alpha_to_one=True`` (output at clean data); ``None`` makes the path ``abar[timesteps]``
-    itself, whose last visited level is the output level (e.g. the paper's ``q_1``).
+    ``alpha_bars_train[i]`` is the training level of (0-based) step ``i``; ``timesteps`` (integers in
+    ``[0, len(alpha_bars_train))``, checked by :func:`check_timesteps`) are visited in the given (descending)
+    order; the path is ``[abar[tau_S], ..., abar[tau_1], final_alpha_bar]``.  ``final_alpha_bar=1.0`` is diffusers'
+    ``set_alpha_to_one=True`` (output at clean data); ``None`` makes the path ``abar[timesteps]`` itself, whose last
+    visited level is the output level (e.g. the paper's ``q_1``).
     """
     abar = torch.as_tensor(alpha_bars_train, dtype=torch.float64)
-    ts = torch.as_tensor(timesteps, dtype=torch.int64)
+    ts = check_timesteps(timesteps, abar.numel())
     path = abar[ts]
     if final_alpha_bar is not None:
         path = torch.cat([path, torch.tensor([float(final_alpha_bar)], dtype=torch.float64)])
@@ -209,10 +269,21 @@ def sampling_path(alpha_bars_train: torch.Tensor, timesteps: torch.Tensor, final
 class DiscreteSchedule:
     r"""A discrete training schedule ``beta_1..beta_N`` with the paper's derived quantities (dpm-solver style).
 
-    Attributes are float64 tensors indexed from 0 (``[i]`` is the paper's ``t = i + 1``).
+    Attributes are float64 tensors indexed from 0 (``[i]`` is the paper's ``t = i + 1``).  ``betas`` may be given as
+    any 1-D sequence of numbers in (0, 1) (a list is converted to a float64 tensor).
     """
 
     betas: torch.Tensor
+
+    def __post_init__(self) -> None:
+        betas = self.betas
+        if not (isinstance(betas, torch.Tensor) and betas.is_floating_point()):
+            try:
+                betas = torch.as_tensor(np.asarray(betas, dtype=np.float64))
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"betas must be a 1-D sequence of numbers, got {type(self.betas).__name__}") from err
+        alpha_bars_from_betas(betas)  # checks: 1-D, every beta in (0, 1)
+        object.__setattr__(self, "betas", betas)
 
     @classmethod
     def from_diffusers(cls, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteSchedule":
@@ -243,7 +314,8 @@ class DiscreteSchedule:
         return 0.5 * (torch.log(a) - torch.log1p(-a))
 
     def path(self, timesteps: torch.Tensor | None = None, final_alpha_bar: float | None = 1.0) -> torch.Tensor:
-        """Sampling path through ``timesteps`` (default: every step, ``N-1 .. 0``) ending at ``final_alpha_bar``."""
+        """Sampling path through ``timesteps`` (default: every step, ``N-1 .. 0``) ending at ``final_alpha_bar``;
+        ``timesteps`` must be integers in ``[0, N)`` (see :func:`check_timesteps`)."""
         if timesteps is None:
             timesteps = torch.arange(self.num_train_timesteps - 1, -1, -1)
         return sampling_path(self.alpha_bars, timesteps, final_alpha_bar)

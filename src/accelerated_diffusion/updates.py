@@ -72,8 +72,11 @@ def eps_to_score(eps: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     return eps * (-1.0 / math.sqrt(1.0 - _level(alpha_bar_t, "alpha_bar_t")))
 
 
-def eps_to_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t) -> torch.Tensor:
-    r"""Tweedie's denoised estimate ``x0 = (x - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
+def eps_to_x0(
+    x: torch.Tensor, eps: torch.Tensor, alpha_bar_t
+) -> torch.Tensor:
+    r"""Tweedie's denoised estimate
+    ``x0 = (x - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
     a = _level(alpha_bar_t, "alpha_bar_t")
     return (x - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
 
@@ -86,15 +89,20 @@ def ddim_coefficients(alpha_bar_t, alpha_bar_prev) -> tuple[float, float]:
 
     .. math::
         c_x = \sqrt{\bar\alpha_{t-1} / \bar\alpha_t}, \qquad
-        c_\varepsilon = \sqrt{1 - \bar\alpha_{t-1}} - \sqrt{\bar\alpha_{t-1}} \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}.
+        c_\varepsilon = \sqrt{1 - \bar\alpha_{t-1}}
+            - \sqrt{\bar\alpha_{t-1}}
+              \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}.
 
-    ``c_eps = sqrt(abar_prev) (sigma_prev - sigma_t)`` with ``sigma = sqrt((1 - abar) / abar)``: the exact solution
-    of ``dy = eps d sigma`` for ``y = x / sqrt(abar)`` with ``eps`` frozen (chapter *Baselines*).
+    ``c_eps = sqrt(abar_prev) (sigma_prev - sigma_t)`` with
+    ``sigma = sqrt((1 - abar) / abar)``: the exact solution of
+    ``dy = eps d sigma`` for ``y = x / sqrt(abar)`` with ``eps`` frozen
+    (chapter *Baselines*).
     """
     step_alpha(alpha_bar_t, alpha_bar_prev)
     a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
     c_x = math.sqrt(a_prev / a_t)
-    c_eps = math.sqrt(1.0 - a_prev) - math.sqrt(a_prev) * math.sqrt((1.0 - a_t) / a_t)
+    c_eps = (math.sqrt(1.0 - a_prev)
+             - math.sqrt(a_prev) * math.sqrt((1.0 - a_t) / a_t))
     return c_x, c_eps
 
 
@@ -129,9 +137,13 @@ def ddim_type_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_pr
     return c_x * x + c_eps * eps
 
 
-def ddpm_type_coefficients(alpha_bar_t, alpha_bar_prev) -> tuple[float, float, float]:
-    r"""``(c_x, c_eps, c_z)`` of the DDPM-type update: ``c_x = 1/sqrt(alpha_t)``,
-    ``c_eps = -(1 - alpha_t) / (sqrt(alpha_t) sqrt(1 - abar_t))``, ``c_z = sqrt((1 - alpha_t) / alpha_t)``."""
+def ddpm_type_coefficients(
+    alpha_bar_t, alpha_bar_prev
+) -> tuple[float, float, float]:
+    r"""``(c_x, c_eps, c_z)`` of the DDPM-type update:
+    ``c_x = 1/sqrt(alpha_t)``,
+    ``c_eps = -(1 - alpha_t) / (sqrt(alpha_t) sqrt(1 - abar_t))``,
+    ``c_z = sqrt((1 - alpha_t) / alpha_t)``."""
     alpha = step_alpha(alpha_bar_t, alpha_bar_prev)
     a_t = float(alpha_bar_t)
     return (
@@ -161,27 +173,42 @@ def _arcsin_antiderivative(a: float) -> float:
     return math.sqrt(a * (1.0 - a)) + math.asin(math.sqrt(a))
 
 
-def accelerated_ode_coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_prev) -> float:
-    r"""Coefficient ``c`` of the accelerated correction ``c * (eps_{t+1} - eps_t)``:
+def accelerated_ode_coefficient(
+    alpha_bar_next, alpha_bar_t, alpha_bar_prev
+) -> float:
+    r"""Coefficient ``c`` of the accelerated correction
+    ``c * (eps_{t+1} - eps_t)``:
 
     .. math::
         c = \frac{\sqrt{\bar\alpha_{t-1}}}{\bar\alpha_t - \bar\alpha_{t+1}}
-            \Big( \bar\alpha_t \sqrt{\tfrac{1 - \bar\alpha_{t-1}}{\bar\alpha_{t-1}}} + \arcsin\sqrt{\bar\alpha_{t-1}}
-                - \bar\alpha_t \sqrt{\tfrac{1 - \bar\alpha_t}{\bar\alpha_t}} - \arcsin\sqrt{\bar\alpha_t} \Big)
+            \Big( \bar\alpha_t
+                   \sqrt{\tfrac{1 - \bar\alpha_{t-1}}{\bar\alpha_{t-1}}}
+                 + \arcsin\sqrt{\bar\alpha_{t-1}}
+                 - \bar\alpha_t
+                   \sqrt{\tfrac{1 - \bar\alpha_t}{\bar\alpha_t}}
+                 - \arcsin\sqrt{\bar\alpha_t} \Big)
 
-    (official README and code).  Equivalently ``c = sqrt(abar_prev) / (abar_t - abar_next) * (G(abar_prev) -
-    G(abar_t) - (abar_prev - abar_t) sigma_prev)`` with ``G(a) = sqrt(a(1-a)) + arcsin sqrt(a)`` the
-    antiderivative of ``sigma(a) = sqrt((1 - a)/a)``; this is the form evaluated here (float64).  The bracket is
-    O((abar_prev - abar_t)^2), so it loses relative precision for tiny steps; in float64 the absolute error of the
-    correction stays below 1e-12 for any step of a 1000-step schedule (tested against mpmath).
+    (official README and code).  Equivalently
+    ``c = sqrt(abar_prev) / (abar_t - abar_next)
+    * (G(abar_prev) - G(abar_t) - (abar_prev - abar_t) sigma_prev)``
+    with ``G(a) = sqrt(a(1-a)) + arcsin sqrt(a)`` the antiderivative of
+    ``sigma(a) = sqrt((1 - a)/a)``; this is the form evaluated here
+    (float64).  The bracket is O((abar_prev - abar_t)^2), so it loses
+    relative precision for tiny steps; in float64 the absolute error of
+    the correction stays below 1e-12 for any step of a 1000-step
+    schedule (tested against mpmath).
     """
     a_next = _level(alpha_bar_next, "alpha_bar_next")
     step_alpha(alpha_bar_t, alpha_bar_prev)
     a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
     if not a_t > a_next:
-        raise ValueError(f"the previous level must be noisier: alpha_bar_next={a_next!r} >= alpha_bar_t={a_t!r}")
+        raise ValueError(
+            "the previous level must be noisier: "
+            f"alpha_bar_next={a_next!r} >= alpha_bar_t={a_t!r}")
     sigma_prev = math.sqrt((1.0 - a_prev) / a_prev)
-    bracket = _arcsin_antiderivative(a_prev) - _arcsin_antiderivative(a_t) - (a_prev - a_t) * sigma_prev
+    bracket = (_arcsin_antiderivative(a_prev)
+               - _arcsin_antiderivative(a_t)
+               - (a_prev - a_t) * sigma_prev)
     return math.sqrt(a_prev) / (a_t - a_next) * bracket
 
 
@@ -193,24 +220,30 @@ def accelerated_ode_step(
     eps_next: torch.Tensor | None = None,
     alpha_bar_next=None,
 ) -> torch.Tensor:
-    r"""Accelerated deterministic update, one model evaluation per step (official multistep form):
+    r"""Accelerated deterministic update, one model evaluation per step
+    (official multistep form):
 
     .. math::
-        x_{t-1} = \mathrm{DDIM}(x_t, \varepsilon_t) + c\,(\varepsilon_{t+1} - \varepsilon_t),
+        x_{t-1} = \mathrm{DDIM}(x_t, \varepsilon_t)
+                  + c\,(\varepsilon_{t+1} - \varepsilon_t),
 
-    with ``c`` from :func:`accelerated_ode_coefficient`, ``eps_t = eps_theta(x_t, t)`` and ``eps_next`` =
-    ``eps_{t+1}`` the model output at the previous (noisier) iterate, level ``alpha_bar_next``.  Without a previous
-    evaluation (first step) it is plain DDIM.  Derivation: in ``y = x / sqrt(abar)`` the probability-flow ODE is
-    ``dy = eps d sigma``; integrating it exactly from ``abar_t`` to ``abar_{t-1}`` with ``eps`` extrapolated linearly
-    in ``abar`` through ``(abar_{t+1}, eps_{t+1})`` and ``(abar_t, eps_t)`` gives this formula (chapter
-    *Accelerated ODE*).
+    with ``c`` from :func:`accelerated_ode_coefficient`,
+    ``eps_t = eps_theta(x_t, t)`` and ``eps_next`` = ``eps_{t+1}`` the
+    model output at the previous (noisier) iterate, level
+    ``alpha_bar_next``.  Without a previous evaluation (first step) it is
+    plain DDIM.  Derivation: in ``y = x / sqrt(abar)`` the
+    probability-flow ODE is ``dy = eps d sigma``; integrating it exactly
+    from ``abar_t`` to ``abar_{t-1}`` with ``eps`` extrapolated linearly
+    in ``abar`` through ``(abar_{t+1}, eps_{t+1})`` and
+    ``(abar_t, eps_t)`` gives this formula (chapter *Accelerated ODE*).
     """
     out = ddim_step(x, eps, alpha_bar_t, alpha_bar_prev)
     if eps_next is None:
         return out
     if alpha_bar_next is None:
         raise ValueError("eps_next given without alpha_bar_next")
-    c = accelerated_ode_coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_prev)
+    c = accelerated_ode_coefficient(
+        alpha_bar_next, alpha_bar_t, alpha_bar_prev)
     return out + c * (eps_next - eps)
 
 
@@ -222,26 +255,41 @@ def accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev) -> float:
     return math.sqrt((1.0 - step_alpha(alpha_bar_t, alpha_bar_prev)) / 2.0)
 
 
-def accelerated_sde_perturb(x: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor) -> torch.Tensor:
+def accelerated_sde_perturb(
+    x: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor
+) -> torch.Tensor:
     r"""First half of the accelerated stochastic step (official README):
 
-    .. math:: Y_t^+ = \Phi_t(Y_t, Z_t) = Y_t + \sqrt{(1 - \alpha_t)/2}\, Z_t.
+    .. math::
+        Y_t^+ = \Phi_t(Y_t, Z_t) = Y_t + \sqrt{(1 - \alpha_t)/2}\, Z_t.
     """
-    return x + accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev) * noise
+    scale = accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev)
+    return x + scale * noise
 
 
-def accelerated_sde_step(x_plus: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor) -> torch.Tensor:
-    r"""Second half of the accelerated stochastic step (official README), with ``eps = eps_theta(Y_t^+, t)``
-    evaluated at the perturbed point and the time index ``t``:
+def accelerated_sde_step(
+    x_plus: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_bar_t,
+    alpha_bar_prev,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    r"""Second half of the accelerated stochastic step (official README),
+    with ``eps = eps_theta(Y_t^+, t)`` evaluated at the perturbed point
+    and the time index ``t``:
 
-    .. math:: Y_{t-1} = \Psi_t(Y_t^+, Z_t^+) = \frac{Y_t^+ + (1 - \alpha_t) s_t(Y_t^+)}{\sqrt{\alpha_t}}
-              + \sqrt{(1 - \alpha_t)/2}\, Z_t^+.
+    .. math::
+        Y_{t-1} = \Psi_t(Y_t^+, Z_t^+)
+                = \frac{Y_t^+ + (1 - \alpha_t) s_t(Y_t^+)}{\sqrt{\alpha_t}}
+                  + \sqrt{(1 - \alpha_t)/2}\, Z_t^+.
 
-    The official CIFAR code multiplies the first noise by an extra ``sqrt(alpha_t)`` (its issue #1); this follows
+    The official CIFAR code multiplies the first noise by an extra
+    ``sqrt(alpha_t)`` (issue #1 of the authors' repository); this follows
     the README, as the paper does.
     """
     c_x, c_eps, _ = ddpm_type_coefficients(alpha_bar_t, alpha_bar_prev)
-    return c_x * x_plus + c_eps * eps + accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev) * noise
+    scale = accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev)
+    return c_x * x_plus + c_eps * eps + scale * noise
 
 
 # --------------------------------------------------------------------------------------------------------------

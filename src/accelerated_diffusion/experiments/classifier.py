@@ -4,12 +4,14 @@ The network is only a *feature extractor* for the Fréchet distance of :mod:`acc
 (an FID analogue for 28x28 grey-scale images, where Inception features make no sense).  Its penultimate layer
 (128 units, read before its ReLU) gives the features.
 
-Shipped files (``data/fmnist-classifier/``, written by ``accelerated-diffusion train-classifier``):
+Shipped files (``data/fmnist-classifier/``, written by ``accelerated-diffusion train-classifier --out
+data/fmnist-classifier``; the command's default folder is ``runs/fmnist-classifier``, never the shipped one):
 
 * ``model.safetensors`` -- the weights (float32, about 1.7 MB);
 * ``config.json`` -- architecture, training settings, test accuracy, provenance;
 * ``test_stats.safetensors`` -- mean and covariance (float64) of the features of the 10,000 test images,
   the reference of :func:`accelerated_diffusion.experiments.features.frechet_distance`;
+* ``SHA256SUMS`` -- the SHA-256 of the three files above, checked before the classifier is loaded;
 * ``MODEL_CARD.md`` -- provenance, exact command, time, hardware, accuracy, and the small-``n`` bias of the
   Fréchet distance measured on real images.
 
@@ -19,7 +21,6 @@ Inputs are float images in ``[-1, 1]`` of shape ``(n, 1, 28, 28)`` (the DDPM con
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shlex
@@ -33,9 +34,12 @@ from tqdm import tqdm
 
 from . import data, features
 from .features import FEATURE_DIM, FashionCNN, to_model_range
-from .paths import data_dir
+from .paths import atomic_write_bytes, atomic_write_text, dumps_strict, replace_folder, write_sha256sums
 
-__all__ = ["train_classifier", "evaluate_accuracy", "main"]
+__all__ = ["train_classifier", "evaluate_accuracy", "write_classifier", "main"]
+
+DEFAULT_OUT = Path("runs/fmnist-classifier")  # relative to the working directory; never the shipped folder
+
 
 def evaluate_accuracy(model: FashionCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` on float images in ``[-1, 1]``."""
@@ -138,9 +142,12 @@ Compare a sampler's FD at n samples with the row for the same n, never with 0.
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``accelerated-diffusion train-classifier``: train, evaluate and ship the classifier (see module doc)."""
+    """``accelerated-diffusion train-classifier``: train, evaluate and write the classifier (see module doc) to
+    ``--out``, as a whole: the files are written to a temporary folder beside it, which then replaces it."""
     p = argparse.ArgumentParser(prog="accelerated-diffusion train-classifier", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: data/fmnist-classifier)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="output folder (default runs/fmnist-classifier; pass data/fmnist-classifier to replace the "
+                        "shipped one)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -148,11 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST if not installed")
     args = p.parse_args(argv)
-    from safetensors.torch import save_file
-
+    problems = [f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}"
+                for k in ("epochs", "batch_size", "threads") if getattr(args, k) < 1]
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        problems.append(f"--lr must be a positive number, got {args.lr}")
+    if args.out.exists() and not args.out.is_dir():
+        problems.append(f"--out {args.out} exists and is not a folder")
+    if problems:
+        p.exit(2, f"{p.prog}: error: {'; '.join(problems)}\n")
     torch.set_num_threads(args.threads)
-    out = args.out or data_dir() / "fmnist-classifier"
-    out.mkdir(parents=True, exist_ok=True)
     x_train, y_train = data.load_fashion_mnist("train", download=args.download)
     x_test, y_test = data.load_fashion_mnist("test", download=args.download)
     x_train, x_test = to_model_range(x_train), to_model_range(x_test)
@@ -176,12 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_accuracy": evaluate_accuracy(model, x_train, y_train),
         "command": "accelerated-diffusion train-classifier " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     }
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-
     feats_test = features.extract_features(x_test, model=model)
     mu, sigma = features.feature_statistics(feats_test)
-    save_file({"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, str(out / "test_stats.safetensors"))
     feats_train = features.extract_features(x_train, model=model)
     bias_rows = []
     for n in (50, 100, 200, 500, 1000, 2000, 5000, 10000):
@@ -191,10 +198,25 @@ def main(argv: list[str] | None = None) -> int:
         ]
         bias_rows.append((n, *fds))
     cfg["fd_bias_real_images"] = [{"n": n, "fd_train_images": a, "fd_test_images": b} for n, a, b in bias_rows]
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(_model_card(cfg, bias_rows))
-    print(f"test accuracy {cfg['test_accuracy']:.4f}; wrote {out}")
+    write_classifier(args.out, model, cfg, mu, sigma, _model_card(cfg, bias_rows))
+    print(f"test accuracy {cfg['test_accuracy']:.4f}; wrote {args.out}")
     return 0
+
+
+def write_classifier(out, model: FashionCNN, cfg: dict, mu, sigma, card: str) -> Path:
+    """Write the classifier's files (weights, config, reference statistics, model card, ``SHA256SUMS``) into a
+    temporary folder and swap it in for ``out`` (:func:`~.paths.replace_folder`): an interruption leaves the old
+    folder intact, never new weights beside old statistics."""
+    from safetensors.torch import save
+
+    with replace_folder(out) as tmp:
+        atomic_write_bytes(tmp / "model.safetensors", save({k: v.contiguous() for k, v in model.state_dict().items()}))
+        stats = {"mu": torch.as_tensor(mu, dtype=torch.float64), "sigma": torch.as_tensor(sigma, dtype=torch.float64)}
+        atomic_write_bytes(tmp / "test_stats.safetensors", save(stats))
+        atomic_write_text(tmp / "config.json", dumps_strict(cfg, indent=2) + "\n")
+        atomic_write_text(tmp / "MODEL_CARD.md", card)
+        write_sha256sums(tmp, ["model.safetensors", "test_stats.safetensors", "config.json"])
+    return Path(out)
 
 
 if __name__ == "__main__":

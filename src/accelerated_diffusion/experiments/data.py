@@ -5,8 +5,9 @@ Where the data comes from, in order:
 1. ``$FASHION_MNIST_DIR`` if set, else the Debian package ``dataset-fashion-mnist``
    (``/usr/share/datasets/fashion-mnist``; ``apt-get install dataset-fashion-mnist``);
 2. the user cache (``~/.cache/accelerated_diffusion/fashion-mnist``), filled by
-3. the dataset's official download (only with ``download=True``), verified against the MD5 sums that the
-   dataset's README publishes for the ``.gz`` files;
+3. the dataset's official download (only with ``download=True``; ``$FASHION_MNIST_URL`` overrides the address),
+   with connect and read timeouts (:data:`TIMEOUT_S`), verified against the MD5 sums that the dataset's README
+   publishes for the ``.gz`` files;
 4. otherwise a :class:`FileNotFoundError` that says how to get the data.
 
 Every file, whatever its source, is also checked against the SHA-256 of its *decompressed* content (the Debian
@@ -18,7 +19,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,8 @@ __all__ = ["FILES", "DEBIAN_DIR", "load_fashion_mnist", "fashion_mnist_dir", "CL
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "accelerated_diffusion" / "fashion-mnist"
-OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+OFFICIAL_URL = os.environ.get("FASHION_MNIST_URL", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
+TIMEOUT_S = 30.0  # connect timeout, and the longest wait for the next block of a download
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 # name -> (MD5 of the official .gz, SHA-256 of the decompressed content)
@@ -45,25 +49,30 @@ def _candidates() -> list[Path]:
     return ([Path(env)] if env else []) + [DEBIAN_DIR, CACHE_DIR]
 
 
-def _download(cache: Path) -> None:
+def _download(cache: Path, timeout: float | None = None) -> None:
+    timeout = TIMEOUT_S if timeout is None else timeout
     cache.mkdir(parents=True, exist_ok=True)
     for name, (md5, _) in FILES.items():
         dest = cache / name
         if dest.exists():
             continue
         tmp = dest.with_suffix(".part")
-        try:
-            urllib.request.urlretrieve(OFFICIAL_URL + name, tmp)
+        url = OFFICIAL_URL.rstrip("/") + "/" + name
+        try:  # the timeout bounds the connection and every read: a stalled server cannot hang the download
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
+                shutil.copyfileobj(resp, fh)
         except OSError as e:
+            tmp.unlink(missing_ok=True)
             raise FileNotFoundError(
-                f"Fashion-MNIST: downloading {OFFICIAL_URL + name} failed ({e}). Install the Debian package "
-                "(apt-get install dataset-fashion-mnist) or set FASHION_MNIST_DIR to a folder with the four .gz files."
-            ) from e
+                f"Fashion-MNIST: downloading {name} from {url} failed ({getattr(e, 'reason', e)}; connect/read "
+                f"timeout {timeout:g} s). Install the Debian package (apt-get install dataset-fashion-mnist) or set "
+                "FASHION_MNIST_DIR to a folder with the four .gz files."
+            ) from None
         got = hashlib.md5(tmp.read_bytes()).hexdigest()
         if got != md5:
             tmp.unlink()
             raise ValueError(f"Fashion-MNIST: {name} has MD5 {got}, expected {md5} (corrupt download)")
-        tmp.rename(dest)
+        os.replace(tmp, dest)
 
 
 def fashion_mnist_dir(download: bool = False) -> Path:
@@ -82,7 +91,10 @@ def fashion_mnist_dir(download: bool = False) -> Path:
 
 
 def _read(path: Path, offset: int) -> np.ndarray:
-    raw = gzip.decompress(path.read_bytes())
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"Fashion-MNIST: {path} is not a valid gzip file ({e}); delete it and fetch it again") from None
     expected = FILES[path.name][1]
     got = hashlib.sha256(raw).hexdigest()
     if got != expected:

@@ -38,6 +38,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import sympy as sp
+import torch
 
 __all__ = [
     # symbols
@@ -47,7 +48,9 @@ __all__ = [
     # background
     "sigma_of", "alpha_bar_of_sigma", "lambda_of_sigma", "forward_variance_recursion", "gaussian_marginal",
     "gaussian_score", "eps_x0_score_conversions", "tweedie_check", "probability_flow_ode",
-    "probability_flow_gaussian_residual",
+    "probability_flow_gaussian_residual", "probability_flow_from_fokker_planck",
+    # display and random inputs of the chapters' code comparisons
+    "show", "random_levels",
     # baselines
     "exponential_euler_step", "eps_form_coefficients", "ddpm_type_coefficients", "ddim_type_coefficients",
     "ddpm_type_mean_residual", "exact_ddim_coefficients", "with_step_size", "series_in_h",
@@ -193,6 +196,63 @@ def probability_flow_gaussian_residual():
     return sp.simplify(sp.diff(path, alpha_bar) - rhs)
 
 
+def probability_flow_from_fokker_planck() -> dict:
+    r"""The probability-flow ODE derived from the forward SDE (eqs. ``deriv-forward-sde`` to ``deriv-pf-ode``).
+
+    In the time :math:`\tau = -\log\bar\alpha` the forward process is the Ornstein-Uhlenbeck SDE
+    :math:`dX = -\tfrac12 X\,d\tau + dB_\tau` (its transition has mean :math:`e^{-\tau/2}x_0 = \sqrt{\bar\alpha}\,x_0`
+    and variance :math:`1 - e^{-\tau} = 1 - \bar\alpha`).  Its Fokker-Planck equation (one dimension; the
+    d-dimensional case is the same per coordinate) is
+    :math:`\partial_\tau q = \partial_x\big(\tfrac12 x q\big) + \tfrac12\partial_x^2 q
+    = \partial_x\big(\tfrac12 (x + \partial_x\log q)\, q\big)`, which is the continuity equation
+    :math:`\partial_\tau q + \partial_x(v q) = 0` of the deterministic flow with velocity
+    :math:`v = -\tfrac12(x + s)`.  With :math:`d\tau/d\bar\alpha = -1/\bar\alpha` this is
+    :math:`dx/d\bar\alpha = (x + s)/(2\bar\alpha)`.
+
+    Returns ``fokker_planck`` (the right-hand side for a generic density), ``velocity_tau``,
+    ``continuity_residual`` (Fokker-Planck minus the continuity equation of the flow, 0 for any density),
+    ``gaussian_fp_residual`` (the Gaussian marginals of ``N(m, v)`` data solve the Fokker-Planck equation, 0),
+    ``dx_dalpha_bar`` and ``residual`` against ``(x + s) / (2 alpha_bar)`` (0).
+    """
+    tau = sp.Symbol("tau", positive=True)
+    q = sp.Function("q")(x, tau)
+    fokker_planck = sp.diff(x * q / 2, x) + sp.diff(q, x, 2) / 2
+    velocity = -(x + sp.diff(q, x) / q) / 2          # -(x + d/dx log q) / 2
+    continuity_residual = sp.simplify(fokker_planck + sp.diff(velocity * q, x))
+    mean_a, var_a = gaussian_marginal(sp.exp(-tau))
+    density = sp.exp(-(x - mean_a) ** 2 / (2 * var_a)) / sp.sqrt(2 * sp.pi * var_a)
+    fp_gauss = fokker_planck.subs(q, density).doit()
+    gaussian_fp_residual = sp.simplify((sp.diff(density, tau) - fp_gauss) / density)
+    # change of time: tau = -log(alpha_bar), so d tau / d alpha_bar = -1 / alpha_bar
+    dtau_da = sp.diff(-sp.log(alpha_bar), alpha_bar)
+    dx_da = sp.simplify(-(x + score) / 2 * dtau_da)
+    return {"fokker_planck": fokker_planck, "velocity_tau": -(x + score) / 2,
+            "continuity_residual": continuity_residual, "gaussian_fp_residual": gaussian_fp_residual,
+            "dx_dalpha_bar": dx_da, "residual": sp.simplify(dx_da - (x + score) / (2 * alpha_bar))}
+
+
+def random_levels(generator: torch.Generator, count: int = 2, *, min_gap: float = 1e-3,
+                  low: float = 0.01, high: float = 0.99) -> list[float]:
+    """``count`` increasing signal levels ``alpha_bar`` drawn uniformly in ``(low, high)`` with ``generator``,
+    redrawn until consecutive levels are at least ``min_gap`` apart: the random steps on which the chapters
+    compare a lambdified derivation with the library (noisiest level first)."""
+    if count < 1 or not 0.0 < low < high < 1.0 or min_gap * (count - 1) >= high - low:
+        raise ValueError(f"cannot draw {count} levels in ({low}, {high}) at least {min_gap} apart")
+    while True:
+        u = torch.rand(count, dtype=torch.float64, generator=generator) * (high - low) + low
+        levels = torch.sort(u).values.tolist()
+        if all(b - a >= min_gap for a, b in zip(levels, levels[1:])):
+            return levels
+
+
+def show(label: str, expr) -> None:
+    """Print ``label:`` and display the sympy expression ``expr`` as LaTeX (rendered by MathJax in the book)."""
+    from IPython.display import Math, display  # optional: only the book's kernels need it
+
+    print(label + ":")
+    display(Math(sp.latex(expr)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Baselines
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,10 +305,13 @@ def ddpm_type_mean_residual():
 
 
 def exact_ddim_coefficients() -> tuple:
-    r"""``(c_x, c_eps)`` of exact DDIM: integrate :math:`dy = \varepsilon\,d\sigma` from :math:`\sigma_t` to
-    :math:`\sigma_{t-1}` with :math:`\varepsilon` frozen, then :math:`x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,y_{t-1}`
+    r"""``(c_x, c_eps)`` of exact DDIM: integrate
+    :math:`dy = \varepsilon\,d\sigma` from :math:`\sigma_t` to
+    :math:`\sigma_{t-1}` with :math:`\varepsilon` frozen, then
+    :math:`x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,y_{t-1}`
     (eq. ``deriv-ddim-exact``)."""
-    y_prev = x / sp.sqrt(alpha_bar_t) + eps * sp.integrate(1, (sigma_, sigma_t, sigma_prev))
+    frozen = sp.integrate(1, (sigma_, sigma_t, sigma_prev))
+    y_prev = x / sp.sqrt(alpha_bar_t) + eps * frozen
     step = sp.expand(in_alpha_bar(sp.sqrt(alpha_bar_prev) * y_prev))
     return sp.simplify(step.coeff(x)), sp.expand(step.coeff(eps))
 
@@ -286,22 +349,33 @@ EXTRAPOLATION_VARIABLES = {
 
 
 def extrapolated_correction(variable: str = "alpha_bar"):
-    r"""Coefficient ``c`` of :math:`x_{t-1} = \mathrm{DDIM}(x_t, \varepsilon_t) + c\,(\varepsilon_{t+1} - \varepsilon_t)`
-    obtained by integrating :math:`dy = \varepsilon\,d\sigma` exactly with :math:`\varepsilon` extrapolated linearly
-    in the variable :math:`u` through :math:`(u_{t+1}, \varepsilon_{t+1})` and :math:`(u_t, \varepsilon_t)`
+    r"""Coefficient ``c`` of
+    :math:`x_{t-1} = \mathrm{DDIM}(x_t, \varepsilon_t)
+    + c\,(\varepsilon_{t+1} - \varepsilon_t)` obtained by integrating
+    :math:`dy = \varepsilon\,d\sigma` exactly with :math:`\varepsilon`
+    extrapolated linearly in the variable :math:`u` through
+    :math:`(u_{t+1}, \varepsilon_{t+1})` and :math:`(u_t, \varepsilon_t)`
     (eq. ``deriv-correction-general``):
 
-    .. math:: c = -\frac{\sqrt{\bar\alpha_{t-1}}}{u_t - u_{t+1}} \int_{\sigma_t}^{\sigma_{t-1}} (u(\sigma) - u_t)\,d\sigma.
+    .. math::
+        c = -\frac{\sqrt{\bar\alpha_{t-1}}}{u_t - u_{t+1}}
+            \int_{\sigma_t}^{\sigma_{t-1}} (u(\sigma) - u_t)\,d\sigma.
 
-    ``variable`` is ``"alpha_bar"`` (:math:`u = 1/(1+\sigma^2)`, the paper's sampler), ``"lambda"``
-    (:math:`u = -\log\sigma`) or ``"sigma"`` (:math:`u=\sigma`, Adams-Bashforth).  The result is in the sigma
-    symbols and ``alpha_bar_prev``; :func:`in_alpha_bar` rewrites it in ``alpha_bar`` levels.
+    ``variable`` is ``"alpha_bar"`` (:math:`u = 1/(1+\sigma^2)`, the
+    paper's sampler), ``"lambda"`` (:math:`u = -\log\sigma`) or
+    ``"sigma"`` (:math:`u=\sigma`, Adams-Bashforth).  The result is in
+    the sigma symbols and ``alpha_bar_prev``; :func:`in_alpha_bar`
+    rewrites it in ``alpha_bar`` levels.
     """
     if variable not in EXTRAPOLATION_VARIABLES:
-        raise ValueError(f"unknown extrapolation variable {variable!r}; expected one of {list(EXTRAPOLATION_VARIABLES)}")
+        raise ValueError(
+            f"unknown extrapolation variable {variable!r}; "
+            f"expected one of {list(EXTRAPOLATION_VARIABLES)}")
     u = EXTRAPOLATION_VARIABLES[variable]
-    integral = sp.integrate(u(sigma_) - u(sigma_t), (sigma_, sigma_t, sigma_prev))
-    return -sp.sqrt(alpha_bar_prev) * integral / (u(sigma_t) - u(sigma_next))
+    integral = sp.integrate(u(sigma_) - u(sigma_t),
+                            (sigma_, sigma_t, sigma_prev))
+    return (-sp.sqrt(alpha_bar_prev) * integral
+            / (u(sigma_t) - u(sigma_next)))
 
 
 def in_alpha_bar(expr):

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from torch import nn
 
+from ..integrity import verify_sha256sums
 from ..metrics import gaussian_w2_squared
 from .data import load_fashion_mnist
 from .paths import data_dir
@@ -114,6 +115,7 @@ def _load_cached(path: str, device: str) -> FashionCNN:
     from safetensors.torch import load_file
 
     d = Path(path)
+    verify_sha256sums(d, ["model.safetensors", "config.json"])
     cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
     model = FashionCNN(feature_dim=cfg.get("feature_dim", 128), dropout=cfg.get("dropout", 0.3))
     model.load_state_dict(load_file(str(d / "model.safetensors")))
@@ -195,6 +197,7 @@ def load_reference_stats(reference: str = "test", path=None) -> tuple[np.ndarray
     from safetensors.numpy import load_file
 
     f = _classifier_dir(path) / f"{reference}_stats.safetensors"
+    verify_sha256sums(f.parent, [f.name])
     if not f.exists():
         raise FileNotFoundError(f"no reference statistics {f}; shipped references: 'test'")
     s = load_file(str(f))

@@ -23,25 +23,42 @@ Sharding and seeds.  Sample ``i`` has seed ``seed + i`` and its initial noise is
 ``torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))`` (drawn on the CPU, so the same on any
 device).  The seeds are cut into fixed batches of ``--batch-size``; the batches are dealt round-robin to the
 processes (batch ``k`` goes to process ``k mod P``).  The stochastic samplers' path noise comes from one
-generator per batch, seeded with ``2**32 + `` the batch's first seed.  So every batch is computed exactly as it
-would be with one process: the union of the shards equals the single-process result bit for bit on the same
-hardware, whatever the number of processes (the batch size, not the process count, is part of the experiment).
+generator per batch, seeded with ``2**32 + `` the batch's first seed.  So every batch gets the same inputs as it
+would with one process (the batch size, not the process count, is part of the experiment), and the union of the
+shards equals the single-process result **bit for bit when every process uses the same number of torch threads
+as the single process** (``--threads``), on the same hardware, device type, dtype and software versions.  Without
+``--threads`` that is usually not the case on a CPU: ``accelerate launch`` (torchrun) sets ``OMP_NUM_THREADS=1``
+in each of several processes, while a single process uses all cores, and the kernels' reductions then round
+differently (measured with a small random UNet on a 2-core CPU: up to 1.5e-5 in every run, against exactly 0
+with ``--threads 1`` in both, or with ``--threads 2`` for each of two processes against one process with its
+default 2 threads; not measured on GPUs).
 
 Output folder: ``<out>/<sampler>/nfe<NNN>/batch<KKKKK>.pt`` (default; a dict with float32 ``images`` as returned
-by the sampler, not clipped, and ``seeds``), ``.npy`` (the images array; seeds in the manifest) or ``.png``
-(one uint8 PNG per sample, ``<seed>.png``, clipped to [-1, 1] and quantised); and ``<out>/manifest.json``:
-model, image shape, samplers, NFEs, seeds, batch size, spacing, format, device, process count, the files of each
-run with their seeds, and timings (seconds per process, images per second).
+by the sampler, not clipped, and ``seeds``), ``.npz`` (arrays ``images`` and ``seeds``) or ``.png`` (one uint8
+PNG per sample, ``<seed>.png``, clipped to [-1, 1] and quantised): every file carries its seeds and is written
+atomically.  ``<out>/run.json`` records the settings before the first image; ``<out>/manifest.json`` is written
+*last*: model, image shape, samplers, NFEs, seeds, batch size, spacing, format, device, process count, the files
+of each run with their seeds, and timings (seconds per process, images per second).  So a folder without a
+manifest is visibly incomplete (an interrupted run), and a manifest covers exactly the image files present;
+``metrics`` checks both (files and seeds) and refuses anything else.
+
+Arguments, the samplers on the model's schedule (a dry run on a 1-pixel dummy model, so an incompatible
+spacing fails at once) and the output folder are all checked before the model is loaded; a problem is reported in
+one line with exit status 2.  A folder that already holds a run is used only with ``--resume`` (same settings:
+the batches already on disk with their seeds are kept) or ``--overwrite`` (the run is deleted, manifest first);
+a folder holding other files is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -53,8 +70,9 @@ from tqdm import tqdm
 from .. import samplers
 from ..models import eps_fn, load_scheduler_config, load_unet, schedule_from_config
 from ..samplers import SAMPLERS, STOCHASTIC
+from ..schedules import SPACINGS
 from . import features
-from .paths import save_results
+from .paths import atomic_write_bytes, atomic_write_text, dumps_strict, save_results
 
 __all__ = [
     "DIFFUSERS_SAMPLERS",
@@ -64,15 +82,26 @@ __all__ = [
     "run_sampler",
     "device_name",
     "save_batch",
+    "load_batch",
     "load_images",
+    "UsageError",
+    "IncompleteRunError",
+    "check_args",
+    "check_samplers",
+    "check_out",
+    "folder_state",
+    "prepare_out",
+    "files_present",
+    "load_model",
     "generate",
     "merge_manifests",
+    "check_manifest",
     "compute_metrics",
     "main",
     "metrics_main",
 ]
 
-FORMATS = ("pt", "npy", "png")
+FORMATS = ("pt", "npz", "png")
 PATH_NOISE_SEED_OFFSET = 2**32
 
 
@@ -120,47 +149,71 @@ def device_name(device) -> str:
     return f"{d} ({platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
-def save_batch(images: torch.Tensor, seeds: list[int], folder: Path, index: int, fmt: str) -> list[str]:
-    """Write one batch in ``fmt`` under ``folder``; returns the file names (relative to ``folder``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    images = images.detach().float().cpu()
-    if fmt == "pt":
-        torch.save({"images": images, "seeds": list(seeds)}, folder / f"batch{index:05d}.pt")
-        return [f"batch{index:05d}.pt"]
-    if fmt == "npy":
-        np.save(folder / f"batch{index:05d}.npy", images.numpy())
-        return [f"batch{index:05d}.npy"]
+def _batch_names(seeds: list[int], index: int, fmt: str) -> list[str]:
+    """The file names of batch ``index`` in format ``fmt``."""
     if fmt == "png":
-        from PIL import Image
-
-        u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        names = []
-        for s, img in zip(seeds, u8):
-            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{s:08d}.png")
-            names.append(f"{s:08d}.png")
-        return names
+        return [f"{s:08d}.png" for s in seeds]
+    if fmt in ("pt", "npz"):
+        return [f"batch{index:05d}.{fmt}"]
     raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
 
 
-def load_images(root: Path, files: list[str]) -> torch.Tensor:
-    """Load the images of a manifest run (``files`` relative to ``root``) as float32 ``(n, C, H, W)``; PNGs are
-    mapped back to ``[-1, 1]``."""
-    out = []
+def save_batch(images: torch.Tensor, seeds: list[int], folder: Path, index: int, fmt: str) -> list[str]:
+    """Write one batch in ``fmt`` under ``folder``, each file atomically and carrying its seeds (``pt``/``npz``:
+    a ``seeds`` entry beside ``images``; ``png``: the seed is the file name); returns the file names (relative to
+    ``folder``)."""
+    names = _batch_names(seeds, index, fmt)
+    images = images.detach().float().cpu()
+    if len(images) != len(seeds):
+        raise ValueError(f"{len(images)} images but {len(seeds)} seeds")
+    if fmt == "pt":
+        buf = io.BytesIO()
+        torch.save({"images": images, "seeds": list(seeds)}, buf)
+        atomic_write_bytes(folder / names[0], buf.getvalue())
+    elif fmt == "npz":
+        buf = io.BytesIO()
+        np.savez(buf, images=images.numpy(), seeds=np.asarray(seeds, dtype=np.int64))
+        atomic_write_bytes(folder / names[0], buf.getvalue())
+    else:
+        from PIL import Image
+
+        u8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for name, img in zip(names, u8):
+            buf = io.BytesIO()
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="png")
+            atomic_write_bytes(folder / name, buf.getvalue())
+    return names
+
+
+def load_batch(root: Path, files: list[str]) -> tuple[torch.Tensor, list[int]]:
+    """``(images, seeds)`` of one batch (``files`` relative to ``root``): float32 ``(n, C, H, W)`` (PNGs mapped
+    back to ``[-1, 1]``) and the seeds the files carry."""
+    images, seeds = [], []
     for name in files:
-        f = root / name
+        f = Path(root) / name
         if f.suffix == ".pt":
-            out.append(torch.load(f, weights_only=True)["images"])
-        elif f.suffix == ".npy":
-            out.append(torch.from_numpy(np.load(f)))
+            d = torch.load(f, weights_only=True)
+            images.append(d["images"])
+            seeds += [int(s) for s in d["seeds"]]
+        elif f.suffix == ".npz":
+            with np.load(f) as d:
+                images.append(torch.from_numpy(d["images"]))
+                seeds += [int(s) for s in d["seeds"]]
         elif f.suffix == ".png":
             from PIL import Image
 
             a = np.asarray(Image.open(f))
             a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-            out.append(torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0)[None])
+            images.append(torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0)[None])
+            seeds.append(int(f.stem))
         else:
             raise ValueError(f"{f}: unknown image file type")
-    return torch.cat(out)
+    return torch.cat(images), seeds
+
+
+def load_images(root: Path, files: list[str]) -> torch.Tensor:
+    """Load the images of a manifest run (``files`` relative to ``root``) as float32 ``(n, C, H, W)``."""
+    return load_batch(root, files)[0]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -171,9 +224,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="sample i has seed SEED + i")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--spacing", default="leading", help="timestep spacing (accelerated_diffusion.schedules.SPACINGS)")
+    p.add_argument("--spacing", default="leading", choices=SPACINGS, help="timestep spacing")
     p.add_argument("--format", default="pt", choices=FORMATS)
     p.add_argument("--out", type=Path, required=True)
+    use = p.add_mutually_exclusive_group()
+    use.add_argument("--resume", action="store_true", help="finish the run in --out (same settings): keep its batches")
+    use.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
     p.add_argument("--device", default=None, help="default: the device accelerate assigns to this process")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model dtype")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
@@ -181,36 +237,190 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def generate(args: argparse.Namespace, process_index: int = 0, num_processes: int = 1, device=None) -> dict:
-    """This process's share of the work (see module docstring); writes the images and returns its partial
-    manifest (runs with this process's files and timings)."""
+class UsageError(ValueError):
+    """A bad command line or output folder, found before any work starts (reported in one line)."""
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """What determines the images of a run (recorded in ``run.json``; ``--resume`` must repeat it)."""
+    return {"model": str(args.model), "samplers": list(args.samplers), "nfe": list(args.nfe),
+            "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
+            "spacing": args.spacing, "format": args.format, "dtype": args.dtype}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model: counts, duplicates, the output path; raises :class:`UsageError`."""
+    for flag, v in (("--num-samples", args.num_samples), ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise UsageError(f"{flag} must be >= 1, got {v}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    bad = [n for n in args.nfe if n < 1]
+    if bad:
+        raise UsageError(f"--nfe values must be >= 1, got {bad}")
+    for flag, values in (("--nfe", args.nfe), ("--samplers", args.samplers)):
+        if len(set(values)) != len(values):
+            raise UsageError(f"{flag} lists a value twice: {values}")
+    if args.spacing not in SPACINGS:
+        raise UsageError(f"--spacing must be one of {SPACINGS}, got {args.spacing!r}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot create or write in {parent}")
+
+
+def check_samplers(schedule, samplers_: list[str], nfes: list[int], spacing: str) -> None:
+    """Run every sampler at every NFE on a 1-pixel dummy model (zero noise prediction), so that an incompatible
+    spacing or NFE fails before any model is loaded rather than after the first sampler's run."""
+    noise = torch.zeros(1, 1, 1, 1)
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    for sampler in samplers_:
+        for nfe in nfes:
+            try:
+                run_sampler(zero, noise, sampler, nfe, schedule, spacing=spacing,
+                            generator=torch.Generator().manual_seed(0) if sampler in STOCHASTIC else None)
+            except (ValueError, RuntimeError, IndexError) as e:
+                raise UsageError(f"--samplers {sampler} --nfe {nfe} --spacing {spacing}: {e}") from None
+
+
+# the files and folders `generate` writes into --out; anything else makes the folder someone else's
+MANIFEST = "manifest.json"
+RUN_FILE = "run.json"
+METRICS = "metrics.json"
+
+
+def _is_ours(p: Path) -> bool:
+    n = p.name
+    if p.is_dir():
+        return n in SAMPLERS
+    return n in (MANIFEST, RUN_FILE, METRICS) or (n.startswith("manifest.part") and n.endswith(".json")) or (
+        n.startswith(".") and n.endswith(".tmp"))
+
+
+def folder_state(out: Path) -> str:
+    """``"new"`` (absent or empty), ``"complete"`` (a manifest: written last), ``"incomplete"`` (generate's files
+    without a manifest: an interrupted run) or ``"foreign"`` (files generate did not write)."""
+    out = Path(out)
+    if not out.exists():
+        return "new"
+    entries = list(out.iterdir())
+    if not entries:
+        return "new"
+    if not all(_is_ours(p) for p in entries):
+        return "foreign"
+    return "complete" if (out / MANIFEST).exists() else "incomplete"
+
+
+def check_out(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> str:
+    """Whether ``out`` may be used (read only; raises :class:`UsageError`): a new folder always; a folder holding
+    a run only with ``--overwrite``, or with ``--resume`` when its ``run.json`` has the same settings."""
+    state = folder_state(out)
+    if state == "new":
+        return state
+    if state == "foreign":
+        raise UsageError(f"--out {out} holds files that generate did not write; choose another (empty) folder")
+    if not (resume or overwrite):
+        raise UsageError(f"--out {out} holds a{'n' if state == 'incomplete' else ''} {state} run: pass --resume to "
+                         "finish it with the same settings, --overwrite to replace it, or choose another --out")
+    if resume:
+        try:
+            old = json.loads((Path(out) / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            raise UsageError(f"--resume: {Path(out) / RUN_FILE} is missing or unreadable; use --overwrite") from None
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise UsageError(f"--resume: the run in {out} has other settings (run, now): {diff}; use --overwrite")
+    return state
+
+
+def prepare_out(out: Path, settings: dict, *, overwrite: bool) -> None:
+    """Make ``out`` visibly incomplete before any image is written: remove the manifest first (and, with
+    ``overwrite``, everything generate wrote), then record the settings in ``run.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / METRICS).unlink(missing_ok=True)
+    for p in out.iterdir():
+        if p.is_file() and (p.name.startswith("manifest.part") or p.name.endswith(".tmp")):
+            p.unlink()
+        elif p.is_dir() and p.name in SAMPLERS:
+            if overwrite:
+                shutil.rmtree(p)
+            else:  # temporary files of writes cut short by a kill
+                for f in p.rglob(".*.tmp"):
+                    f.unlink()
+    atomic_write_text(out / RUN_FILE, dumps_strict(settings, indent=1) + "\n")
+
+
+def files_present(out: Path) -> set[str]:
+    """Every image file under ``out``'s sampler folders, relative to ``out`` (what a manifest must cover)."""
+    out = Path(out)
+    return {str(f.relative_to(out)) for d in out.iterdir() if d.is_dir() and d.name in SAMPLERS
+            for f in d.rglob("*") if f.is_file()}
+
+
+def _batch_done(out: Path, rel_files: list[str], seeds: list[int]) -> bool:
+    """Whether a batch of an interrupted run is already on disk with its seeds (each file is written atomically)."""
+    if not all((out / f).is_file() for f in rel_files):
+        return False
+    try:
+        return load_batch(out, rel_files)[1] == seeds
+    except Exception:  # an unreadable file is recomputed
+        return False
+
+
+def load_model(args: argparse.Namespace, device) -> tuple:
+    """``(unet, schedule, image shape)`` of ``args.model`` on ``device``."""
+    unet = load_unet(args.model, device=device, dtype=getattr(torch, args.dtype))
+    schedule = schedule_from_config(load_scheduler_config(args.model))
+    c, size = unet.config.in_channels, unet.config.sample_size
+    shape = (c, *size) if isinstance(size, (list, tuple)) else (c, size, size)
+    return unet, schedule, shape
+
+
+def _device(args, device) -> torch.device:
     device = torch.device(args.device or device or "cpu")
     if device.type == "cpu":  # accelerate says "cpu:0"; a model moved there computes differently (batch size 1)
         device = torch.device("cpu")
-    unet = load_unet(args.model, device=device, dtype=getattr(torch, args.dtype))
-    schedule = schedule_from_config(load_scheduler_config(args.model))
+    return device
+
+
+def generate(args: argparse.Namespace, process_index: int = 0, num_processes: int = 1, device=None, model=None) -> dict:
+    """This process's share of the work (see module docstring); writes the images (skipping, with
+    ``args.resume``, batches already on disk with their seeds) and returns its partial manifest (runs with this
+    process's files and timings).  ``model``: the ``(unet, schedule, shape)`` of :func:`load_model`."""
+    device = _device(args, device)
+    unet, schedule, shape = model if model is not None else load_model(args, device)
     fn = eps_fn(unet)
-    c, size = unet.config.in_channels, unet.config.sample_size
-    shape = (c, *size) if isinstance(size, (list, tuple)) else (c, size, size)
     batches = seed_batches(args.num_samples, args.seed, args.batch_size)
     mine = shard(len(batches), process_index, num_processes)
+    out = Path(args.out)
     runs = []
     for sampler in args.samplers:
         for nfe in args.nfe:
-            folder = Path(args.out) / sampler / f"nfe{nfe:03d}"
-            files, ts = [], None
+            sub = f"{sampler}/nfe{nfe:03d}"
+            files, n_done = [], 0
+            ts = [int(t) for t in schedule.subsample(nfe, args.spacing)]
             t0 = time.perf_counter()
             for k in tqdm(mine, desc=f"[{process_index}] {sampler} NFE {nfe}", disable=args.no_progress):
                 seeds = batches[k]
-                noise = initial_noise(seeds, shape).to(device)
-                gen = torch.Generator(device).manual_seed(PATH_NOISE_SEED_OFFSET + seeds[0]) if sampler in STOCHASTIC else None
-                x, ts = run_sampler(fn, noise, sampler, nfe, schedule, spacing=args.spacing, generator=gen)
-                names = save_batch(x, seeds, folder, k, args.format)
-                files.append({"batch": k, "seeds": seeds, "files": [f"{sampler}/nfe{nfe:03d}/{n}" for n in names]})
+                rel = [f"{sub}/{n}" for n in _batch_names(seeds, k, args.format)]
+                if not (getattr(args, "resume", False) and _batch_done(out, rel, seeds)):
+                    noise = initial_noise(seeds, shape).to(device)
+                    gen = torch.Generator(device).manual_seed(PATH_NOISE_SEED_OFFSET + seeds[0]) if sampler in STOCHASTIC else None
+                    x, ts = run_sampler(fn, noise, sampler, nfe, schedule, spacing=args.spacing, generator=gen)
+                    save_batch(x, seeds, out / sub, k, args.format)
+                    n_done += len(seeds)
+                files.append({"batch": k, "seeds": seeds, "files": rel})
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
-            n_done = sum(len(f["seeds"]) for f in files)
             runs.append({"sampler": sampler, "nfe": nfe, "timesteps": ts, "batches": files,
                          "seconds": {str(process_index): seconds}, "images": {str(process_index): n_done}})
     return {
@@ -229,19 +439,20 @@ def generate(args: argparse.Namespace, process_index: int = 0, num_processes: in
 
 
 def merge_manifests(parts: list[dict]) -> dict:
-    """Merge the partial manifests of all processes: batches sorted, seconds and devices per process, and
-    ``images_per_second`` = images / the slowest process's seconds (the wall time of the run)."""
+    """Merge the partial manifests of all processes: batches sorted, seconds, computed images and devices per
+    process, and ``images_per_second`` = images computed / the slowest process's seconds (the wall time of the
+    run; batches kept by ``--resume`` are not counted)."""
     merged = {k: v for k, v in parts[0].items() if k not in ("runs", "devices")}
     merged["devices"] = {k: v for p in parts for k, v in p["devices"].items()}
     runs = []
     for i, run in enumerate(parts[0]["runs"]):
         batches = sorted((b for p in parts for b in p["runs"][i]["batches"]), key=lambda b: b["batch"])
         seconds = {k: v for p in parts for k, v in p["runs"][i]["seconds"].items()}
-        ts = next((p["runs"][i]["timesteps"] for p in parts if p["runs"][i]["timesteps"] is not None), None)
+        computed = sum(v for p in parts for v in p["runs"][i]["images"].values())
         n = sum(len(b["seeds"]) for b in batches)
-        runs.append({"sampler": run["sampler"], "nfe": run["nfe"], "timesteps": ts, "num_images": n,
-                     "seconds_per_process": seconds, "images_per_second": n / max(max(seconds.values()), 1e-12),
-                     "batches": batches})
+        runs.append({"sampler": run["sampler"], "nfe": run["nfe"], "timesteps": run["timesteps"], "num_images": n,
+                     "images_computed": computed, "seconds_per_process": seconds,
+                     "images_per_second": computed / max(max(seconds.values()), 1e-12), "batches": batches})
     merged["runs"] = runs
     return merged
 
@@ -263,37 +474,99 @@ def _process_state(device: str | None):
     return state
 
 
+def _fail(prog: str, err: BaseException) -> int:
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``accelerated-diffusion generate`` / ``python -m accelerated_diffusion.experiments.generate`` (module docstring)."""
-    args = _parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    state = _process_state(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    part = generate(args, state.process_index, state.num_processes, state.device)
-    (out / f"manifest.part{state.process_index}.json").write_text(json.dumps(part, indent=1) + "\n")
+    """``accelerated-diffusion generate`` / ``python -m accelerated_diffusion.experiments.generate`` (module
+    docstring).  Everything that can be checked without the model (arguments, the samplers on the model's
+    schedule, the output folder) is checked first; a problem is reported in one line with exit status 2."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    prog = parser.prog
+    settings = run_settings(args)
+    try:
+        check_args(args)
+        schedule = schedule_from_config(load_scheduler_config(args.model))
+        check_samplers(schedule, args.samplers, args.nfe, args.spacing)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        state = _process_state(args.device)
+        out = Path(args.out)
+        check_out(out, settings, resume=args.resume, overwrite=args.overwrite)
+        device = _device(args, state.device)
+        model = load_model(args, device)
+    except (ValueError, OSError) as e:
+        return _fail(prog, e)
+    state.wait_for_everyone()  # every process has checked the folder before the main one changes it
+    if state.is_main_process:
+        prepare_out(out, settings, overwrite=args.overwrite)
+    state.wait_for_everyone()
+    part = generate(args, state.process_index, state.num_processes, device, model=model)
+    atomic_write_text(out / f"manifest.part{state.process_index}.json", dumps_strict(part, indent=1) + "\n")
     state.wait_for_everyone()
     if state.is_main_process:
         part_files = [out / f"manifest.part{r}.json" for r in range(state.num_processes)]
         manifest = merge_manifests([json.loads(f.read_text()) for f in part_files])
         manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         manifest["command"] = "accelerated-diffusion generate " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        listed = {f for r in manifest["runs"] for b in r["batches"] for f in b["files"]}
+        if listed != files_present(out):
+            raise RuntimeError(f"{out}: the image files differ from the manifest's; rerun with --overwrite")
+        atomic_write_text(out / MANIFEST, dumps_strict(manifest, indent=1) + "\n")  # last: the run is complete
         for f in part_files:
             f.unlink()
-        print(f"wrote {out / 'manifest.json'}")
+        print(f"wrote {out / MANIFEST}")
     state.wait_for_everyone()
     return 0
 
 
+class IncompleteRunError(ValueError):
+    """A generate folder whose manifest is missing or does not match the files (an interrupted or altered run)."""
+
+
+def check_manifest(manifest_path) -> dict:
+    """The manifest of a complete run, after checking that it covers exactly the image files present and that
+    every batch file carries the seeds the manifest lists; raises :class:`IncompleteRunError` otherwise."""
+    path = Path(manifest_path)
+    if path.is_dir():
+        path = path / MANIFEST
+    root = path.parent
+    if not path.is_file():
+        what = "an interrupted run" if (root / RUN_FILE).exists() else "not a generate folder"
+        raise IncompleteRunError(f"{path} does not exist ({what}): finish it with `generate --resume`")
+    try:
+        manifest = json.loads(path.read_text())
+        runs = manifest["runs"]
+    except (ValueError, KeyError) as e:
+        raise IncompleteRunError(f"{path} is not a readable manifest ({e})") from None
+    listed = {f for r in runs for b in r["batches"] for f in b["files"]}
+    present = files_present(root)
+    if listed != present:
+        missing, extra = sorted(listed - present), sorted(present - listed)
+        raise IncompleteRunError(f"{path} does not match the files in {root}: {len(missing)} listed but missing "
+                                 f"{missing[:3]}, {len(extra)} present but not listed {extra[:3]}")
+    for r in runs:
+        for b in r["batches"]:
+            seeds = load_batch(root, b["files"])[1]
+            if seeds != b["seeds"]:
+                raise IncompleteRunError(f"{root / b['files'][0]} holds seeds {seeds[:3]}..., the manifest lists "
+                                         f"{b['seeds'][:3]}...: the folder was changed after the run")
+    return manifest
+
+
 def compute_metrics(manifest_path, *, reference: str = "test", classifier=None, real_data_baseline: bool = True, progress: bool = True) -> dict:
     """Fréchet distance (:func:`accelerated_diffusion.experiments.features.frechet_distance`) of every run of a manifest
-    against the ``reference`` statistics, plus, per sample count ``n``, the FD of ``n`` real training images
-    (:func:`~accelerated_diffusion.experiments.features.real_data_frechet_distance`): the small-sample floor.  Samples are
-    clipped to ``[-1, 1]`` first, as saving them as images (or diffusers' pipelines) would."""
+    (checked first by :func:`check_manifest`) against the ``reference`` statistics, plus, per sample count ``n``,
+    the FD of ``n`` real training images (:func:`~accelerated_diffusion.experiments.features.real_data_frechet_distance`):
+    the small-sample floor.  Samples are clipped to ``[-1, 1]`` first, as saving them as images (or diffusers'
+    pipelines) would."""
     manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text())
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / MANIFEST
+    manifest = check_manifest(manifest_path)
     root = manifest_path.parent
     rows, floors = [], {}
     for run in tqdm(manifest["runs"], desc="metrics", disable=not progress):
@@ -328,11 +601,18 @@ def metrics_main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-real-baseline", action="store_true", help="skip the FD of n real images")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        return _fail(p.prog, UsageError(f"--threads must be >= 1, got {args.threads}"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = compute_metrics(args.manifest, reference=args.reference, classifier=args.classifier, real_data_baseline=not args.no_real_baseline)
-    out = args.out or args.manifest.parent / "metrics.json"
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    try:  # checks the manifest against the files before any feature is computed
+        res = compute_metrics(args.manifest, reference=args.reference, classifier=args.classifier,
+                              real_data_baseline=not args.no_real_baseline)
+    except IncompleteRunError as e:
+        return _fail(p.prog, e)
+    manifest = args.manifest / MANIFEST if args.manifest.is_dir() else args.manifest
+    out = args.out or manifest.parent / METRICS
+    atomic_write_text(out, dumps_strict(res, indent=2) + "\n")
     if args.results_name:
         save_results(args.results_name, res)
     for r in res["results"]:

@@ -15,10 +15,14 @@ is strict: a non-finite float raises instead of being written as ``NaN``/``Infin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from ..integrity import SHA256SUMS, sha256sums_text
 
 __all__ = [
     "ROOT_ENV",
@@ -29,6 +33,8 @@ __all__ = [
     "in_repository",
     "atomic_write_bytes",
     "atomic_write_text",
+    "write_sha256sums",
+    "replace_folder",
     "dumps_strict",
     "save_results",
     "load_results",
@@ -95,6 +101,37 @@ def atomic_write_bytes(path, data: bytes) -> Path:
 def atomic_write_text(path, text: str) -> Path:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_sha256sums(folder, names) -> Path:
+    """Record the SHA-256 of the files ``names`` of ``folder`` in ``<folder>/SHA256SUMS`` (atomically), the sums
+    :func:`accelerated_diffusion.integrity.verify_sha256sums` checks before loading."""
+    return atomic_write_text(Path(folder) / SHA256SUMS, sha256sums_text(folder, names))
+
+
+@contextlib.contextmanager
+def replace_folder(dest):
+    """Write a folder as a whole: yields an empty temporary folder beside ``dest``; when the block finishes, the
+    old ``dest`` (if any) is moved aside, the new folder renamed to ``dest`` and the old one deleted.  If the block
+    raises (or is interrupted), ``dest`` is left as it was and the temporary folder removed, so ``dest`` is never
+    a mixture of an old and a new run."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_dir():
+        raise NotADirectoryError(f"{dest} exists and is not a folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        os.replace(dest, old / dest.name)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def dumps_strict(obj, **kwargs) -> str:

@@ -25,7 +25,10 @@ The loss log is ``<out>/loss.csv`` (step, mean loss over the logging window, lea
 
 ``--export DIR`` writes the EMA weights in diffusers format (``config.json`` + ``diffusion_pytorch_model
 .safetensors``) and the matching ``scheduler_config.json``, loadable with ``UNet2DModel.from_pretrained(DIR)``
-and ``DDPMScheduler.from_pretrained(DIR)``.
+and ``DDPMScheduler.from_pretrained(DIR)``, with ``SHA256SUMS`` of the weights and configs (checked by
+:func:`accelerated_diffusion.models.load_unet`); the folder is written beside ``DIR`` and swapped in as a whole.
+All settings are checked before the data is loaded (one-line error, non-zero exit); ``--resume`` drops the rows of
+``loss.csv`` logged after the checkpoint it resumes from, so no step is logged twice.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
+import io
+import math
 import os
 import platform
 import shutil
@@ -44,6 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_fashion_mnist
+from .paths import atomic_write_bytes, atomic_write_text, dumps_strict, replace_folder, write_sha256sums
 from ..schedules import DiscreteSchedule
 
 __all__ = [
@@ -56,7 +61,9 @@ __all__ = [
     "ema_decay_at",
     "learning_rate",
     "Trainer",
+    "truncate_loss_log",
     "export_diffusers",
+    "check_config",
     "run_command",
     "main",
 ]
@@ -223,12 +230,9 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Atomically write ``<out>/checkpoint.pt``."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return atomic_write_bytes(self.out / CHECKPOINT, buf.getvalue())
 
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
         """Restore everything from a checkpoint; its model settings must match this run's."""
@@ -277,10 +281,12 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / LOSS_LOG
         new_log = not log_path.exists() or self.step == 0
-        log = open(log_path, "w" if new_log else "a", newline="")
-        writer = csv.writer(log)
         if new_log:
-            writer.writerow(["step", "loss", "lr", "elapsed_s"])
+            atomic_write_text(log_path, "step,loss,lr,elapsed_s\r\n")
+        else:
+            truncate_loss_log(log_path, self.step)
+        log = open(log_path, "a", newline="")
+        writer = csv.writer(log)
         losses, window = [], []
         t0 = time.perf_counter() - self.elapsed
         bar = tqdm(total=target, initial=self.step, desc="train DDPM", disable=not progress, dynamic_ncols=True)
@@ -299,8 +305,9 @@ class Trainer:
                 out_of_time = time_limit_s is not None and time.perf_counter() - started > time_limit_s
                 if self.step % c.checkpoint_every == 0 or self.step == target or out_of_time:
                     self.save_checkpoint()
+                if out_of_time and window:  # the partial logging window (nothing if this step was just logged)
+                    writer.writerow([self.step, f"{sum(window) / len(window):.6f}", f"{self.opt.param_groups[0]['lr']:.3g}", f"{self.elapsed:.1f}"])
                 if out_of_time:
-                    writer.writerow([self.step, f"{sum(window) / len(window):.6f}" if window else "", f"{self.opt.param_groups[0]['lr']:.3g}", f"{self.elapsed:.1f}"])
                     print(f"time limit reached: stopped at step {self.step}")
                     break
         finally:
@@ -313,18 +320,34 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
+def truncate_loss_log(path: Path, step: int) -> None:
+    """Drop the rows of the loss log logged after ``step`` (those of an interrupted run after its last checkpoint,
+    which a resumed run logs again), atomically; the header stays."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    if len(kept) != len(rows):
+        buf = io.StringIO(newline="")
+        csv.writer(buf).writerows(kept)
+        atomic_write_text(path, buf.getvalue())
+
+
 def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool = True) -> Path:
     """Save the (EMA) UNet with ``save_pretrained`` (safetensors) and the DDPMScheduler config to ``dest``,
-    plus ``training_state.json`` (step, elapsed seconds, settings) and a copy of the loss log for the model card."""
+    plus ``training_state.json`` (step, elapsed seconds, settings), a copy of the loss log for the model card, and
+    ``SHA256SUMS`` of the weights and configs (checked by :func:`accelerated_diffusion.models.load_unet`).  The
+    folder is written beside ``dest`` and swapped in as a whole (:func:`~.paths.replace_folder`): an existing
+    ``dest`` is replaced only by a complete export."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    (trainer.ema if use_ema else trainer.model).save_pretrained(dest, safe_serialization=True)
-    build_scheduler(trainer.cfg).save_pretrained(dest)
-    info = dict(step=trainer.step, elapsed_s=round(trainer.elapsed, 1), weights="ema" if use_ema else "raw",
-                num_parameters=trainer.num_parameters, config=dict(trainer.cfg))
-    (dest / "training_state.json").write_text(json.dumps(info, indent=2) + "\n")
-    if (trainer.out / LOSS_LOG).exists():
-        shutil.copyfile(trainer.out / LOSS_LOG, dest / LOSS_LOG)
+    with replace_folder(dest) as tmp:
+        (trainer.ema if use_ema else trainer.model).save_pretrained(tmp, safe_serialization=True)
+        build_scheduler(trainer.cfg).save_pretrained(tmp)
+        info = dict(step=trainer.step, elapsed_s=round(trainer.elapsed, 1), weights="ema" if use_ema else "raw",
+                    num_parameters=trainer.num_parameters, config=dict(trainer.cfg))
+        atomic_write_text(tmp / "training_state.json", dumps_strict(info, indent=2) + "\n")
+        if (trainer.out / LOSS_LOG).exists():
+            shutil.copyfile(trainer.out / LOSS_LOG, tmp / LOSS_LOG)
+        write_sha256sums(tmp, [f.name for f in tmp.iterdir() if f.suffix in (".safetensors", ".json")])
     return dest
 
 
@@ -354,18 +377,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_config(cfg: dict) -> None:
+    """Check the command's settings before any data is loaded; ``SystemExit`` with a one-line message."""
+    problems = [f"--{k.replace('_', '-')} must be >= 1, got {cfg[k]}"
+                for k in ("steps", "batch_size", "checkpoint_every", "log_every") if cfg[k] < 1]
+    if not (math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
+        problems.append(f"--lr must be a positive number, got {cfg['lr']}")
+    if cfg["warmup"] < 0:
+        problems.append(f"--warmup must be >= 0, got {cfg['warmup']}")
+    if not 0 <= cfg["ema_decay"] < 1:
+        problems.append(f"--ema-decay must be in [0, 1), got {cfg['ema_decay']}")
+    if any(c < 1 for c in cfg["block_out_channels"]) or cfg["layers_per_block"] < 1:
+        problems.append("--block-out-channels and --layers-per-block must be >= 1")
+    if cfg["max_train_images"] is not None and cfg["max_train_images"] < 1:
+        problems.append(f"--max-train-images must be >= 1, got {cfg['max_train_images']}")
+    if cfg["threads"] is not None and cfg["threads"] < 1:
+        problems.append(f"--threads must be >= 1, got {cfg['threads']}")
+    if problems:
+        raise SystemExit("train: error: " + "; ".join(problems))
+
+
 def run_command(argv: list[str] | None = None) -> Trainer:
     """Parse the command line, train (resuming if asked), export if asked; returns the :class:`Trainer`."""
     a = _parser().parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
     cfg = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay, seed=a.seed,
                block_out_channels=list(a.block_out_channels), layers_per_block=a.layers_per_block,
                attention=not a.no_attention, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
                max_train_images=a.max_train_images, threads=a.threads)
-    for k in ("steps", "batch_size", "checkpoint_every", "log_every"):
-        if cfg[k] < 1:
-            raise SystemExit(f"--{k.replace('_', '-')} must be >= 1, got {cfg[k]}")
+    check_config(cfg)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     tr = Trainer(cfg, a.out)
     ck = Path(a.out) / CHECKPOINT
     if a.resume or a.export_only:

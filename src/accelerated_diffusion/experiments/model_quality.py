@@ -1,0 +1,176 @@
+r"""How good is a trained model by itself: its Fréchet distance with many sampling steps, against the real-data
+floor at the same sample size.
+
+With many steps (100 NFE by default) the sampler's discretisation error is small, so the Fréchet distance (FD,
+:mod:`.features`) measures the *model*; a perfect model would still score the floor
+:func:`.features.real_data_frechet_distance` ``(n)``, the small-sample bias of ``n`` real images. Both are
+reported with 95% intervals from the bootstrap spread over the ``n`` feature vectors
+(:func:`bootstrap_frechet_distance`).
+
+``python -m accelerated_diffusion.experiments.model_quality --model 4750=data/fmnist-ddpm`` writes
+``model_quality_fmnist.json`` (schema in ``data/results/README.md``); pass several ``STEP=DIR`` to compare
+checkpoints of one training run on the same noises.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..models import eps_fn, load_scheduler_config, load_unet, schedule_from_config
+from ..samplers import run_sampler, spec
+from . import features
+from .data import load_fashion_mnist
+from .paths import save_results
+
+__all__ = [
+    "sample_features",
+    "bootstrap_frechet_distance",
+    "real_data_floor",
+    "record",
+    "measure",
+    "main",
+]
+
+
+def sample_features(model_dir, n: int = 1000, *, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
+                    batch_size: int = 250, seed: int = 1000, progress: bool = True) -> np.ndarray:
+    """Classifier features ``(n, 128)`` of ``n`` samples of the model in ``model_dir``: ``sampler`` with ``nfe``
+    steps on ``schedule.subsample(nfe, spacing)``, from noise drawn batch by batch (batch ``b`` seeded
+    ``seed + b``), so every model of a comparison starts from the same noises; samples are clipped to ``[-1, 1]``."""
+    spec(sampler)  # unknown names raise before the model is loaded
+    if n < 2 or batch_size < 1 or nfe < 1:
+        raise ValueError(f"need n >= 2, batch_size >= 1, nfe >= 1; got n={n}, batch_size={batch_size}, nfe={nfe}")
+    unet = load_unet(model_dir)
+    schedule = schedule_from_config(load_scheduler_config(model_dir))
+    timesteps = schedule.subsample(nfe, spacing)
+    size = unet.config.sample_size
+    shape = (unet.config.in_channels, size, size) if isinstance(size, int) else (unet.config.in_channels, *size)
+    fn = eps_fn(unet)
+    out = []
+    starts = range(0, n, batch_size)
+    for b, start in enumerate(tqdm(starts, desc=f"{sampler} {nfe} NFE", disable=not progress)):
+        m = min(batch_size, n - start)
+        noise = torch.randn((m, *shape), generator=torch.Generator().manual_seed(seed + b))
+        with torch.no_grad():
+            x = run_sampler(fn, noise, sampler, schedule, timesteps, progress=progress)
+        out.append(features.extract_features(x.clamp(-1.0, 1.0)))  # clipped, as a saved image would be
+    return np.concatenate(out)
+
+
+def bootstrap_frechet_distance(feats, reference=None, *, replicates: int = 200, level: float = 0.95,
+                               seed: int = 0) -> dict:
+    """FD of the feature set ``feats`` ``(n, d)`` against ``reference`` (``(mu, sigma)``; default the shipped
+    test-split statistics), with a normal bootstrap interval ``value +- z * sd`` (lower end clipped at 0, as an
+    FD is never negative): ``sd`` is the standard deviation of the FD over ``replicates`` resamples of the ``n``
+    rows with replacement (seeded), ``z`` the normal quantile of ``level``.
+
+    The interval is centred on the value rather than read off the resampled values' percentiles because
+    resampling repeats rows (about 37 % of a resample), which lowers the effective sample size and raises the FD
+    (its small-sample bias): the resampled values sit above the value (``bootstrap_mean``). The value keeps the
+    bias of ``n`` samples, which :func:`real_data_floor` at the same ``n`` shares; the interval gives its spread.
+    For the same reason the bootstrap spread overstates the spread over fresh samples (compare
+    :func:`real_data_floor`'s ``bootstrap_sd`` with its spread over seeds), so the interval is conservative.
+    Returns ``{"value", "ci": [lo, hi], "bootstrap_sd", "bootstrap_mean"}``."""
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need a feature array (n >= 2, d), got shape {f.shape}")
+    if replicates < 2 or not 0 < level < 1:
+        raise ValueError(f"need replicates >= 2 and 0 < level < 1, got {replicates}, {level}")
+    mu_r, s_r = features.load_reference_stats("test") if reference is None else reference
+    value = features.frechet_distance_from_stats(*features.feature_statistics(f), mu_r, s_r)
+    rng = np.random.default_rng(seed)
+    reps = np.array([features.frechet_distance_from_stats(
+        *features.feature_statistics(f[rng.integers(0, len(f), len(f))]), mu_r, s_r) for _ in range(replicates)])
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + level) / 2, dtype=torch.float64)))
+    sd = float(reps.std(ddof=1))
+    return {"value": float(value), "ci": [max(0.0, float(value - z * sd)), float(value + z * sd)],
+            "bootstrap_sd": sd, "bootstrap_mean": float(reps.mean())}
+
+
+def real_data_floor(n: int, *, seeds=range(20), replicates: int = 200, level: float = 0.95) -> dict:
+    """The FD of ``n`` real training images against the test-split statistics: what a perfect model would score
+    at this ``n``. ``value`` is :func:`.features.real_data_frechet_distance` ``(n)`` (the first seed's subset);
+    ``ci`` the central ``level`` range of the FD over the seeds' subsets (``by_seed``), i.e. its spread over
+    fresh sets of ``n`` real images; ``bootstrap`` the first subset's :func:`bootstrap_frechet_distance`, the
+    interval a model's FD gets, for comparison."""
+    seeds = list(seeds)
+    if len(seeds) < 2:
+        raise ValueError("need at least two seeds for a spread")
+    images, _ = load_fashion_mnist("train")
+    ref = features.load_reference_stats("test")
+    by_seed, boot = [], None
+    for s in tqdm(seeds, desc="real-data floor", leave=False):
+        f = features.extract_features(features.to_model_range(images[features.subset_indices(len(images), n, s)]))
+        by_seed.append(features.frechet_distance_from_stats(*features.feature_statistics(f), *ref))
+        if boot is None:
+            boot = bootstrap_frechet_distance(f, ref, replicates=replicates, level=level)
+    lo, hi = np.quantile(by_seed, [(1 - level) / 2, (1 + level) / 2])
+    return {"n": n, "split": "train", "reference": "test", "value": by_seed[0], "ci": [float(lo), float(hi)],
+            "seeds": seeds, "by_seed": by_seed, "bootstrap": boot}
+
+
+def record(feats_by_step: dict, *, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
+           batch_size: int = 250, seed: int = 1000, replicates: int = 200, shipped_step: int | None = None) -> dict:
+    """The ``model_quality_*.json`` record from ``{step: features}`` (each ``(n, 128)``, same ``n``, made by
+    :func:`sample_features` with these settings): every step's FD with its interval, and the floor at ``n``."""
+    if not feats_by_step:
+        raise ValueError("no checkpoints to record")
+    ns = {step: len(f) for step, f in feats_by_step.items()}
+    if len(set(ns.values())) != 1:
+        raise ValueError(f"every checkpoint needs the same number of samples, got {ns}")
+    n = next(iter(ns.values()))
+    rows = [{"step": int(step), "fd": bootstrap_frechet_distance(f, replicates=replicates)}
+            for step, f in sorted(feats_by_step.items())]
+    return {"nfe": nfe, "sampler": sampler, "spacing": spacing, "n": n, "noise_seeds": f"{seed} + batch index",
+            "batch_size": batch_size, "bootstrap_replicates": replicates, "level": 0.95,
+            "real_data_floor": real_data_floor(n, replicates=replicates), "checkpoints": rows,
+            "shipped_step": shipped_step}
+
+
+def measure(checkpoints: dict, *, n: int = 1000, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
+            batch_size: int = 250, seed: int = 1000, replicates: int = 200, shipped_step: int | None = None,
+            progress: bool = True) -> dict:
+    """Sample every ``{step: model_dir}`` of ``checkpoints`` from the same noises and :func:`record` it."""
+    if not checkpoints:
+        raise ValueError("no checkpoints to measure")
+    settings = dict(nfe=nfe, sampler=sampler, spacing=spacing, batch_size=batch_size, seed=seed)
+    feats = {step: sample_features(folder, n, progress=progress, **settings) for step, folder in checkpoints.items()}
+    return record(feats, replicates=replicates, shipped_step=shipped_step, **settings)
+
+
+def _checkpoint(arg: str) -> tuple[int, str]:
+    step, sep, folder = arg.partition("=")
+    if not sep or not step.isdigit() or not folder:
+        raise argparse.ArgumentTypeError(f"expected STEP=DIR, got {arg!r}")
+    return int(step), folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m accelerated_diffusion.experiments.model_quality --model STEP=DIR [...]``: measure and save."""
+    p = argparse.ArgumentParser(prog="python -m accelerated_diffusion.experiments.model_quality",
+                                description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=_checkpoint, action="append", required=True, help="STEP=DIR (repeatable)")
+    p.add_argument("--shipped-step", type=int, default=None, help="the step whose weights are shipped")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--nfe", type=int, default=100)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--spacing", default="leading")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--replicates", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--name", default="model_quality_fmnist", help="results file name")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    res = measure(dict(a.model), n=a.n, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing, batch_size=a.batch_size,
+                  replicates=a.replicates, shipped_step=a.shipped_step)
+    print(save_results(a.name, res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
