@@ -9,6 +9,7 @@ matplotlib, accelerate, transformers); the sympy derivations need the ``book`` e
 * :mod:`.features`, :mod:`.classifier` -- the feature classifier and the Fréchet distance;
 * :mod:`.generate` -- N samples per sampler and NFE, shardable, and their metrics;
 * :mod:`.rates` -- the rate measurements with exact scores;
+* :mod:`.exact_1d` -- exact total variation of all seven samplers on one-dimensional Gaussian mixtures;
 * :mod:`.derivations` -- the sympy derivations of every update rule;
 * :mod:`.toy_pipelines` -- a tiny random Stable Diffusion pipeline, built offline;
 * :mod:`.cli` -- the ``accelerated-diffusion`` command.
