@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -425,3 +427,32 @@ def test_a_test_run_writes_results_to_a_temporary_folder():
     assert os.environ.get(paths.RESULTS_ENV), "the root conftest.py sets the results folder for every test"
     assert not paths.results_dir().is_relative_to(paths.repository_root())
     assert paths.save_results("probe", {"ok": True}).parent == paths.results_dir()
+
+
+def test_a_chapter_run_by_nbval_leaves_the_shipped_results_untouched(tmp_path):
+    """Item 9 end to end: a notebook that saves results, re-executed by ``pytest --nbval-lax`` from the repository
+    (as ``make test`` does), writes into the temporary results folder, never into ``data/results``; the kernel
+    starts before any fixture runs, so only a setting made at configuration time reaches it."""
+    import nbformat
+
+    name = f"probe_{os.getpid()}"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "from accelerated_diffusion.experiments.paths import save_results\n"
+        f"print(save_results({name!r}, {{'ok': True}}).parent.name)"
+    )]
+    folder = paths.repository_root() / f".{name}"  # inside the repository (its conftest applies), outside chapters/
+    folder.mkdir()
+    notebook = folder / "probe.ipynb"
+    shipped = paths.data_dir() / "results" / f"{name}.json"
+    nbformat.write(nb, notebook)
+    env = {k: v for k, v in os.environ.items() if k != paths.RESULTS_ENV}  # as a fresh `make test` starts
+    try:
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                              str(notebook)], cwd=paths.repository_root(), env=env, capture_output=True, text=True,
+                             timeout=240)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert not shipped.exists(), "a chapter run by the tests wrote into data/results"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shipped.unlink(missing_ok=True)
