@@ -126,12 +126,8 @@ def frechet_with_ci(feats, reference=None, *, num_boot: int = 200, seed: int = 0
         raise ValueError(f"need features (n >= 3, d), got shape {f.shape}")
     if num_boot < 20 or not 0 < level < 1:
         raise ValueError(f"need num_boot >= 20 and 0 < level < 1, got {num_boot}, {level}")
-    mu_r, s_r = features.load_reference_stats("test") if reference is None else reference
-    value = features.frechet_distance_from_stats(*features.feature_statistics(f), mu_r, s_r)
-    rng = np.random.default_rng(seed)
+    value, boot = features.bootstrap_frechet_distances(f, reference, num_boot=num_boot, seed=seed)
     n = f.shape[0]
-    boot = np.array([features.frechet_distance_from_stats(*features.feature_statistics(f[rng.integers(0, n, n)]),
-                                                          mu_r, s_r) for _ in range(num_boot)])
     q_lo, q_med, q_hi = np.quantile(boot, [(1 - level) / 2, 0.5, (1 + level) / 2])
     return {"value": value, "ci": [float(max(value - (q_med - q_lo), 0.0)), float(value + (q_hi - q_med))], "num_samples": n,
             "num_boot": num_boot}

@@ -52,6 +52,7 @@ __all__ = [
     "feature_statistics",
     "load_reference_stats",
     "frechet_distance_from_stats",
+    "bootstrap_frechet_distances",
     "frechet_distance",
     "subset_indices",
     "real_data_frechet_distance",
@@ -217,6 +218,26 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
         if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or Inf")
     return gaussian_w2_squared(mu1, s1, mu2, s2)
+
+
+def bootstrap_frechet_distances(feats, reference=None, *, num_boot: int = 200, seed: int = 0):
+    """``(value, resampled)``: the Fréchet distance of the features ``feats`` (``(n, d)``) to ``reference``
+    (``(mu, sigma)``; default the shipped test-split statistics), and the distances of ``num_boot`` resamples of
+    the ``n`` rows with replacement (NumPy generator seeded with ``seed``).  The resamples repeat rows, which
+    raises their distance (the small-sample bias), so an interval built from them should be centred on ``value``;
+    the callers say how."""
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need a feature array (n >= 2, d), got shape {f.shape}")
+    if num_boot < 2:
+        raise ValueError(f"need num_boot >= 2, got {num_boot}")
+    mu_r, s_r = load_reference_stats("test") if reference is None else reference
+    value = frechet_distance_from_stats(*feature_statistics(f), mu_r, s_r)
+    rng = np.random.default_rng(seed)
+    n = f.shape[0]
+    resampled = np.array([frechet_distance_from_stats(*feature_statistics(f[rng.integers(0, n, n)]), mu_r, s_r)
+                          for _ in range(num_boot)])
+    return float(value), resampled
 
 
 def frechet_distance(images, reference="test", *, path=None, device="cpu", batch_size: int = 500, progress: bool = False) -> float:

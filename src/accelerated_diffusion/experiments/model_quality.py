@@ -80,11 +80,7 @@ def bootstrap_frechet_distance(feats, reference=None, *, replicates: int = 200, 
         raise ValueError(f"need a feature array (n >= 2, d), got shape {f.shape}")
     if replicates < 2 or not 0 < level < 1:
         raise ValueError(f"need replicates >= 2 and 0 < level < 1, got {replicates}, {level}")
-    mu_r, s_r = features.load_reference_stats("test") if reference is None else reference
-    value = features.frechet_distance_from_stats(*features.feature_statistics(f), mu_r, s_r)
-    rng = np.random.default_rng(seed)
-    reps = np.array([features.frechet_distance_from_stats(
-        *features.feature_statistics(f[rng.integers(0, len(f), len(f))]), mu_r, s_r) for _ in range(replicates)])
+    value, reps = features.bootstrap_frechet_distances(f, reference, num_boot=replicates, seed=seed)
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + level) / 2, dtype=torch.float64)))
     sd = float(reps.std(ddof=1))
     return {"value": float(value), "ci": [max(0.0, float(value - z * sd)), float(value + z * sd)],
