@@ -52,7 +52,8 @@ class ModelOutputError(RuntimeError):
 class _Stepper:
     """Shared bookkeeping of a loop: the path, timesteps, NFE count, noise draws and output checks."""
 
-    def __init__(self, eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc):
+    def __init__(self, eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc,
+                 final_noise=True):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not torch.is_floating_point(x):
@@ -73,6 +74,7 @@ class _Stepper:
         elif len(timesteps) != n:
             raise ValueError(f"timesteps has {len(timesteps)} entries but alpha_bars defines {n} steps")
         self.eps_fn, self.x, self.timesteps = eps_fn, x, list(timesteps)
+        self.final_noise = bool(final_noise)
         self.generator, self.check_finite = generator, check_finite
         self.levels = [float(a) for a in self.path]
         self.nfe = 0
@@ -218,7 +220,8 @@ class SamplerSpec:
     ``name`` is the one identifier (results keys, parameters, command line); ``label`` is how tables and figures
     show it; ``loop`` runs it on any path (``None`` for diffusers' own schedulers, which run through
     :func:`sample_with_scheduler`); ``scheduler`` names the drop-in diffusers scheduler class of this package
-    (or of diffusers) that implements the same rule.
+    (or of diffusers) that implements the same rule; ``factory`` builds diffusers' own scheduler from training
+    betas (only for those, in :mod:`.peers`).
     """
 
     name: str
@@ -227,6 +230,7 @@ class SamplerSpec:
     source: str
     loop: Callable[[_Stepper], torch.Tensor] | None = None
     scheduler: str | None = None
+    factory: Callable | None = None
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
@@ -245,9 +249,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
                     sample_dpm_solver_pp_2m),
         SamplerSpec("unipc_bh2", "UniPC-bh2", False, "Zhao et al. 2023, bh2, order 2 (peer)", sample_unipc_bh2),
         SamplerSpec("diffusers_dpm_solver_pp_2m", "DPM-Solver++(2M), diffusers", False,
-                    "diffusers' DPMSolverMultistepScheduler", None, "DPMSolverMultistepScheduler"),
+                    "diffusers' DPMSolverMultistepScheduler", None, "DPMSolverMultistepScheduler",
+                    peers.diffusers_dpm_solver_pp_2m),
         SamplerSpec("diffusers_unipc_bh2", "UniPC-bh2, diffusers", False, "diffusers' UniPCMultistepScheduler", None,
-                    "UniPCMultistepScheduler"),
+                    "UniPCMultistepScheduler", peers.diffusers_unipc_bh2),
     )
 }
 #: The samplers implemented here, which run on any path (:func:`sample`).
@@ -256,10 +261,6 @@ LIBRARY_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if s.loop is not None)
 PAPER_SAMPLERS = ("ddim", "ddim_type", "ddpm_type", "accelerated_ode", "accelerated_sde")
 STOCHASTIC = frozenset(n for n, s in SAMPLERS.items() if s.stochastic)
 DETERMINISTIC = tuple(n for n in LIBRARY_SAMPLERS if n not in STOCHASTIC)
-_PEER_FACTORIES = {
-    "diffusers_dpm_solver_pp_2m": peers.diffusers_dpm_solver_pp_2m,
-    "diffusers_unipc_bh2": peers.diffusers_unipc_bh2,
-}
 
 
 def label(name: str) -> str:
@@ -340,8 +341,8 @@ def _run_loop(eps_fn, x, alpha_bars, method: str, *, timesteps=None, generator=N
     if s.loop is None:
         raise ValueError(f"{method!r} is diffusers' own scheduler: run it with run_sampler or sample_with_scheduler; "
                          f"sample() runs {list(LIBRARY_SAMPLERS)}")
-    stepper = _Stepper(eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc=method)
-    stepper.final_noise = bool(final_noise)
+    stepper = _Stepper(eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc=method,
+                       final_noise=final_noise)
     try:
         out = s.loop(stepper)
     finally:
@@ -420,7 +421,7 @@ def run_sampler(
                       return_nfe=return_nfe, final_noise=final_noise)
     if final_alpha_bar != 1.0:
         raise ValueError(f"{name} (diffusers' scheduler) always ends at clean data; final_alpha_bar must be 1.0")
-    scheduler = _PEER_FACTORIES[name](schedule.betas)
+    scheduler = s.factory(schedule.betas)
     if name == "diffusers_unipc_bh2":
         scheduler = peers.unipc_for_timesteps(scheduler, ts)
         out = sample_with_scheduler(eps_fn, noise, scheduler, len(ts), progress=progress, return_nfe=return_nfe)
