@@ -142,3 +142,18 @@ def test_sweep_and_results_schema(tmp_path):
             assert {"T", "nfe", "tv", "slope"} <= set(r) and set(r["slope"]) >= {"value", "ci"}
             assert all(0 < v < 1 for v in r["tv"]) and r["slope"]["value"] < 0
     assert (tmp_path / "rates_exact_1d_test.json").exists()
+
+
+def test_run_experiment_in_two_processes_equals_one():
+    """The sweeps' runs are independent: two worker processes give exactly the serial results, in order."""
+    kw = dict(paper_Ts=(10, 15, 20), linear_Ts=(5, 8, 10), x_min={"paper": 9, "linear": 4},
+              gaussian_cases=(("linear", 5),),
+              refinement_cases=(), explore_targets=[E.TARGETS["separated"]], explore_Ts=(5, 8, 10))
+    serial = E.run_experiment(E.TARGETS["unequal_narrow"], **kw)
+    parallel = E.run_experiment(E.TARGETS["unequal_narrow"], workers=2, **kw)
+    for key in ("results", "accuracy", "exploration"):
+        assert parallel[key] == serial[key], key
+    assert serial["results"]["linear"]["ddim"]["T"] == [5, 8, 10]
+    assert [r[2] for r in serial["accuracy"]["gaussian"]["rows"]] == list(E.SAMPLERS)
+    with pytest.raises(ValueError, match="workers"):
+        E.run_jobs([], workers=0)

@@ -724,29 +724,82 @@ LINEAR_TS = (5, 8, 10, 20, 25, 40, 50, 100, 125, 200, 250, 500, 1000)  # divisor
 FIT_MIN_NFE = {"paper": 99, "linear": 39}
 
 
-def rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPLERS, *, tv_kw: dict | None = None,
+def _job(job: tuple):
+    """One independent computation of the sweeps, by kind: ``("tv", params, schedule, T, path_kw, method)`` ->
+    :func:`exact_tv`; ``"refine"`` -> :func:`refinement_check` (extra ``factor``); ``"reference"`` ->
+    :func:`gaussian_reference_tv`.  A module-level function of plain arguments, so it can run in a worker
+    process (:func:`run_jobs`)."""
+    kind, params, schedule, T, path_kw, method, *extra = job
+    target = mixture_1d(**params)
+    path = make_path(schedule, int(T), **path_kw)
+    if kind == "tv":
+        return exact_tv(target, path, method)
+    if kind == "refine":
+        return refinement_check(target, path, method, factor=extra[0])
+    if kind == "reference":
+        return gaussian_reference_tv(target, path, method)
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def _job_cost(job: tuple) -> float:
+    # rough relative cost, to start the longest jobs first: stochastic runs grow faster than T
+    kind, _, _, T, _, method, *extra = job
+    cost = float(T) * (4.0 if method in STOCHASTIC else 1.0) * (1.0 + T / 300.0 if method in STOCHASTIC else 1.0)
+    return cost * (4.0 if kind == "refine" else 1.0)
+
+
+def run_jobs(jobs: list, workers: int = 1) -> list:
+    """``[_job(j) for j in jobs]``, in ``workers`` processes when ``workers > 1`` (the jobs are independent and
+    deterministic, so the results are the same; the longest are started first). Worker processes are started
+    with ``spawn`` and run one torch thread each."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(jobs) < 2:
+        return [_job(j) for j in jobs]
+    import concurrent.futures
+    import multiprocessing
+
+    order = sorted(range(len(jobs)), key=lambda i: -_job_cost(jobs[i]))
+    out = [None] * len(jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads,
+                                                initargs=(1,)) as pool:
+        futures = {pool.submit(_job, jobs[i]): i for i in order}
+        for f in concurrent.futures.as_completed(futures):
+            out[futures[f]] = f.result()
+    return out
+
+
+def _sweep_jobs(params: dict, schedule: str, Ts, methods, path_kw: dict) -> list:
+    return [("tv", params, schedule, int(T), path_kw, m) for T in Ts for m in methods]
+
+
+def _sweep_results(jobs: list, outs: list, methods) -> dict:
+    res = {m: {"T": [], "nfe": [], "tv": [], "folds": [], "mean_map_folds": []} for m in methods}
+    for (_, _, schedule, T, path_kw, m), r in zip(jobs, outs):
+        res[m]["T"].append(int(T))
+        res[m]["nfe"].append(int(make_path(schedule, int(T), **path_kw).numel() - 1))
+        res[m]["tv"].append(r["tv"])
+        if r.get("folded"):
+            res[m]["folds"].append({"T": int(T), **r["fold"]})
+        if m in STOCHASTIC:
+            res[m]["mean_map_folds"].append(r["mean_map_folds"])
+    for m in methods:
+        if m not in STOCHASTIC:
+            del res[m]["mean_map_folds"]
+    return res
+
+
+def rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPLERS, *, workers: int = 1,
                **path_kw) -> dict:
     """``{method: {"T", "nfe", "tv", "folds", "mean_map_folds"}}`` over ``Ts`` on the path
     :func:`rates.make_path` (``schedule`` ``"paper"`` or ``"linear"``), started from the exact ``q`` at the first
     level, output compared with ``q`` at the last.  ``folds``: one entry per folded run of a deterministic sampler
     (``T`` and the fold report of :func:`deterministic_tv`); ``mean_map_folds``: per run of a stochastic sampler,
-    the number of kernels whose mean map decreases somewhere on the density's support."""
-    res = {m: {"T": [], "nfe": [], "tv": [], "folds": [], "mean_map_folds": []} for m in methods}
-    for T in Ts:
-        path = make_path(schedule, int(T), **path_kw)
-        for m in methods:
-            r = exact_tv(target, path, m, **(tv_kw or {}).get("stochastic" if m in STOCHASTIC else "deterministic", {}))
-            res[m]["T"].append(int(T))
-            res[m]["nfe"].append(int(path.numel() - 1))
-            res[m]["tv"].append(r["tv"])
-            if r.get("folded"):
-                res[m]["folds"].append({"T": int(T), **r["fold"]})
-            if m in STOCHASTIC:
-                res[m]["mean_map_folds"].append(r["mean_map_folds"])
-    for m in methods:
-        if m not in STOCHASTIC:
-            del res[m]["mean_map_folds"]
-    return res
+    the number of kernels whose mean map decreases somewhere on the density's support.  ``workers``: processes
+    (:func:`run_jobs`)."""
+    jobs = _sweep_jobs(target_params(target), schedule, Ts, methods, path_kw)
+    return _sweep_results(jobs, run_jobs(jobs, workers), methods)
 
 
 def fit_rates(res: dict, x_min: float, *, log_factor: bool = False) -> dict:
@@ -763,46 +816,71 @@ def fit_rates(res: dict, x_min: float, *, log_factor: bool = False) -> dict:
     return res
 
 
-def exact_rates(target: GaussianMixture, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, methods=SAMPLERS,
-                c0: float = 2.0, c1: float = 4.0, x_min: dict | None = None) -> dict:
-    """Both schedules, all samplers, fitted slopes: ``{schedule: {sampler: {"T", "nfe", "tv", "slope", ...}}}``."""
-    x_min = {**FIT_MIN_NFE, **(x_min or {})}
+def _rates_jobs(params: dict, paper_Ts, linear_Ts, methods, c0: float, c1: float) -> list:
+    return (_sweep_jobs(params, "paper", paper_Ts, methods, {"c0": c0, "c1": c1})
+            + _sweep_jobs(params, "linear", linear_Ts, methods, {}))
+
+
+def _rates_results(jobs: list, outs: list, methods, x_min: dict) -> dict:
     out = {}
-    out["paper"] = fit_rates(rate_sweep(target, "paper", paper_Ts, methods, c0=c0, c1=c1), x_min["paper"],
-                             log_factor=True)
-    out["linear"] = fit_rates(rate_sweep(target, "linear", linear_Ts, methods), x_min["linear"])
+    for schedule in ("paper", "linear"):
+        sel = [i for i, j in enumerate(jobs) if j[2] == schedule]
+        res = _sweep_results([jobs[i] for i in sel], [outs[i] for i in sel], methods)
+        out[schedule] = fit_rates(res, x_min[schedule], log_factor=schedule == "paper")
     return out
 
 
-def gaussian_check(cases, methods=SAMPLERS, target: Gaussian | None = None) -> dict:
+def exact_rates(target: GaussianMixture, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, methods=SAMPLERS,
+                c0: float = 2.0, c1: float = 4.0, x_min: dict | None = None, workers: int = 1) -> dict:
+    """Both schedules, all samplers, fitted slopes: ``{schedule: {sampler: {"T", "nfe", "tv", "slope", ...}}}``."""
+    x_min = {**FIT_MIN_NFE, **(x_min or {})}
+    jobs = _rates_jobs(target_params(target), paper_Ts, linear_Ts, methods, c0, c1)
+    return _rates_results(jobs, run_jobs(jobs, workers), methods, x_min)
+
+
+def _gaussian_jobs(cases, methods, target: GaussianMixture) -> list:
+    params = target_params(target)
+    return [(kind, params, schedule, int(T), {}, m) for schedule, T in cases for m in methods
+            for kind in ("tv", "reference")]
+
+
+def _gaussian_results(jobs: list, outs: list, target: GaussianMixture) -> dict:
+    rows = []
+    for k in range(0, len(jobs), 2):  # ("tv", "reference") pairs
+        _, _, schedule, T, _, m = jobs[k]
+        tv, ref = outs[k]["tv"], outs[k + 1]["tv"]
+        rows.append([schedule, int(T), m, tv, ref, abs(tv - ref) / ref])
+    return {"target": target_params(target), "rows": rows, "max_rel_error": max(r[-1] for r in rows)}
+
+
+def gaussian_check(cases, methods=SAMPLERS, target: Gaussian | None = None, *, workers: int = 1) -> dict:
     """Relative error of :func:`exact_tv` against the closed form :func:`gaussian_reference_tv` on a one-component
     target (default :data:`TARGETS` ``["gaussian"]``) for every ``(schedule, T)`` in ``cases`` and sampler:
     ``{"rows": [[schedule, T, sampler, tv, reference, rel_error], ...], "max_rel_error": ...}``."""
     target = target or mixture_1d(**TARGETS["gaussian"])
-    rows = []
-    for schedule, T in cases:
-        path = make_path(schedule, int(T))
-        for m in methods:
-            tv = exact_tv(target, path, m)["tv"]
-            ref = gaussian_reference_tv(target, path, m)["tv"]
-            rows.append([schedule, int(T), m, tv, ref, abs(tv - ref) / ref])
-    return {"target": target_params(target), "rows": rows, "max_rel_error": max(r[-1] for r in rows)}
+    jobs = _gaussian_jobs(cases, methods, target)
+    return _gaussian_results(jobs, run_jobs(jobs, workers), target)
 
 
-def refinement_table(target: GaussianMixture, cases, methods=SAMPLERS, factor: int = 2) -> dict:
+def _refinement_jobs(target: GaussianMixture, cases, methods, factor: int) -> list:
+    params = target_params(target)
+    return [("refine", params, schedule, int(T), {}, m, factor) for schedule, T in cases for m in methods]
+
+
+def _refinement_results(jobs: list, outs: list, factor: int) -> dict:
+    rows = [[j[2], int(j[3]), j[5], r["tv"], r["tv_fine"], r["rel_change"], r["folded"]] for j, r in zip(jobs, outs)]
+    return {"factor": factor, "rows": rows,
+            "max_rel_change": max([r[5] for r in rows if not r[6]], default=None),
+            "max_rel_change_folded": max([r[5] for r in rows if r[6]], default=None)}
+
+
+def refinement_table(target: GaussianMixture, cases, methods=SAMPLERS, factor: int = 2, *, workers: int = 1) -> dict:
     """:func:`refinement_check` for every ``(schedule, T)`` in ``cases`` and sampler: ``{"rows": [[schedule, T,
     sampler, tv, tv_fine, rel_change, folded], ...], "max_rel_change": ..., "max_rel_change_folded": ...}`` (the
     largest change over the unfolded and the folded runs; deterministic samplers: ``factor`` times the start
     points and a ``factor`` times finer split of stretched cells; stochastic: grids ``factor`` times finer)."""
-    rows = []
-    for schedule, T in cases:
-        path = make_path(schedule, int(T))
-        for m in methods:
-            r = refinement_check(target, path, m, factor=factor)
-            rows.append([schedule, int(T), m, r["tv"], r["tv_fine"], r["rel_change"], r["folded"]])
-    return {"factor": factor, "rows": rows,
-            "max_rel_change": max([r[5] for r in rows if not r[6]], default=None),
-            "max_rel_change_folded": max([r[5] for r in rows if r[6]], default=None)}
+    jobs = _refinement_jobs(target, cases, methods, factor)
+    return _refinement_results(jobs, run_jobs(jobs, workers), factor)
 
 
 def results_json(target: GaussianMixture, results: dict, *, name: str | None = None, folder=None, **extra) -> dict:
@@ -815,14 +893,16 @@ def results_json(target: GaussianMixture, results: dict, *, name: str | None = N
     return obj
 
 
-def explore(targets, Ts, schedule: str = "linear", methods=STOCHASTIC) -> list:
-    """TV of ``methods`` over ``Ts`` for each target of ``targets`` (dicts of :func:`mixture_1d` arguments), with
-    the slope fitted over all points: ``[{"target", "schedule", "T", method: {"tv", "slope"}}, ...]``."""
-    out = []
-    for params in targets:
-        tg = mixture_1d(**params)
-        res = rate_sweep(tg, schedule, Ts, methods)
-        entry = {"target": target_params(tg), "schedule": schedule, "T": [int(T) for T in Ts]}
+def _explore_jobs(targets, Ts, schedule: str, methods) -> list:
+    return [job for params in targets for job in _sweep_jobs(target_params(mixture_1d(**params)), schedule, Ts,
+                                                               methods, {})]
+
+
+def _explore_results(jobs: list, outs: list, targets, Ts, schedule: str, methods) -> list:
+    out, per = [], len(Ts) * len(methods)
+    for k, params in enumerate(targets):
+        res = _sweep_results(jobs[k * per:(k + 1) * per], outs[k * per:(k + 1) * per], methods)
+        entry = {"target": target_params(mixture_1d(**params)), "schedule": schedule, "T": [int(T) for T in Ts]}
         for m in methods:
             f = fit_slope(res[m]["nfe"], res[m]["tv"])
             entry[m] = {"tv": res[m]["tv"], "slope": {"value": f["slope"], "ci": f["ci"]}}
@@ -830,24 +910,51 @@ def explore(targets, Ts, schedule: str = "linear", methods=STOCHASTIC) -> list:
     return out
 
 
+def explore(targets, Ts, schedule: str = "linear", methods=STOCHASTIC, *, workers: int = 1) -> list:
+    """TV of ``methods`` over ``Ts`` for each target of ``targets`` (dicts of :func:`mixture_1d` arguments), with
+    the slope fitted over all points: ``[{"target", "schedule", "T", method: {"tv", "slope"}}, ...]``."""
+    jobs = _explore_jobs(targets, Ts, schedule, methods)
+    return _explore_results(jobs, run_jobs(jobs, workers), targets, Ts, schedule, methods)
+
+
 def run_experiment(target_params_: dict, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, c0: float = 2.0,
                    c1: float = 4.0, x_min: dict | None = None, gaussian_cases=(("paper", 30), ("paper", 300),
                    ("linear", 20), ("linear", 200)), refinement_cases=(("paper", 100), ("linear", 40)),
                    explore_targets=(), explore_Ts=(50, 100, 200, 500, 1000), name: str | None = None,
-                   folder=None) -> dict:
+                   folder=None, workers: int = 1) -> dict:
     """Everything behind ``rates_exact_1d.json``: the rate sweeps of :func:`exact_rates` on the mixture
     ``target_params_`` (weights, means, variances), the accuracy checks (:func:`gaussian_check` on the
-    one-component target, :func:`refinement_table` on the mixture), the :func:`explore` runs, and the CPU time;
-    saved as ``name`` when given (schema in ``data/results/README.md``)."""
+    one-component target, :func:`refinement_table` on the mixture), the :func:`explore` runs, and the CPU time of
+    this process and its workers; saved as ``name`` when given (schema in ``data/results/README.md``).  All runs
+    are independent, so they go through one :func:`run_jobs` with ``workers`` processes."""
+    import resource
     import time
 
-    t0 = time.process_time()
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t0, w0 = cpu(), time.perf_counter()
     x_min = {**FIT_MIN_NFE, **(x_min or {})}
     target = mixture_1d(**target_params_)
-    results = exact_rates(target, paper_Ts=paper_Ts, linear_Ts=linear_Ts, c0=c0, c1=c1, x_min=x_min)
-    t_rates = time.process_time() - t0
-    accuracy = {"gaussian": gaussian_check(gaussian_cases), "refinement": refinement_table(target, refinement_cases)}
-    exploration = explore(explore_targets, explore_Ts) if explore_targets else []
+    gauss_target = mixture_1d(**TARGETS["gaussian"])
+    explore_targets = list(explore_targets)
+    parts = [
+        _rates_jobs(target_params(target), paper_Ts, linear_Ts, SAMPLERS, c0, c1),
+        _gaussian_jobs(gaussian_cases, SAMPLERS, gauss_target),
+        _refinement_jobs(target, refinement_cases, SAMPLERS, 2),
+        _explore_jobs(explore_targets, explore_Ts, "linear", STOCHASTIC),
+    ]
+    outs = run_jobs([j for part in parts for j in part], workers)
+    split, k = [], 0
+    for part in parts:
+        split.append(outs[k:k + len(part)])
+        k += len(part)
+    results = _rates_results(parts[0], split[0], SAMPLERS, x_min)
+    accuracy = {"gaussian": _gaussian_results(parts[1], split[1], gauss_target),
+                "refinement": _refinement_results(parts[2], split[2], 2)}
+    exploration = (_explore_results(parts[3], split[3], explore_targets, explore_Ts, "linear", STOCHASTIC)
+                   if explore_targets else [])
     extra = {
         "description": "Exact TV of seven samplers on a one-dimensional Gaussian mixture with exact scores, "
                        "started from the exact q at the first level",
@@ -859,6 +966,6 @@ def run_experiment(target_params_: dict, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_
         "fit": {"x": "nfe", "x_min": x_min, "level": 0.95},
         "accuracy": accuracy,
         "exploration": exploration,
-        "timing": {"cpu_seconds": time.process_time() - t0, "cpu_seconds_rates": t_rates},
+        "timing": {"cpu_seconds": cpu() - t0, "wall_seconds": time.perf_counter() - w0, "workers": workers},
     }
     return results_json(target, results, name=name, folder=folder, **extra)

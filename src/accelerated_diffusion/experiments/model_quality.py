@@ -15,6 +15,9 @@ checkpoints of one training run on the same noises.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +27,7 @@ from ..models import eps_fn, load_scheduler_config, load_unet, schedule_from_con
 from ..samplers import run_sampler, spec
 from . import features
 from .data import load_fashion_mnist
-from .paths import save_results
+from .paths import atomic_write_bytes, save_results
 
 __all__ = [
     "sample_features",
@@ -127,14 +130,35 @@ def record(feats_by_step: dict, *, nfe: int = 100, sampler: str = "ddim", spacin
             "shipped_step": shipped_step}
 
 
+def _cached_features(folder, n: int, cache_dir, progress: bool, **settings) -> np.ndarray:
+    """:func:`sample_features`, stored in ``cache_dir`` under the SHA-256 of the model's weights and the
+    settings (so a checkpoint measured once is not sampled again when another is added); no cache if None."""
+    if cache_dir is None:
+        return sample_features(folder, n, progress=progress, **settings)
+    weights = Path(folder) / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"no weights {weights}")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    key = "-".join(f"{k}{settings[k]}" for k in sorted(settings))
+    path = Path(cache_dir) / f"features-{digest}-n{n}-{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    feats = sample_features(folder, n, progress=progress, **settings)
+    buf = io.BytesIO()
+    np.save(buf, feats)
+    atomic_write_bytes(path, buf.getvalue())
+    return feats
+
+
 def measure(checkpoints: dict, *, n: int = 1000, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
             batch_size: int = 250, seed: int = 1000, replicates: int = 200, shipped_step: int | None = None,
-            progress: bool = True) -> dict:
-    """Sample every ``{step: model_dir}`` of ``checkpoints`` from the same noises and :func:`record` it."""
+            progress: bool = True, cache_dir=None) -> dict:
+    """Sample every ``{step: model_dir}`` of ``checkpoints`` from the same noises and :func:`record` it; with
+    ``cache_dir``, features already sampled with the same weights and settings are read from there."""
     if not checkpoints:
         raise ValueError("no checkpoints to measure")
     settings = dict(nfe=nfe, sampler=sampler, spacing=spacing, batch_size=batch_size, seed=seed)
-    feats = {step: sample_features(folder, n, progress=progress, **settings) for step, folder in checkpoints.items()}
+    feats = {step: _cached_features(folder, n, cache_dir, progress, **settings) for step, folder in checkpoints.items()}
     return record(feats, replicates=replicates, shipped_step=shipped_step, **settings)
 
 
@@ -159,11 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicates", type=int, default=200)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="model_quality_fmnist", help="results file name")
+    p.add_argument("--cache", default=None, help="folder for the sampled features (reused by later runs)")
+    p.add_argument("--features-only", action="store_true", help="only sample (into --cache); write no results")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.features_only and a.cache is None:
+        p.error("--features-only needs --cache")
+    if a.features_only:
+        for folder in dict(a.model).values():
+            _cached_features(folder, a.n, a.cache, True, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing,
+                             batch_size=a.batch_size, seed=1000)
+        return 0
     res = measure(dict(a.model), n=a.n, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing, batch_size=a.batch_size,
-                  replicates=a.replicates, shipped_step=a.shipped_step)
+                  replicates=a.replicates, shipped_step=a.shipped_step, cache_dir=a.cache)
     print(save_results(a.name, res))
     return 0
 

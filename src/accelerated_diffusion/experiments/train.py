@@ -92,6 +92,9 @@ def _default_config() -> dict:
         log_every=50,
         max_train_images=None,
         threads=None,
+        lr_final=None,
+        init_from=None,
+        init_step=0,
     )
 
 
@@ -190,9 +193,17 @@ def ema_decay_at(step: int, ema_decay: float) -> float:
     return min(ema_decay, (1 + step) / (10 + step))
 
 
-def learning_rate(step: int, lr: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps to ``lr``, then constant (as in DDPM's training)."""
-    return lr * min(1.0, (step + 1) / max(warmup, 1))
+def learning_rate(step: int, lr: float, warmup: int, *, start: int = 0, steps: int | None = None,
+                  lr_final: float | None = None) -> float:
+    """Linear warm-up over ``warmup`` steps from ``start`` to ``lr``, then constant (as in DDPM's training), or,
+    with ``lr_final``, a cosine decay from ``lr`` at ``start`` to ``lr_final`` at ``steps``:
+    ``lr_final + (lr - lr_final) * (1 + cos(pi * (step - start) / (steps - start))) / 2``."""
+    k = step - start
+    base = lr
+    if lr_final is not None and steps is not None and steps > start:
+        progress = min(max(k / (steps - start), 0.0), 1.0)
+        base = lr_final + (lr - lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base * min(1.0, (k + 1) / max(warmup, 1))
 
 
 class Trainer:
@@ -248,6 +259,41 @@ class Trainer:
         self.gen.set_state(st["gen"])
         self.step = st["step"]
         self.elapsed = st["elapsed"]
+        for k in ("init_from", "init_step"):  # a run started from an export keeps its origin
+            self.cfg[k] = st["cfg"].get(k, self.cfg[k])
+
+    def init_from_export(self, folder: str | os.PathLike) -> None:
+        """Start from an exported model (:func:`export_diffusers`): its EMA weights become both the training
+        weights and the EMA, the step count continues from its ``training_state.json``, its loss log is carried
+        over; the optimiser starts fresh (exports hold no optimiser state), with the learning-rate warm-up counted
+        from that step, and the generator is re-seeded with ``seed + 1 + step`` (a new stream of batches)."""
+        from diffusers import UNet2DModel
+
+        folder = Path(folder)
+        state_path = folder / "training_state.json"
+        if not state_path.is_file():
+            raise SystemExit(f"--init-from: {folder} has no training_state.json (not an export of this command)")
+        import json
+
+        state = json.loads(state_path.read_text())
+        mismatch = {k: (state["config"][k], self.cfg[k]) for k in ("block_out_channels", "layers_per_block", "attention")
+                    if _norm(state["config"][k]) != _norm(self.cfg[k])}
+        if mismatch:
+            raise SystemExit(f"--init-from: {folder} was trained with different settings (export, now): {mismatch}")
+        if state["step"] >= self.cfg.steps:
+            raise SystemExit(f"--init-from: {folder} is at step {state['step']}; --steps {self.cfg.steps} must exceed it")
+        weights = UNet2DModel.from_pretrained(folder).state_dict()
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed_s"])
+        self.cfg["init_from"] = str(folder)
+        self.cfg["init_step"] = self.step
+        self.gen.manual_seed(self.cfg.seed + 1 + self.step)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if (folder / LOSS_LOG).exists():
+            shutil.copyfile(folder / LOSS_LOG, self.out / LOSS_LOG)
+            truncate_loss_log(self.out / LOSS_LOG, self.step)
 
     def train_step(self) -> float:
         """One optimiser step on a fresh random batch; returns the loss."""
@@ -257,7 +303,7 @@ class Trainer:
         t = torch.randint(0, c.num_train_timesteps, (c.batch_size,), generator=self.gen)
         noise = torch.randn(x0.shape, generator=self.gen)
         for g in self.opt.param_groups:
-            g["lr"] = learning_rate(self.step, c.lr, c.warmup)
+            g["lr"] = learning_rate(self.step, c.lr, c.warmup, start=c.init_step, steps=c.steps, lr_final=c.lr_final)
         loss = diffusion_loss(self.model, x0, t, noise, self.alpha_bars)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {self.step}")
@@ -373,6 +419,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--export", default=None, help="after training, write the EMA weights in diffusers format here")
     p.add_argument("--export-only", action="store_true", help="only export the checkpoint in --out (no training)")
     p.add_argument("--time-limit-min", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
+    p.add_argument("--lr-final", type=float, default=None,
+                   help="decay the learning rate to this value at --steps (cosine); default: constant")
+    p.add_argument("--init-from", default=None,
+                   help="start from an exported model folder (its EMA weights and step; fresh optimiser)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -391,6 +441,8 @@ def check_config(cfg: dict) -> None:
         problems.append("--block-out-channels and --layers-per-block must be >= 1")
     if cfg["max_train_images"] is not None and cfg["max_train_images"] < 1:
         problems.append(f"--max-train-images must be >= 1, got {cfg['max_train_images']}")
+    if cfg.get("lr_final") is not None and not (math.isfinite(cfg["lr_final"]) and 0 <= cfg["lr_final"] <= cfg["lr"]):
+        problems.append(f"--lr-final must be in [0, --lr], got {cfg['lr_final']}")
     if cfg["threads"] is not None and cfg["threads"] < 1:
         problems.append(f"--threads must be >= 1, got {cfg['threads']}")
     if problems:
@@ -403,8 +455,10 @@ def run_command(argv: list[str] | None = None) -> Trainer:
     cfg = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay, seed=a.seed,
                block_out_channels=list(a.block_out_channels), layers_per_block=a.layers_per_block,
                attention=not a.no_attention, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
-               max_train_images=a.max_train_images, threads=a.threads)
+               max_train_images=a.max_train_images, threads=a.threads, lr_final=a.lr_final)
     check_config(cfg)
+    if a.init_from and (a.resume or a.export_only):
+        raise SystemExit("train: error: --init-from starts a new run; it cannot be combined with --resume or --export-only")
     if a.threads:
         torch.set_num_threads(a.threads)
     tr = Trainer(cfg, a.out)
@@ -417,6 +471,9 @@ def run_command(argv: list[str] | None = None) -> Trainer:
             raise SystemExit(f"--export-only: no checkpoint at {ck}")
     elif ck.exists():
         raise SystemExit(f"{ck} exists: pass --resume to continue it, or choose another --out")
+    if a.init_from:
+        tr.init_from_export(a.init_from)
+        print(f"initialised from {a.init_from} at step {tr.step}")
     print(f"UNet2DModel with {tr.num_parameters:,} parameters; {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads")
     if not a.export_only:
