@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     res = measure(dict(a.model), n=a.n, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing, batch_size=a.batch_size,
                   replicates=a.replicates, shipped_step=a.shipped_step)
-    print(save_results(a.name, res))
+    print(save_results(a.name, res, params=vars(a)))
     return 0
 
 
