@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
         "all_under_target": all(r["fraction_of_forward"] < 0.02 for r in rows.values()),
         "machine": info,
     }
-    path = save_results(args.out, result)
+    path = save_results(args.out, result, params=vars(args))
     print(f"UNet forward ({result['unet_parameters']:,} parameters, input {tuple(x.shape)}): {forward_s * 1e3:.1f} ms")
     for label, r in rows.items():
         print(f"{label:55s} {r['step_ms']:8.3f} ms/step  = {100 * r['fraction_of_forward']:.3f} % of a forward pass")

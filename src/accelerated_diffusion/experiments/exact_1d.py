@@ -51,7 +51,7 @@ from scipy.interpolate import PchipInterpolator
 
 from .. import samplers, updates
 from ..targets import Gaussian, GaussianMixture
-from .paths import save_results
+from .paths import check_params, save_results
 from .rates import SAMPLERS, fit_slope, gaussian_output_law, gaussian_tv, make_path
 
 __all__ = [
@@ -883,13 +883,14 @@ def refinement_table(target: GaussianMixture, cases, methods=SAMPLERS, factor: i
     return _refinement_results(jobs, run_jobs(jobs, workers), factor)
 
 
-def results_json(target: GaussianMixture, results: dict, *, name: str | None = None, folder=None, **extra) -> dict:
+def results_json(target: GaussianMixture, results: dict, *, name: str | None = None, folder=None,
+                 params: dict | None = None, **extra) -> dict:
     """The results object ``{"target": {"weights", "means", "variances"}, "results": {schedule: {sampler: {"T",
     "nfe", "tv", "slope": {"value", "ci"}}}}}`` plus ``extra`` keys, saved as ``name`` (:func:`paths.save_results`,
-    in ``folder`` or the results folder) when given."""
+    in ``folder`` or the results folder, with ``params``, the settings of the run, in its provenance) when given."""
     obj = {"target": target_params(target), **extra, "results": results}
     if name is not None:
-        save_results(name, obj, folder=folder)
+        save_results(name, obj, folder=folder, params=params)
     return obj
 
 
@@ -936,6 +937,11 @@ def run_experiment(target_params_: dict, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_
 
     t0, w0 = cpu(), time.perf_counter()
     x_min = {**FIT_MIN_NFE, **(x_min or {})}
+    params = {"target": target_params_, "paper_Ts": paper_Ts, "linear_Ts": linear_Ts, "c0": c0, "c1": c1,
+              "x_min": x_min, "gaussian_cases": gaussian_cases, "refinement_cases": refinement_cases,
+              "explore_targets": explore_targets, "explore_Ts": explore_Ts}
+    if name is not None:
+        check_params(params)  # settings that could not be recorded fail before the sweeps
     target = mixture_1d(**target_params_)
     gauss_target = mixture_1d(**TARGETS["gaussian"])
     explore_targets = list(explore_targets)
@@ -968,4 +974,4 @@ def run_experiment(target_params_: dict, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_
         "exploration": exploration,
         "timing": {"cpu_seconds": cpu() - t0, "wall_seconds": time.perf_counter() - w0, "workers": workers},
     }
-    return results_json(target, results, name=name, folder=folder, **extra)
+    return results_json(target, results, name=name, folder=folder, params=params, **extra)

@@ -614,7 +614,8 @@ def metrics_main(argv: list[str] | None = None) -> int:
     out = args.out or manifest.parent / METRICS
     atomic_write_text(out, dumps_strict(res, indent=2) + "\n")
     if args.results_name:
-        save_results(args.results_name, res)
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        save_results(args.results_name, res, params=settings)
     for r in res["results"]:
         print(f"{r['sampler']:>16s}  NFE {r['nfe']:3d}  n {r['n']:6d}  FD {r['fd']:.4g}")
     for n, v in res["real_data_fd"].items():

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     res = measure(dict(a.model), n=a.n, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing, batch_size=a.batch_size,
                   replicates=a.replicates, shipped_step=a.shipped_step, cache_dir=a.cache)
-    print(save_results(a.name, res))
+    print(save_results(a.name, res, params=vars(a)))
     return 0
 
 

@@ -10,7 +10,8 @@ Locations are explicit, never discovered by walking up the directory tree:
   (:func:`results_dir`); every function that writes also takes an explicit ``folder``.
 
 Writes are atomic (:func:`atomic_write_text`: a temporary file in the same folder, then ``os.replace``) and the JSON
-is strict: a non-finite float raises instead of being written as ``NaN``/``Infinity``.
+is strict: a non-finite float raises instead of being written as ``NaN``/``Infinity``.  Every results file carries
+its :func:`provenance`: the package version, the commit of the code, the parameters and the library versions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -36,12 +39,17 @@ __all__ = [
     "write_sha256sums",
     "replace_folder",
     "dumps_strict",
+    "check_params",
+    "provenance",
     "save_results",
     "load_results",
 ]
 
 ROOT_ENV = "ACCELERATED_DIFFUSION_ROOT"
 RESULTS_ENV = "ACCELERATED_DIFFUSION_RESULTS"
+GIT_TIMEOUT_S = 5.0
+# written by the book's own build (results, executed chapters): not a change of the code behind a result
+GENERATED_PATHS = ("data/results", "chapters/*.ipynb")
 _CHECKOUT = Path(__file__).resolve().parents[3]  # <checkout>/src/accelerated_diffusion/experiments/paths.py
 
 
@@ -150,11 +158,81 @@ def _results_path(name: str, folder) -> Path:
     return base / (name if name.endswith(".json") else name + ".json")
 
 
-def save_results(name: str, obj, *, folder=None) -> Path:
-    """Write ``obj`` as strict, pretty JSON to ``<folder>/<name>`` (default :func:`results_dir`; ``.json`` added if
-    missing), atomically; returns the path."""
+def _git_state() -> tuple[str | None, bool | None]:
+    """``(commit, tree_modified)`` of :func:`repository_root` when it is the top level of a git checkout, else
+    ``(None, None)`` (no git, no checkout, an installed copy, a folder inside some other repository, a timeout)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT_S, check=True).stdout
+
+    try:
+        root = repository_root().resolve()
+        top, head = git("rev-parse", "--show-toplevel", "HEAD").splitlines()
+        if Path(top).resolve() != root:
+            return None, None
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                     *(f":(exclude){p}" for p in GENERATED_PATHS))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None, None
+    return head.strip(), bool(status.strip())
+
+
+def _module_version(name: str) -> str | None:
+    try:
+        return __import__(name).__version__
+    except ImportError:
+        return None
+
+
+def check_params(params: dict | None) -> dict:
+    """``params`` (``{}`` for ``None``) after checking that it is a dict that :func:`dumps_strict` can write, so that
+    a run can refuse settings it could not record before it starts."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of the run's settings, got {type(params).__name__}")
+    try:
+        dumps_strict(params)
+    except TypeError as err:
+        raise TypeError(f"params must be JSON-serialisable: {err}") from None
+    return params
+
+
+def provenance(params: dict | None = None) -> dict:
+    """Where a result comes from: ``{"package", "package_version", "commit", "tree_modified", "python",
+    "versions": {"torch", "diffusers", "numpy"}, "parameters"}``.
+
+    ``commit`` is ``git rev-parse HEAD`` of :func:`repository_root` and ``tree_modified`` whether a tracked file
+    differs from it (``git status --porcelain --untracked-files=no``), leaving out the files the book's build writes
+    itself (:data:`GENERATED_PATHS`: the results and the executed chapters); both are ``None`` where that cannot be
+    read (no git, not a checkout).  ``parameters`` is ``params`` (:func:`check_params`).  No time stamp and no host
+    name: the record depends on the code, the settings and the versions only."""
+    from .. import __version__
+
+    params = check_params(params)
+    commit, tree_modified = _git_state()
+    return {
+        "package": "accelerated_diffusion",
+        "package_version": __version__,
+        "commit": commit,
+        "tree_modified": tree_modified,
+        "python": platform.python_version(),
+        "versions": {name: _module_version(name) for name in ("torch", "diffusers", "numpy")},
+        "parameters": params,
+    }
+
+
+def save_results(name: str, obj: dict, *, folder=None, params: dict | None = None) -> Path:
+    """Write the dict ``obj`` as strict, pretty JSON to ``<folder>/<name>`` (default :func:`results_dir`; ``.json``
+    added if missing), atomically, with the top-level key ``"provenance"`` first (:func:`provenance` of ``params``,
+    the settings of the run); ``obj`` itself is not changed.  Returns the path."""
+    if not isinstance(obj, dict):
+        raise TypeError(f"save_results needs a dict (it adds a top-level 'provenance' key), got {type(obj).__name__}")
+    if "provenance" in obj:
+        raise ValueError("obj already has a 'provenance' key; save_results writes it (pass the settings as params)")
     path = _results_path(name, folder)
-    return atomic_write_text(path, dumps_strict(obj, indent=2) + "\n")
+    return atomic_write_text(path, dumps_strict({"provenance": provenance(params), **obj}, indent=2) + "\n")
 
 
 def load_results(name: str, *, folder=None):
