@@ -136,16 +136,18 @@ def test_save_results_refuses_what_it_cannot_record(tmp_path, obj, params, error
 
 # ------------------------------------------------------------------------- the library's writers pass their settings
 def test_exact_1d_records_its_keyword_arguments(tmp_path, monkeypatch):
-    monkeypatch.setattr(exact_1d, "exact_rates", lambda *a, **k: {"paper": {}, "linear": {}})
-    monkeypatch.setattr(exact_1d, "gaussian_check", lambda *a, **k: {})
-    monkeypatch.setattr(exact_1d, "refinement_table", lambda *a, **k: {})
+    def fake_jobs(jobs, workers=1):  # no computation: a TV of 1/T, refinement unchanged
+        return [{"tv": 1.0 / j[3], "tv_fine": 1.0 / j[3], "rel_change": 0.0, "folded": False, "mean_map_folds": 0}
+                for j in jobs]
+
+    monkeypatch.setattr(exact_1d, "run_jobs", fake_jobs)
     target = {"weights": [0.8, 0.2], "means": [-1.0, 1.5], "variances": [0.09, 0.0025]}
-    exact_1d.run_experiment(target, paper_Ts=(10, 20), linear_Ts=(5,), c0=1.5, x_min={"paper": 5},
+    exact_1d.run_experiment(target, paper_Ts=(10, 20, 30), linear_Ts=(5, 8, 10), c0=1.5, x_min={"paper": 5, "linear": 4},
                             explore_targets=(), name="exact_probe", folder=tmp_path)
     par = paths.load_results("exact_probe", folder=tmp_path)["provenance"]["parameters"]
-    assert par["target"] == target and par["paper_Ts"] == [10, 20] and par["linear_Ts"] == [5]
+    assert par["target"] == target and par["paper_Ts"] == [10, 20, 30] and par["linear_Ts"] == [5, 8, 10]
     assert (par["c0"], par["c1"]) == (1.5, 4.0)
-    assert par["x_min"] == {**exact_1d.FIT_MIN_NFE, "paper": 5}
+    assert par["x_min"] == {**exact_1d.FIT_MIN_NFE, "paper": 5, "linear": 4}
     assert {"gaussian_cases", "refinement_cases", "explore_targets", "explore_Ts"} <= set(par)
 
 
@@ -153,7 +155,7 @@ def test_exact_1d_refuses_unrecordable_settings_before_the_sweeps(tmp_path, monk
     def no_sweep(*a, **k):
         raise AssertionError("the sweeps started before the settings were checked")
 
-    monkeypatch.setattr(exact_1d, "exact_rates", no_sweep)
+    monkeypatch.setattr(exact_1d, "run_jobs", no_sweep)
     target = {"weights": np.array([1.0]), "means": [0.0], "variances": [1.0]}
     with pytest.raises(TypeError, match="JSON-serialisable"):
         exact_1d.run_experiment(target, name="refused", folder=tmp_path)
