@@ -45,3 +45,19 @@ def test_sample_features_same_noises(tmp_path, one_thread):
 def test_command_line_needs_step_and_folder():
     with pytest.raises(SystemExit):
         model_quality.main(["--model", "data/fmnist-ddpm"])
+
+
+def test_one_interval_for_every_frechet_distance():
+    """The model-quality interval and the sampler comparison's interval are the same function of the resamples:
+    their quantile range with the median moved onto the value."""
+    from accelerated_diffusion.experiments import comparison
+
+    rng = np.random.default_rng(3)
+    ref = (np.zeros(3), np.eye(3))
+    f = rng.standard_normal((300, 3)) + 0.3
+    a = model_quality.bootstrap_frechet_distance(f, ref, replicates=50, seed=2)
+    b = comparison.frechet_with_ci(f, ref, num_boot=50, seed=2)
+    assert a["ci"] == b["ci"] and a["value"] == b["value"]
+    value, boot = features.bootstrap_frechet_distances(f, ref, num_boot=50, seed=2)
+    lo, med, hi = np.quantile(boot, [0.025, 0.5, 0.975])
+    assert a["ci"] == pytest.approx([value - (med - lo), value + (hi - med)])

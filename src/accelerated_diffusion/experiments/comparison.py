@@ -114,12 +114,10 @@ def image_features(samples: torch.Tensor, classifier=None, *, batch_size: int = 
 def frechet_with_ci(feats, reference=None, *, num_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
     r"""Fréchet distance of the features ``feats`` (``(n, d)``, :func:`features.extract_features`) to the
     ``reference`` statistics ``(mu, sigma)`` (default: the shipped test-split statistics), with a ``level``
-    bootstrap interval over samples: ``num_boot`` resamples of the rows (seeded), the distance recomputed from the
-    resampled features, and the resamples' ``level`` quantile range shifted so that their median sits on the
-    value, ``[v - (q_med - q_lo), v + (q_hi - q_med)]``: a resample holds about 63% distinct samples, which raises
-    the distance of every resample by about the same amount, so the spread is kept and that shift removed.  The
-    interval is the sampling variability of the distance *at this sample size*; its small-sample bias (compare
-    real data at the same size, :func:`features.real_data_frechet_distance`) is common to every sampler.
+    bootstrap interval over samples (:func:`features.bootstrap_interval`: ``num_boot`` seeded resamples of the
+    rows, their quantile range centred on the value).  The interval is the sampling variability of the distance
+    *at this sample size*; its small-sample bias (compare real data at the same size,
+    :func:`features.real_data_frechet_distance`) is common to every sampler.
     Returns ``{"value", "ci", "num_samples", "num_boot"}``."""
     f = np.asarray(feats, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 3:
@@ -127,9 +125,7 @@ def frechet_with_ci(feats, reference=None, *, num_boot: int = 200, seed: int = 0
     if num_boot < 20 or not 0 < level < 1:
         raise ValueError(f"need num_boot >= 20 and 0 < level < 1, got {num_boot}, {level}")
     value, boot = features.bootstrap_frechet_distances(f, reference, num_boot=num_boot, seed=seed)
-    n = f.shape[0]
-    q_lo, q_med, q_hi = np.quantile(boot, [(1 - level) / 2, 0.5, (1 + level) / 2])
-    return {"value": value, "ci": [float(max(value - (q_med - q_lo), 0.0)), float(value + (q_hi - q_med))], "num_samples": n,
+    return {"value": value, "ci": features.bootstrap_interval(value, boot, level), "num_samples": f.shape[0],
             "num_boot": num_boot}
 
 

@@ -67,16 +67,13 @@ def sample_features(model_dir, n: int = 1000, *, nfe: int = 100, sampler: str = 
 def bootstrap_frechet_distance(feats, reference=None, *, replicates: int = 200, level: float = 0.95,
                                seed: int = 0) -> dict:
     """FD of the feature set ``feats`` ``(n, d)`` against ``reference`` (``(mu, sigma)``; default the shipped
-    test-split statistics), with a normal bootstrap interval ``value +- z * sd`` (lower end clipped at 0, as an
-    FD is never negative): ``sd`` is the standard deviation of the FD over ``replicates`` resamples of the ``n``
-    rows with replacement (seeded), ``z`` the normal quantile of ``level``.
-
-    The interval is centred on the value rather than read off the resampled values' percentiles because
-    resampling repeats rows (about 37 % of a resample), which lowers the effective sample size and raises the FD
-    (its small-sample bias): the resampled values sit above the value (``bootstrap_mean``). The value keeps the
-    bias of ``n`` samples, which :func:`real_data_floor` at the same ``n`` shares; the interval gives its spread.
-    For the same reason the bootstrap spread overstates the spread over fresh samples (compare
-    :func:`real_data_floor`'s ``bootstrap_sd`` with its spread over seeds), so the interval is conservative.
+    test-split statistics), with the package's bootstrap interval (:func:`.features.bootstrap_interval`, the one
+    the sampler comparison uses): ``replicates`` seeded resamples of the ``n`` rows, their ``level`` quantile
+    range centred on the value.  Resampling repeats rows (about 37 % of a resample), which lowers the effective
+    sample size and raises the FD (its small-sample bias): the resampled values sit above the value
+    (``bootstrap_mean``). The value keeps the bias of ``n`` samples, which :func:`real_data_floor` at the same
+    ``n`` shares; the interval gives its spread, and it overstates the spread over fresh samples (compare
+    :func:`real_data_floor`'s bootstrap interval with its spread over seeds), so it is conservative.
     Returns ``{"value", "ci": [lo, hi], "bootstrap_sd", "bootstrap_mean"}``."""
     f = np.asarray(feats, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
@@ -84,10 +81,8 @@ def bootstrap_frechet_distance(feats, reference=None, *, replicates: int = 200, 
     if replicates < 2 or not 0 < level < 1:
         raise ValueError(f"need replicates >= 2 and 0 < level < 1, got {replicates}, {level}")
     value, reps = features.bootstrap_frechet_distances(f, reference, num_boot=replicates, seed=seed)
-    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + level) / 2, dtype=torch.float64)))
-    sd = float(reps.std(ddof=1))
-    return {"value": float(value), "ci": [max(0.0, float(value - z * sd)), float(value + z * sd)],
-            "bootstrap_sd": sd, "bootstrap_mean": float(reps.mean())}
+    return {"value": float(value), "ci": features.bootstrap_interval(value, reps, level),
+            "bootstrap_sd": float(reps.std(ddof=1)), "bootstrap_mean": float(reps.mean())}
 
 
 def real_data_floor(n: int, *, seeds=range(20), replicates: int = 200, level: float = 0.95) -> dict:
