@@ -109,3 +109,38 @@ def test_bad_input(tmp_path, images):
         train.main(["--out", str(tmp_path), "--steps", "0"])
     x = train.images_to_unit_range(torch.tensor([0, 255], dtype=torch.uint8))
     assert x.tolist() == [-1.0, 1.0]
+
+
+def test_learning_rate_warm_up_and_cosine_decay():
+    assert train.learning_rate(0, 1e-3, 4) == pytest.approx(2.5e-4)
+    assert train.learning_rate(10, 1e-3, 4) == 1e-3  # constant without lr_final
+    # cosine from lr at `start` to lr_final at `steps`, the warm-up counted from `start`
+    kw = dict(start=100, steps=200, lr_final=1e-5)
+    assert train.learning_rate(100, 1e-3, 1, **kw) == pytest.approx(1e-3)
+    assert train.learning_rate(150, 1e-3, 1, **kw) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
+    assert train.learning_rate(200, 1e-3, 1, **kw) == pytest.approx(1e-5)
+    assert train.learning_rate(100, 1e-3, 10, **kw) == pytest.approx(1e-4)  # warm-up again after `start`
+
+
+def test_init_from_an_export_continues_its_steps_and_log(tmp_path, images):
+    first = train.Trainer({**TINY, "steps": 4}, tmp_path / "first", images)
+    first.run(progress=False)
+    export = train.export_diffusers(first, tmp_path / "export")
+    more = train.Trainer({**TINY, "steps": 8, "lr_final": 1e-5}, tmp_path / "more", images)
+    more.init_from_export(export)
+    assert more.step == 4 and more.cfg.init_step == 4 and more.cfg.init_from == str(export)
+    # the exported EMA weights become both the training weights and the EMA
+    assert torch.equal(_params(more.model), _params(first.ema)) and torch.equal(_params(more.ema), _params(first.ema))
+    losses = more.run(progress=False)
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    rows = list(csv.DictReader(open(tmp_path / "more" / train.LOSS_LOG)))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]  # the export's log, then the new steps
+    lrs = [float(r["lr"]) for r in rows[2:]]  # the rate of the last step logged: cosine on its way down
+    assert TINY["lr"] > lrs[0] > lrs[1] > 1e-5
+    # refused: an export at or beyond --steps, other network settings, --init-from with --resume
+    with pytest.raises(SystemExit, match="must exceed"):
+        train.Trainer({**TINY, "steps": 4}, tmp_path / "x", images).init_from_export(export)
+    with pytest.raises(SystemExit, match="different settings"):
+        train.Trainer({**TINY, "steps": 8, "block_out_channels": [8, 8]}, tmp_path / "y", images).init_from_export(export)
+    with pytest.raises(SystemExit, match="--init-from"):
+        train.main(["--out", str(tmp_path / "z"), "--steps", "8", "--init-from", str(export), "--resume"])
