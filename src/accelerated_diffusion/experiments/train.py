@@ -95,6 +95,7 @@ def _default_config() -> dict:
         lr_final=None,
         init_from=None,
         init_step=0,
+        device="cpu",
     )
 
 
@@ -218,14 +219,15 @@ class Trainer:
             images = images[: self.cfg.max_train_images]
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
             raise ValueError(f"expected images of shape (n, 1, 28, 28), got {tuple(images.shape)}")
-        self.data = images_to_unit_range(images)
-        torch.manual_seed(self.cfg.seed)  # the initial weights
-        self.model = build_unet(self.cfg.block_out_channels, self.cfg.layers_per_block, self.cfg.attention)
+        self.device = torch.device(self.cfg.device)
+        self.data = images_to_unit_range(images).to(self.device)
+        torch.manual_seed(self.cfg.seed)  # the initial weights (drawn on the CPU, so the same on every device)
+        self.model = build_unet(self.cfg.block_out_channels, self.cfg.layers_per_block, self.cfg.attention).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         sched = DiscreteSchedule.from_diffusers("linear", self.cfg.num_train_timesteps, self.cfg.beta_start, self.cfg.beta_end)
-        self.alpha_bars = sched.alpha_bars.to(torch.float32)
+        self.alpha_bars = sched.alpha_bars.to(torch.float32).to(self.device)
         self.step = 0
         self.elapsed = 0.0
 
@@ -248,7 +250,7 @@ class Trainer:
     def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
         """Restore everything from a checkpoint; its model settings must match this run's."""
         path = Path(path) if path else self.out / CHECKPOINT
-        st = torch.load(path, map_location="cpu", weights_only=False)
+        st = torch.load(path, map_location=self.device, weights_only=False)
         mismatch = {k: (st["cfg"][k], self.cfg[k]) for k in ("block_out_channels", "layers_per_block", "attention", "seed", "batch_size")
                     if _norm(st["cfg"][k]) != _norm(self.cfg[k])}
         if mismatch:
@@ -256,7 +258,7 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["opt"])
-        self.gen.set_state(st["gen"])
+        self.gen.set_state(st["gen"].cpu())
         self.step = st["step"]
         self.elapsed = st["elapsed"]
         for k in ("init_from", "init_step"):  # a run started from an export keeps its origin
@@ -282,7 +284,7 @@ class Trainer:
             raise SystemExit(f"--init-from: {folder} was trained with different settings (export, now): {mismatch}")
         if state["step"] >= self.cfg.steps:
             raise SystemExit(f"--init-from: {folder} is at step {state['step']}; --steps {self.cfg.steps} must exceed it")
-        weights = UNet2DModel.from_pretrained(folder).state_dict()
+        weights = {k: v.to(self.device) for k, v in UNet2DModel.from_pretrained(folder).state_dict().items()}
         self.model.load_state_dict(weights)
         self.ema.load_state_dict(weights)
         self.step = int(state["step"])
@@ -298,10 +300,12 @@ class Trainer:
     def train_step(self) -> float:
         """One optimiser step on a fresh random batch; returns the loss."""
         c = self.cfg
+        # batches, time steps and noise come from the CPU generator, so a run is the same draw on every device
         idx = torch.randint(0, len(self.data), (c.batch_size,), generator=self.gen)
-        x0 = self.data[idx]
         t = torch.randint(0, c.num_train_timesteps, (c.batch_size,), generator=self.gen)
-        noise = torch.randn(x0.shape, generator=self.gen)
+        noise = torch.randn((c.batch_size, *self.data.shape[1:]), generator=self.gen).to(self.device)
+        x0 = self.data[idx.to(self.device)]
+        t = t.to(self.device)
         for g in self.opt.param_groups:
             g["lr"] = learning_rate(self.step, c.lr, c.warmup, start=c.init_step, steps=c.steps, lr_final=c.lr_final)
         loss = diffusion_loss(self.model, x0, t, noise, self.alpha_bars)
@@ -423,6 +427,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="decay the learning rate to this value at --steps (cosine); default: constant")
     p.add_argument("--init-from", default=None,
                    help="start from an exported model folder (its EMA weights and step; fresh optimiser)")
+    p.add_argument("--device", default="cpu", help='"cpu", "cuda", ...: where the network trains')
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -455,8 +460,12 @@ def run_command(argv: list[str] | None = None) -> Trainer:
     cfg = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay, seed=a.seed,
                block_out_channels=list(a.block_out_channels), layers_per_block=a.layers_per_block,
                attention=not a.no_attention, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
-               max_train_images=a.max_train_images, threads=a.threads, lr_final=a.lr_final)
+               max_train_images=a.max_train_images, threads=a.threads, lr_final=a.lr_final, device=a.device)
     check_config(cfg)
+    try:
+        torch.empty(0, device=a.device)
+    except (RuntimeError, AssertionError) as err:
+        raise SystemExit(f"train: error: --device {a.device} is not usable here: {err}") from None
     if a.init_from and (a.resume or a.export_only):
         raise SystemExit("train: error: --init-from starts a new run; it cannot be combined with --resume or --export-only")
     if a.threads:
