@@ -73,6 +73,35 @@ def test_separated_map_and_recommendation():
     assert C.comparison_map(comp, 5, "pf", grids=grids, names=names)["ddim"]["uniform"] is None
 
 
+def test_text_outputs_fit_the_width():
+    grids = ("uniform", "quadratic", "trailing", "logsnr")
+    comp = {g: {n: {"5": _cell(1234.5 + i, 1000.0, 1500.0 + j)} for j, n in enumerate(C.COMPARED)}
+            for i, g in enumerate(grids)}
+    one_table = C.format_map(comp, 5, grids=grids, width=200)
+    assert "\n\n" not in one_table and max(map(len, one_table.splitlines())) > 76
+    split = C.format_map(comp, 5, grids=grids)
+    tables = split.split("\n\n")
+    assert len(tables) == 2 and all(len(t.splitlines()) == 1 + len(C.COMPARED) for t in tables)
+    assert max(map(len, split.splitlines())) <= C.TEXT_WIDTH
+    for g in grids:  # every cell once, in one of the tables
+        assert sum(g in t.splitlines()[0] for t in tables) == 1
+    assert split.count("[1000, 1500]") == len(grids)  # the best cell of each grid's first row
+    rec = C.format_recommendation(C.recommend(comp, 5, grids=grids))
+    assert max(map(len, rec.splitlines())) <= C.TEXT_WIDTH and rec.count(" on ") == len(grids) * len(C.COMPARED)
+    items = [f"item {i}" for i in range(40)]
+    text = C.wrap_items("head:", items, width=30)
+    assert max(map(len, text.splitlines())) <= 30 and text.replace("\n  ", " ") == "head: " + ", ".join(items)
+    long = "x " * 20 + "[1.19e+03, 1.29e+03] " + "y " * 20
+    filled = C.fill_text(long, width=30)
+    assert "[1.19e+03, 1.29e+03]" in filled and max(map(len, filled.splitlines())) <= 30
+    assert C.ci_text({"value": 1188.2, "ci": [1097.0, 1287.4]}) == "1.19e+03 [1.1e+03, 1.29e+03]"
+    table = C.format_table(["a", "bbb"], [("row", ["1", "22"]), ("longer row", ["333", "4"])])
+    assert table.splitlines() == [" " * 16 + "a  bbb", "  row           1   22", "  longer row  333    4"]
+    with pytest.raises(ValueError, match="cells"):
+        C.format_table(["a"], [("row", ["1", "2"])])
+    assert "acc. ODE = accelerated ODE" in C.label_legend() and C.label_legend(("ddim",)) == ""
+
+
 def test_step_diagnostics_use_the_update_coefficients():
     rows = C.step_diagnostics(SCHED, "trailing", 5)
     a = [float(v) for v in SCHED.path(SCHED.subsample(5, "trailing"))]

@@ -10,6 +10,9 @@ Pieces used by the chapter *Learned scores* (and its GPU parameter file):
   float64 many-step DPM-Solver++(2M) solve from the same start level, checked against half as many steps;
 * :func:`separated`, :func:`comparison_map`, :func:`recommend` -- a difference is called only when the
   intervals separate; the sampler x grid table and the rule that picks a sampler and a grid from it;
+* :func:`format_map`, :func:`format_recommendation` -- the table and the rule as text no wider than the book's
+  code column (:data:`TEXT_WIDTH`), with the text helpers :func:`short_label`, :func:`ci_text`,
+  :func:`format_table`, :func:`wrap_items` and :func:`fill_text`;
 * :func:`step_diagnostics` -- per step of a grid, the extrapolation ratio of the accelerated sampler and its
   correction coefficient against DDIM's epsilon coefficient (from :mod:`accelerated_diffusion.updates`);
 * :func:`exact_score_control`, :func:`hybrid_eps_fn` -- the same grids with the exact noise prediction of a
@@ -22,6 +25,8 @@ Plot helpers for the chapter: :func:`image_grid`, :func:`map_heatmap`.
 from __future__ import annotations
 
 import math
+import re
+import textwrap
 
 import numpy as np
 import torch
@@ -46,6 +51,15 @@ __all__ = [
     "comparison_map",
     "format_map",
     "recommend",
+    "format_recommendation",
+    "TEXT_WIDTH",
+    "SHORT_LABELS",
+    "short_label",
+    "label_legend",
+    "ci_text",
+    "format_table",
+    "wrap_items",
+    "fill_text",
     "step_diagnostics",
     "exact_eps_fn",
     "hybrid_eps_fn",
@@ -59,6 +73,10 @@ __all__ = [
 GRIDS = ("uniform", "quadratic", "trailing", "logsnr")
 #: The samplers compared (registry names): four deterministic, then the paper's two stochastic ones.
 COMPARED = ("ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
+#: Short labels for the fixed-width text tables (figures and prose use the registry's :func:`samplers.label`).
+SHORT_LABELS = {"accelerated_ode": "acc. ODE", "accelerated_sde": "acc. SDE", "dpm_solver_pp_2m": "DPM++2M"}
+#: Width of the text outputs: the book's code column holds 76 characters.
+TEXT_WIDTH = 76
 
 
 def grid_timesteps(schedule, nfe: int, grid: str) -> torch.Tensor:
@@ -185,21 +203,91 @@ def _fmt(v: float) -> str:
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def format_map(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=COMPARED, width: int = 21) -> str:
-    """The map at ``nfe`` as fixed-width text, one row per sampler: ``value [lo, hi]`` (3 significant digits);
-    values of 100 or more as integers; ``*`` marks the best cell and every cell whose interval overlaps it."""
+def short_label(name: str) -> str:
+    """The label of sampler ``name`` in the text tables: :data:`SHORT_LABELS`, else the registry's label."""
+    return SHORT_LABELS.get(name, samplers.label(name))
+
+
+def wrap_items(head: str, items, *, width: int = TEXT_WIDTH, indent: str = "  ", sep: str = ",") -> str:
+    """``head`` followed by ``items`` separated by ``sep`` and a space, in lines of at most ``width`` characters
+    broken only between items (an item longer than a line gets a line of its own); continuation lines start
+    with ``indent``."""
+    items = [str(it) for it in items]
+    tokens = [f"{it}{sep}" for it in items[:-1]] + items[-1:]
+    lines, line = [], head
+    for tok in tokens:
+        joined = f"{line} {tok}" if line.strip() else line + tok
+        if len(joined) <= width or not line.strip():
+            line = joined
+        else:
+            lines.append(line)
+            line = indent + tok
+    return "\n".join(lines + [line])
+
+
+def fill_text(text: str, *, width: int = TEXT_WIDTH, indent: str = "  ") -> str:
+    """``text`` in lines of at most ``width`` characters, broken at spaces only, never inside a hyphenated word,
+    a number or an interval ``[lo, hi]``; continuation lines start with ``indent``."""
+    glued = re.sub(r"\[[^\]]*\]", lambda m: m.group().replace(" ", "\0"), text)
+    out = textwrap.fill(glued, width, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False)
+    return out.replace("\0", " ")
+
+
+def ci_text(c: dict) -> str:
+    """An estimate with its interval, ``{"value", "ci": [lo, hi]}``, as ``value [lo, hi]`` (3 significant
+    digits)."""
+    return f"{c['value']:.3g} [{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
+
+
+def format_table(header, rows, *, indent: str = "  ", gap: int = 2) -> str:
+    """Rows ``(label, [cell, ...])`` as fixed-width text under ``header`` (one title per cell column): labels
+    left-aligned after ``indent``, cells and titles right-aligned, each column as wide as its widest entry plus
+    ``gap`` spaces."""
+    rows = [(str(lab), [str(c) for c in cells]) for lab, cells in rows]
+    if any(len(cells) != len(header) for _, cells in rows):
+        raise ValueError(f"every row needs {len(header)} cells, one per column title")
+    lab = max(len(lab) for lab, _ in rows)
+    widths = [max([len(h)] + [len(cells[j]) for _, cells in rows]) + gap for j, h in enumerate(header)]
+    lines = [indent + " " * lab + "".join(f"{h:>{w}s}" for h, w in zip(header, widths))]
+    for row_label, cells in rows:
+        lines.append(indent + f"{row_label:{lab}s}" + "".join(f"{c:>{w}s}" for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def label_legend(names=COMPARED, *, width: int = TEXT_WIDTH) -> str:
+    """One line (wrapped at ``width``) saying what the short labels of ``names`` stand for; empty when none is
+    shortened."""
+    pairs = [f"{short_label(n)} = {samplers.label(n)}" for n in names if short_label(n) != samplers.label(n)]
+    return wrap_items("", pairs, width=width, sep=";") if pairs else ""
+
+
+def format_map(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=COMPARED,
+               width: int = TEXT_WIDTH) -> str:
+    """The map at ``nfe`` as fixed-width text no wider than ``width`` characters, one row per sampler (labels
+    from :func:`short_label`): ``value [lo, hi]`` (3 significant digits; values of 100 or more as integers);
+    ``*`` marks the best cell and every cell whose interval overlaps it.  Grids that do not fit side by side
+    are split into tables of equal (or nearly equal) numbers of grids, separated by a blank line."""
     m = comparison_map(comparison, nfe, metric, grids=grids, names=names)
     rec = recommend(comparison, nfe, metric, grids=grids, names=names)
     tied = {(rec["best"]["grid"], rec["best"]["sampler"])} | {(t["grid"], t["sampler"]) for t in rec["ties"]}
-    lines = [f"{'':18s}" + "".join(f"{g:>{width}s}" for g in grids)]
+    text = {}
     for n in names:
-        row = f"{samplers.label(n):18s}"
         for g in grids:
             c = m[n][g]
-            text = "-" if c is None else f"{_fmt(c['value'])} [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}]"
-            row += f"{text + ('*' if (g, n) in tied else ' '):>{width}s}"
-        lines.append(row)
-    return "\n".join(lines)
+            value = "-" if c is None else f"{_fmt(c['value'])} [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}]"
+            text[n, g] = value + ("*" if (g, n) in tied else " ")
+    w = max(len(t) for t in text.values())
+    text = {key: t.rjust(w) for key, t in text.items()}  # the same column width in every table
+    titles = {g: (g + " ").rjust(w) for g in grids}
+    lab = max(len(short_label(n)) for n in names)
+    per_table = max(1, (width - lab) // (w + 2))
+    n_tables = -(-len(grids) // per_table)
+    size = -(-len(grids) // n_tables)
+    grids = list(grids)
+    return "\n\n".join(
+        format_table([titles[g] for g in grids[i:i + size]],
+                     [(short_label(n), [text[n, g] for g in grids[i:i + size]]) for n in names], indent="")
+        for i in range(0, len(grids), size))
 
 
 def recommend(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=COMPARED) -> dict:
@@ -213,6 +301,14 @@ def recommend(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, names=C
     best = min(cells, key=lambda c: c["value"])
     ties = [c for c in cells if c is not best and separated(c, best) == 0]
     return {"best": best, "ties": sorted(ties, key=lambda c: c["value"])}
+
+
+def format_recommendation(rec: dict, *, width: int = TEXT_WIDTH, label=short_label) -> str:
+    """The result of :func:`recommend` as text of at most ``width`` characters a line: the lowest cell, then
+    every cell not separated from it (in increasing order of value)."""
+    b = rec["best"]
+    ties = [f"{label(t['sampler'])} on {t['grid']}" for t in rec["ties"]] or ["none"]
+    return wrap_items(f"lowest: {label(b['sampler'])} on {b['grid']}; not separated from it:", ties, width=width)
 
 
 # ----------------------------------------------------------------------------------------------------------------
