@@ -157,3 +157,16 @@ def test_run_experiment_in_two_processes_equals_one():
     assert [r[2] for r in serial["accuracy"]["gaussian"]["rows"]] == list(E.SAMPLERS)
     with pytest.raises(ValueError, match="workers"):
         E.run_jobs([], workers=0)
+
+
+def test_started_experiment_equals_a_serial_run():
+    """start_experiment runs in the background and .result() gives the serial run's object."""
+    kw = dict(paper_Ts=(10, 15, 20), linear_Ts=(5, 8, 10), x_min={"paper": 9, "linear": 4},
+              gaussian_cases=(("paper", 10),), refinement_cases=(("linear", 5),), explore_targets=())
+    pending = E.start_experiment(E.TARGETS["separated"], workers=2, **kw)
+    serial = E.run_experiment(E.TARGETS["separated"], **kw)
+    started = pending.result()
+    for key in ("results", "accuracy", "exploration", "target"):
+        assert started[key] == serial[key], key
+    with pytest.raises(TypeError, match="paper_T"):
+        E.start_experiment(E.TARGETS["separated"], paper_T=(10,))

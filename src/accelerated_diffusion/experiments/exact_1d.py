@@ -42,7 +42,11 @@ Accuracy is established against the Gaussian closed forms (a one-component mixtu
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import multiprocessing
+import resource
+import time
 
 import numpy as np
 import torch
@@ -85,6 +89,8 @@ __all__ = [
     "results_json",
     "explore",
     "run_experiment",
+    "start_experiment",
+    "run_jobs",
 ]
 
 STOCHASTIC = tuple(m for m in SAMPLERS if m in samplers.STOCHASTIC)  # ("ddpm_type", "accelerated_sde")
@@ -748,26 +754,38 @@ def _job_cost(job: tuple) -> float:
     return cost * (4.0 if kind == "refine" else 1.0)
 
 
+class PendingJobs:
+    """Jobs of :func:`_job` running in ``workers`` worker processes (started with ``spawn``, one torch thread
+    each), the longest first; :meth:`result` waits for them and returns their results in the jobs' order.  The
+    jobs are independent and deterministic, so the results equal a serial run's."""
+
+    def __init__(self, jobs: list, workers: int):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self._n = len(jobs)
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+            initargs=(1,))
+        order = sorted(range(len(jobs)), key=lambda i: -_job_cost(jobs[i]))
+        self._futures = {self._pool.submit(_job, jobs[i]): i for i in order}
+
+    def result(self) -> list:
+        out = [None] * self._n
+        try:
+            for f in concurrent.futures.as_completed(self._futures):
+                out[self._futures[f]] = f.result()
+        finally:
+            self._pool.shutdown(cancel_futures=True)
+        return out
+
+
 def run_jobs(jobs: list, workers: int = 1) -> list:
-    """``[_job(j) for j in jobs]``, in ``workers`` processes when ``workers > 1`` (the jobs are independent and
-    deterministic, so the results are the same; the longest are started first). Worker processes are started
-    with ``spawn`` and run one torch thread each."""
+    """``[_job(j) for j in jobs]``, in ``workers`` processes (:class:`PendingJobs`) when ``workers > 1``."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(jobs) < 2:
         return [_job(j) for j in jobs]
-    import concurrent.futures
-    import multiprocessing
-
-    order = sorted(range(len(jobs)), key=lambda i: -_job_cost(jobs[i]))
-    out = [None] * len(jobs)
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads,
-                                                initargs=(1,)) as pool:
-        futures = {pool.submit(_job, jobs[i]): i for i in order}
-        for f in concurrent.futures.as_completed(futures):
-            out[futures[f]] = f.result()
-    return out
+    return PendingJobs(jobs, workers).result()
 
 
 def _sweep_jobs(params: dict, schedule: str, Ts, methods, path_kw: dict) -> list:
@@ -918,60 +936,94 @@ def explore(targets, Ts, schedule: str = "linear", methods=STOCHASTIC, *, worker
     return _explore_results(jobs, run_jobs(jobs, workers), targets, Ts, schedule, methods)
 
 
-def run_experiment(target_params_: dict, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, c0: float = 2.0,
-                   c1: float = 4.0, x_min: dict | None = None, gaussian_cases=(("paper", 30), ("paper", 300),
-                   ("linear", 20), ("linear", 200)), refinement_cases=(("paper", 100), ("linear", 40)),
-                   explore_targets=(), explore_Ts=(50, 100, 200, 500, 1000), name: str | None = None,
-                   folder=None, workers: int = 1) -> dict:
+class _Experiment:
+    """The runs of :func:`run_experiment`, in progress; :meth:`result` assembles (and saves) the results object."""
+
+    def __init__(self, target_params_, *, paper_Ts, linear_Ts, c0, c1, x_min, gaussian_cases, refinement_cases,
+                 explore_targets, explore_Ts, name, folder, workers, background):
+        self.t0_wall = time.perf_counter()
+        self.t0_cpu = _cpu_seconds()
+        self.x_min = {**FIT_MIN_NFE, **(x_min or {})}
+        self.params = {"target": target_params_, "paper_Ts": paper_Ts, "linear_Ts": linear_Ts, "c0": c0, "c1": c1,
+                       "x_min": self.x_min, "gaussian_cases": gaussian_cases, "refinement_cases": refinement_cases,
+                       "explore_targets": explore_targets, "explore_Ts": explore_Ts}
+        if name is not None:
+            check_params(self.params)  # settings that could not be recorded fail before the sweeps
+        self.c0, self.c1, self.name, self.folder, self.workers = c0, c1, name, folder, workers
+        self.target = mixture_1d(**target_params_)
+        self.gauss_target = mixture_1d(**TARGETS["gaussian"])
+        self.explore_targets, self.explore_Ts = list(explore_targets), explore_Ts
+        self.parts = [
+            _rates_jobs(target_params(self.target), paper_Ts, linear_Ts, SAMPLERS, c0, c1),
+            _gaussian_jobs(gaussian_cases, SAMPLERS, self.gauss_target),
+            _refinement_jobs(self.target, refinement_cases, SAMPLERS, 2),
+            _explore_jobs(self.explore_targets, explore_Ts, "linear", STOCHASTIC),
+        ]
+        jobs = [j for part in self.parts for j in part]
+        self._pending = PendingJobs(jobs, workers) if background else None
+        self._outs = None if background else run_jobs(jobs, workers)
+
+    def result(self) -> dict:
+        outs = self._pending.result() if self._pending is not None else self._outs
+        split, k = [], 0
+        for part in self.parts:
+            split.append(outs[k:k + len(part)])
+            k += len(part)
+        results = _rates_results(self.parts[0], split[0], SAMPLERS, self.x_min)
+        accuracy = {"gaussian": _gaussian_results(self.parts[1], split[1], self.gauss_target),
+                    "refinement": _refinement_results(self.parts[2], split[2], 2)}
+        exploration = (_explore_results(self.parts[3], split[3], self.explore_targets, self.explore_Ts, "linear",
+                                        STOCHASTIC) if self.explore_targets else [])
+        extra = {
+            "description": "Exact TV of seven samplers on a one-dimensional Gaussian mixture with exact scores, "
+                           "started from the exact q at the first level",
+            "schedules": {
+                "paper": {"c0": self.c0, "c1": self.c1,
+                          "path": "all T levels abar_T .. abar_1, nfe = T - 1, output vs q_1"},
+                "linear": {"betas": "linear 1e-4 .. 0.02, 1000 steps", "spacing": "leading",
+                           "path": "timesteps arange(T)[::-1] * (1000 // T), output vs q at the last level, "
+                                   "nfe = T - 1"},
+            },
+            "fit": {"x": "nfe", "x_min": self.x_min, "level": 0.95},
+            "accuracy": accuracy,
+            "exploration": exploration,
+            "timing": {"cpu_seconds": _cpu_seconds() - self.t0_cpu,
+                       "wall_seconds": time.perf_counter() - self.t0_wall, "workers": self.workers},
+        }
+        return results_json(self.target, results, name=self.name, folder=self.folder, params=self.params, **extra)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished worker processes."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+_EXPERIMENT_DEFAULTS = dict(paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, c0=2.0, c1=4.0, x_min=None,
+                            gaussian_cases=(("paper", 30), ("paper", 300), ("linear", 20), ("linear", 200)),
+                            refinement_cases=(("paper", 100), ("linear", 40)), explore_targets=(),
+                            explore_Ts=(50, 100, 200, 500, 1000), name=None, folder=None)
+
+
+def run_experiment(target_params_: dict, *, workers: int = 1, **kw) -> dict:
     """Everything behind ``rates_exact_1d.json``: the rate sweeps of :func:`exact_rates` on the mixture
-    ``target_params_`` (weights, means, variances), the accuracy checks (:func:`gaussian_check` on the
-    one-component target, :func:`refinement_table` on the mixture), the :func:`explore` runs, and the CPU time of
-    this process and its workers; saved as ``name`` when given (schema in ``data/results/README.md``).  All runs
-    are independent, so they go through one :func:`run_jobs` with ``workers`` processes."""
-    import resource
-    import time
+    ``target_params_`` (weights, means, variances) over ``paper_Ts`` and ``linear_Ts``, the accuracy checks
+    (:func:`gaussian_check` on the one-component target for ``gaussian_cases``, :func:`refinement_table` on the
+    mixture for ``refinement_cases``), the :func:`explore` runs of ``explore_targets`` over ``explore_Ts``, and
+    the CPU time of this process and its workers; saved as ``name`` (in ``folder``) when given (schema in
+    ``data/results/README.md``).  All runs are independent, so they go through one :func:`run_jobs` with
+    ``workers`` processes.  Keywords and defaults: ``_EXPERIMENT_DEFAULTS``."""
+    unknown = set(kw) - set(_EXPERIMENT_DEFAULTS)
+    if unknown:
+        raise TypeError(f"run_experiment() got unexpected keyword arguments {sorted(unknown)}")
+    return _Experiment(target_params_, workers=workers, background=False, **{**_EXPERIMENT_DEFAULTS, **kw}).result()
 
-    def cpu() -> float:
-        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-    t0, w0 = cpu(), time.perf_counter()
-    x_min = {**FIT_MIN_NFE, **(x_min or {})}
-    params = {"target": target_params_, "paper_Ts": paper_Ts, "linear_Ts": linear_Ts, "c0": c0, "c1": c1,
-              "x_min": x_min, "gaussian_cases": gaussian_cases, "refinement_cases": refinement_cases,
-              "explore_targets": explore_targets, "explore_Ts": explore_Ts}
-    if name is not None:
-        check_params(params)  # settings that could not be recorded fail before the sweeps
-    target = mixture_1d(**target_params_)
-    gauss_target = mixture_1d(**TARGETS["gaussian"])
-    explore_targets = list(explore_targets)
-    parts = [
-        _rates_jobs(target_params(target), paper_Ts, linear_Ts, SAMPLERS, c0, c1),
-        _gaussian_jobs(gaussian_cases, SAMPLERS, gauss_target),
-        _refinement_jobs(target, refinement_cases, SAMPLERS, 2),
-        _explore_jobs(explore_targets, explore_Ts, "linear", STOCHASTIC),
-    ]
-    outs = run_jobs([j for part in parts for j in part], workers)
-    split, k = [], 0
-    for part in parts:
-        split.append(outs[k:k + len(part)])
-        k += len(part)
-    results = _rates_results(parts[0], split[0], SAMPLERS, x_min)
-    accuracy = {"gaussian": _gaussian_results(parts[1], split[1], gauss_target),
-                "refinement": _refinement_results(parts[2], split[2], 2)}
-    exploration = (_explore_results(parts[3], split[3], explore_targets, explore_Ts, "linear", STOCHASTIC)
-                   if explore_targets else [])
-    extra = {
-        "description": "Exact TV of seven samplers on a one-dimensional Gaussian mixture with exact scores, "
-                       "started from the exact q at the first level",
-        "schedules": {
-            "paper": {"c0": c0, "c1": c1, "path": "all T levels abar_T .. abar_1, nfe = T - 1, output vs q_1"},
-            "linear": {"betas": "linear 1e-4 .. 0.02, 1000 steps", "spacing": "leading",
-                       "path": "timesteps arange(T)[::-1] * (1000 // T), output vs q at the last level, nfe = T - 1"},
-        },
-        "fit": {"x": "nfe", "x_min": x_min, "level": 0.95},
-        "accuracy": accuracy,
-        "exploration": exploration,
-        "timing": {"cpu_seconds": cpu() - t0, "wall_seconds": time.perf_counter() - w0, "workers": workers},
-    }
-    return results_json(target, results, name=name, folder=folder, params=params, **extra)
+def start_experiment(target_params_: dict, *, workers: int = 2, **kw) -> _Experiment:
+    """:func:`run_experiment` in the background: the runs start now in ``workers`` worker processes and the
+    caller goes on; ``.result()`` waits for them and returns (and saves) the same object ``run_experiment``
+    would.  Used by the rates chapter, whose other sections run meanwhile."""
+    unknown = set(kw) - set(_EXPERIMENT_DEFAULTS)
+    if unknown:
+        raise TypeError(f"start_experiment() got unexpected keyword arguments {sorted(unknown)}")
+    return _Experiment(target_params_, workers=workers, background=True, **{**_EXPERIMENT_DEFAULTS, **kw})
