@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     res = measure(dict(a.model), n=a.n, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing, batch_size=a.batch_size,
                   replicates=a.replicates, shipped_step=a.shipped_step, cache_dir=a.cache)
-    print(save_results(a.name, res, params=vars(a)))
+    # what decides the numbers (not where features were cached or the file's name)
+    params = {k: v for k, v in vars(a).items() if k not in ("cache", "features_only", "name")}
+    print(save_results(a.name, res, params=params))
     return 0
 
 
