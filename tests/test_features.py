@@ -140,3 +140,27 @@ def test_train_subsample_fd_small_and_bias_shrinks_with_n():
     x = to_model_range(load_fashion_mnist("test")[0][:2000])
     noisy = features.frechet_distance(x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
     assert fd[2000] < noisy / 5
+
+
+def test_batched_w2_equals_one_at_a_time_and_the_bootstrap_is_unchanged():
+    """gaussian_w2_squared_batch is the per-pair formula for every element; the bootstrap's batched resamples give
+    the distances of the resamples computed one at a time (same seeded rows)."""
+    from accelerated_diffusion import metrics
+
+    rng = np.random.default_rng(5)
+    d = 6
+    ref_x = rng.standard_normal((50, d))
+    ref = (ref_x.mean(0), np.cov(ref_x, rowvar=False))
+    xs = rng.standard_normal((4, 30, d)) * rng.uniform(0.5, 2.0, (4, 1, d)) + 0.3
+    means = xs.mean(1)
+    covs = np.stack([np.cov(x, rowvar=False) for x in xs])
+    batch = metrics.gaussian_w2_squared_batch(means, covs, *ref)
+    one = [metrics.gaussian_w2_squared(m, c, *ref) for m, c in zip(means, covs)]
+    np.testing.assert_allclose(batch.numpy(), one, rtol=1e-12)
+    f = rng.standard_normal((40, d)) + 0.2
+    value, boot = features.bootstrap_frechet_distances(f, ref, num_boot=25, seed=9)
+    r = np.random.default_rng(9)
+    loop = [features.frechet_distance_from_stats(*features.feature_statistics(f[r.integers(0, 40, 40)]), *ref)
+            for _ in range(25)]
+    np.testing.assert_allclose(boot, loop, rtol=1e-10)
+    assert value == features.frechet_distance_from_stats(*features.feature_statistics(f), *ref)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gaussian_kl", "gaussian_w2", "gaussian_w2_squared", "psd_power", "empirical_moments", "affine_map"]
+__all__ = ["gaussian_kl", "gaussian_w2", "gaussian_w2_squared", "gaussian_w2_squared_batch", "psd_power", "empirical_moments", "affine_map"]
 
 
 def gaussian_kl(mean0, cov0, mean1, cov1) -> float:
@@ -34,21 +34,29 @@ def psd_power(S, p: float) -> torch.Tensor:
     return (V * w.clamp(min=0) ** p) @ V.mT
 
 
-def gaussian_w2_squared(mean0, cov0, mean1, cov1) -> float:
-    r"""Squared 2-Wasserstein distance between Gaussians, which is also the Fréchet distance of FID:
+def gaussian_w2_squared_batch(means0, covs0, mean1, cov1) -> torch.Tensor:
+    r"""Squared 2-Wasserstein distances between each Gaussian ``N(means0[b], covs0[b])`` and one ``N(mean1, cov1)``
+    (``means0`` ``(B, d)``, ``covs0`` ``(B, d, d)``), which are also Fréchet distances (FID):
 
     .. math:: W_2^2 = |m_0 - m_1|^2 + \operatorname{tr}\big(S_0 + S_1 - 2 (S_1^{1/2} S_0 S_1^{1/2})^{1/2}\big).
 
     The trace of the cross term is the sum of square roots of the eigenvalues of ``S_1^{1/2} S_0 S_1^{1/2}``
-    (symmetric eigendecompositions only), so it is exact for singular covariances; never negative.
+    (symmetric eigendecompositions only, batched; ``S_1^{1/2}`` computed once), so it is exact for singular
+    covariances; never negative.  Returns a float64 tensor ``(B,)``.
     """
-    m0, m1 = torch.as_tensor(mean0, dtype=torch.float64), torch.as_tensor(mean1, dtype=torch.float64)
-    S0, S1 = torch.as_tensor(cov0, dtype=torch.float64), torch.as_tensor(cov1, dtype=torch.float64)
+    m0, m1 = torch.as_tensor(means0, dtype=torch.float64), torch.as_tensor(mean1, dtype=torch.float64)
+    S0, S1 = torch.as_tensor(covs0, dtype=torch.float64), torch.as_tensor(cov1, dtype=torch.float64)
     r1 = psd_power(S1, 0.5)
     m = r1 @ S0 @ r1
-    cross = torch.linalg.eigvalsh(0.5 * (m + m.mT)).clamp(min=0).sqrt().sum()
-    w2sq = float(((m0 - m1) ** 2).sum() + torch.trace(S0) + torch.trace(S1) - 2 * cross)
-    return max(w2sq, 0.0)
+    cross = torch.linalg.eigvalsh(0.5 * (m + m.mT)).clamp(min=0).sqrt().sum(-1)
+    w2sq = ((m0 - m1) ** 2).sum(-1) + torch.diagonal(S0, dim1=-2, dim2=-1).sum(-1) + torch.trace(S1) - 2 * cross
+    return w2sq.clamp(min=0.0)
+
+
+def gaussian_w2_squared(mean0, cov0, mean1, cov1) -> float:
+    r"""Squared 2-Wasserstein distance between two Gaussians (the Fréchet distance of FID): the one-element case of
+    :func:`gaussian_w2_squared_batch`."""
+    return float(gaussian_w2_squared_batch(torch.as_tensor(mean0)[None], torch.as_tensor(cov0)[None], mean1, cov1)[0])
 
 
 def gaussian_w2(mean0, cov0, mean1, cov1) -> float:
