@@ -60,13 +60,9 @@ def _failures(book, check: str) -> str:
             + ("\n..." if len(lines) > 60 else "") + "\n\nall checks:\n" + book["summary"])
 
 
-# Layout defects still open on two evidence pages, listed so that every other page is held to every check now.
-# test_known_defects_are_still_there fails as soon as one of them is fixed: then remove it from this list.
-KNOWN_DEFECTS = {
-    "chapters/learned_scores.html": {"code", "code_lines", "outputs"},
-    "chapters/rates_exact_scores.html": {"equations", "code", "code_lines", "outputs", "raw_tex", "images_alt",
-                                         "images_caption", "images_small"},
-}
+# Pages exempted from a check, with the check's name: none. test_known_defects_are_still_there keeps any entry
+# added here honest (it fails once the defect is fixed).
+KNOWN_DEFECTS: dict[str, set[str]] = {}
 
 
 def _assert_clean(book, check):
