@@ -59,8 +59,10 @@ html:
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 ## test: unit tests, the browser test of the built book, then every chapter re-executed by nbval
+# (one OpenMP/BLAS thread per process: the two pytest workers and the chapters' own worker processes share the
+# cores, and oversubscribed OpenMP threads slow every one of them; the outputs are the same)
 test: setup browser-deps
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider tests chapters --nbval-lax --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider tests chapters --nbval-lax --durations=15
 
 test-unit: setup
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider tests

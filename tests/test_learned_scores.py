@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def test_church_architecture_random_weights_one_image(tmp_path, offline_hub):
                   figure_samplers=["accelerated_ode"], **NOTHING_ELSE)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "images (3, 256, 256)" in text
-    assert "uniform grid, 5 NFE: timesteps [800, 600, 400, 200, 0]" in text  # the authors' default grid
+    # the authors' default grid
+    assert re.search(r"uniform +5 NFE: 800, 600, 400, 200, 0", text), text[:2000]
     figure2 = next(c for c in nb.cells if c.cell_type == "code" and "fig2 = figure_rows" in c.source)
     assert any("image/png" in o.get("data", {}) for o in figure2.outputs)
     assert not (ROOT / "data" / "results" / "None.json").exists()
