@@ -43,14 +43,14 @@ def test_generate_same_noises_and_seeded_stochastic(one_thread):
 def test_frechet_interval_contains_the_value_and_shrinks():
     rng = np.random.default_rng(0)
     ref = (np.zeros(4), np.eye(4))
-    small = C.frechet_with_ci(rng.normal(size=(50, 4)) + 0.5, ref, num_boot=100)
-    large = C.frechet_with_ci(rng.normal(size=(2000, 4)) + 0.5, ref, num_boot=100)
+    small = features.frechet_with_interval(rng.normal(size=(50, 4)) + 0.5, ref, num_boot=100)
+    large = features.frechet_with_interval(rng.normal(size=(2000, 4)) + 0.5, ref, num_boot=100)
     for r in (small, large):
         assert r["ci"][0] <= r["value"] <= r["ci"][1]
     assert large["ci"][1] - large["ci"][0] < small["ci"][1] - small["ci"][0]
     assert large["ci"][0] < 1.0 < large["ci"][1]  # the population value: |mean shift|^2 = 4 * 0.25
     f = rng.normal(size=(30, 4))
-    assert C.frechet_with_ci(f, ref)["value"] == features.frechet_distance_from_stats(
+    assert features.frechet_with_interval(f, ref)["value"] == features.frechet_distance_from_stats(
         *features.feature_statistics(f), *ref)
 
 

@@ -12,21 +12,24 @@ def test_bootstrap_interval_covers_a_known_distance():
     rng = np.random.default_rng(0)
     ref = (np.zeros(4), np.eye(4))
     f = rng.standard_normal((4000, 4)) + 0.5
-    r = model_quality.bootstrap_frechet_distance(f, ref, replicates=100, seed=1)
+    r = features.frechet_with_interval(f, ref, num_boot=100, seed=1)
     assert r["value"] == pytest.approx(features.frechet_distance_from_stats(f.mean(0), np.cov(f, rowvar=False), *ref))
     lo, hi = r["ci"]
     assert lo < r["value"] < hi and lo < 1.0 < hi
     assert hi - lo < 0.3
-    assert r == model_quality.bootstrap_frechet_distance(f, ref, replicates=100, seed=1)  # seeded
+    assert r == features.frechet_with_interval(f, ref, num_boot=100, seed=1)  # seeded
+    assert (r["num_samples"], r["num_boot"]) == (4000, 100)
     # resampling repeats rows: the resampled distances sit above the value (the small-sample bias)
     assert r["bootstrap_mean"] > r["value"]
 
 
 def test_bootstrap_rejects_bad_input():
     with pytest.raises(ValueError, match="feature array"):
-        model_quality.bootstrap_frechet_distance(np.zeros(5), (np.zeros(1), np.eye(1)))
-    with pytest.raises(ValueError, match="replicates"):
-        model_quality.bootstrap_frechet_distance(np.zeros((5, 2)), (np.zeros(2), np.eye(2)), replicates=1)
+        features.frechet_with_interval(np.zeros(5), (np.zeros(1), np.eye(1)))
+    with pytest.raises(ValueError, match="num_boot"):
+        features.frechet_with_interval(np.zeros((5, 2)), (np.zeros(2), np.eye(2)), num_boot=19)
+    with pytest.raises(ValueError, match="level"):
+        features.frechet_with_interval(np.zeros((5, 2)), (np.zeros(2), np.eye(2)), level=1.0)
 
 
 def test_sample_features_same_noises(tmp_path, one_thread):
@@ -47,17 +50,33 @@ def test_command_line_needs_step_and_folder():
         model_quality.main(["--model", "data/fmnist-ddpm"])
 
 
-def test_one_interval_for_every_frechet_distance():
-    """The model-quality interval and the sampler comparison's interval are the same function of the resamples:
-    their quantile range with the median moved onto the value."""
-    from accelerated_diffusion.experiments import comparison
+def test_paired_difference_cancels_the_shared_noise():
+    """Two feature sets from the same draws, means shifted by 0.5 and 0.4 in 4 coordinates: FDs 1.0 and 0.64 to
+    N(0, I). Resampling the same rows of both cancels the draw: the paired interval is much narrower than either
+    FD's own, and it calls the change."""
+    rng = np.random.default_rng(0)
+    ref = (np.zeros(4), np.eye(4))
+    z = rng.standard_normal((1000, 4))
+    d = model_quality.paired_difference(z + 0.4, z + 0.5, ref, replicates=200, seed=1)
+    a = features.frechet_with_interval(z + 0.4, ref, num_boot=200, seed=1)
+    b = features.frechet_with_interval(z + 0.5, ref, num_boot=200, seed=1)
+    assert d["value"] == pytest.approx(a["value"] - b["value"])
+    lo, hi = d["ci"]
+    assert lo < d["value"] < hi < 0 and lo < -0.36 < hi
+    assert hi - lo < 0.5 * min(a["ci"][1] - a["ci"][0], b["ci"][1] - b["ci"][0])
+    assert model_quality.paired_difference(z, z, ref) == {"value": 0.0, "ci": [0.0, 0.0]}
+    with pytest.raises(ValueError, match="same shape"):
+        model_quality.paired_difference(z, z[:-1], ref)
 
-    rng = np.random.default_rng(3)
-    ref = (np.zeros(3), np.eye(3))
-    f = rng.standard_normal((300, 3)) + 0.3
-    a = model_quality.bootstrap_frechet_distance(f, ref, replicates=50, seed=2)
-    b = comparison.frechet_with_ci(f, ref, num_boot=50, seed=2)
-    assert a["ci"] == b["ci"] and a["value"] == b["value"]
-    value, boot = features.bootstrap_frechet_distances(f, ref, num_boot=50, seed=2)
-    lo, med, hi = np.quantile(boot, [0.025, 0.5, 0.975])
-    assert a["ci"] == pytest.approx([value - (med - lo), value + (hi - med)])
+
+def test_record_gives_each_later_checkpoint_its_paired_change(monkeypatch):
+    monkeypatch.setattr(model_quality, "real_data_floor", lambda n, **kw: {"n": n})
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((200, features.FEATURE_DIM))
+    mu, _ = features.load_reference_stats("test")
+    feats = {9000: mu + 0.5 * z, 4750: mu + 0.5 * z + 0.05}
+    r = model_quality.record(feats, replicates=20, shipped_step=9000)
+    first, later = r["checkpoints"]
+    assert (first["step"], first["change"], later["step"]) == (4750, None, 9000)
+    assert later["change"]["from_step"] == 4750
+    assert later["change"]["value"] == pytest.approx(later["fd"]["value"] - first["fd"]["value"])

@@ -144,3 +144,32 @@ def test_init_from_an_export_continues_its_steps_and_log(tmp_path, images):
         train.Trainer({**TINY, "steps": 8, "block_out_channels": [8, 8]}, tmp_path / "y", images).init_from_export(export)
     with pytest.raises(SystemExit, match="--init-from"):
         train.main(["--out", str(tmp_path / "z"), "--steps", "8", "--init-from", str(export), "--resume"])
+
+
+def test_model_card_figures_come_from_the_folder(tmp_path, images):
+    from accelerated_diffusion.experiments import model_card
+
+    first = train.Trainer({**TINY, "steps": 4}, tmp_path / "first", images)
+    first.run(progress=False)
+    more = train.Trainer({**TINY, "steps": 8, "lr_final": 1e-5}, tmp_path / "more", images)
+    more.init_from_export(train.export_diffusers(first, tmp_path / "export"))
+    more.run(progress=False)
+    folder = train.export_diffusers(more, tmp_path / "export2")
+    log = model_card.read_loss_log(folder)
+    assert list(log["step"]) == [2, 4, 6, 8] and log["lr"][-1] < TINY["lr"]
+    assert model_card._continued_from(folder) == 4  # marked on the loss figure
+    a = model_card.sample_grid(folder, 3, nfe=2, seed=5)
+    assert a.shape == (3, 1, 28, 28) and a.abs().max() <= 1
+    assert torch.equal(a, model_card.sample_grid(folder, 3, nfe=2, seed=5))
+    assert not torch.equal(a, model_card.sample_grid(folder, 3, nfe=2, seed=6))
+    paths = model_card.write_figures(folder, n=4, nfe=2)
+    assert [p.name for p in paths] == ["loss_curve.png", "samples.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    # bad input fails before any sampling: unknown sampler, empty grid, folder without a loss log
+    with pytest.raises(ValueError, match="nope"):
+        model_card.write_figures(folder, sampler="nope")
+    with pytest.raises(ValueError, match="n >= 1"):
+        model_card.write_figures(folder, n=0)
+    (folder / "loss.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="loss log"):
+        model_card.write_figures(folder)

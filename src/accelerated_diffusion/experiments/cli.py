@@ -9,6 +9,9 @@ command                what
 ``metrics``            Fréchet distance per sampler and NFE of a generate manifest
                        (:func:`.generate.metrics_main`)
 ``train-classifier``   train and ship the feature classifier (:func:`.classifier.main`)
+``model-quality``      a model's Fréchet distance at many steps against the real-data floor
+                       (:func:`.model_quality.main`)
+``model-card``         (re)draw a model folder's loss curve and sample grid (:func:`.model_card.main`)
 =====================  ==============================================================================
 
 ``accelerated-diffusion <command> --help`` shows a command's options.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-from . import classifier, generate, train
+from . import classifier, generate, model_card, model_quality, train
 
 __all__ = ["COMMANDS", "main"]
 
@@ -28,6 +31,8 @@ COMMANDS = {
     "generate": (generate.main, "generate samples per sampler and NFE (accelerate-shardable)"),
     "metrics": (generate.metrics_main, "Fréchet distance per sampler/NFE of a manifest"),
     "train-classifier": (classifier.main, "train and ship the feature classifier"),
+    "model-quality": (model_quality.main, "a model's FD at many steps against the data floor"),
+    "model-card": (model_card.main, "draw a model folder's loss curve and samples"),
 }
 
 

@@ -4,8 +4,8 @@ Pieces used by the chapter *Learned scores* (and its GPU parameter file):
 
 * :func:`grid_timesteps`, :func:`initial_noise`, :func:`generate` -- a sampler on a named grid of a model's
   training schedule, from per-sample seeded noises shared by every sampler;
-* :func:`frechet_with_ci` -- Fréchet distance of the project's classifier features with a bootstrap interval over
-  samples (features computed once per sample set, the distance recomputed on resampled features);
+* :func:`image_features` -- the project's classifier features of a sample set, computed once; the Fréchet
+  distance with its bootstrap interval over samples is :func:`.features.frechet_with_interval`;
 * :func:`pf_reference`, :func:`pf_distance` -- distance to the probability-flow solution from the same noise: a
   float64 many-step DPM-Solver++(2M) solve from the same start level, checked against half as many steps;
 * :func:`separated`, :func:`comparison_map`, :func:`recommend` -- a difference is called only when the
@@ -44,7 +44,6 @@ __all__ = [
     "initial_noise",
     "generate",
     "image_features",
-    "frechet_with_ci",
     "pf_reference",
     "pf_distance",
     "separated",
@@ -127,24 +126,6 @@ def image_features(samples: torch.Tensor, classifier=None, *, batch_size: int = 
     """Classifier features of generated images, clamped to ``[-1, 1]`` first as saving them as images would (a
     diverged sampler's values far outside the range are then counted as saturated pixels, not rejected)."""
     return features.extract_features(samples.float().clamp(-1, 1), model=classifier, batch_size=batch_size)
-
-
-def frechet_with_ci(feats, reference=None, *, num_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
-    r"""Fréchet distance of the features ``feats`` (``(n, d)``, :func:`features.extract_features`) to the
-    ``reference`` statistics ``(mu, sigma)`` (default: the shipped test-split statistics), with a ``level``
-    bootstrap interval over samples (:func:`features.bootstrap_interval`: ``num_boot`` seeded resamples of the
-    rows, their quantile range centred on the value).  The interval is the sampling variability of the distance
-    *at this sample size*; its small-sample bias (compare real data at the same size,
-    :func:`features.real_data_frechet_distance`) is common to every sampler.
-    Returns ``{"value", "ci", "num_samples", "num_boot"}``."""
-    f = np.asarray(feats, dtype=np.float64)
-    if f.ndim != 2 or f.shape[0] < 3:
-        raise ValueError(f"need features (n >= 3, d), got shape {f.shape}")
-    if num_boot < 20 or not 0 < level < 1:
-        raise ValueError(f"need num_boot >= 20 and 0 < level < 1, got {num_boot}, {level}")
-    value, boot = features.bootstrap_frechet_distances(f, reference, num_boot=num_boot, seed=seed)
-    return {"value": value, "ci": features.bootstrap_interval(value, boot, level), "num_samples": f.shape[0],
-            "num_boot": num_boot}
 
 
 def separated(a: dict | None, b: dict | None) -> int:

@@ -5,7 +5,7 @@ With many steps (100 NFE by default) the sampler's discretisation error is small
 :mod:`.features`) measures the *model*; a perfect model would still score the floor
 :func:`.features.real_data_frechet_distance` ``(n)``, the small-sample bias of ``n`` real images. Both are
 reported with 95% intervals from the bootstrap spread over the ``n`` feature vectors
-(:func:`bootstrap_frechet_distance`).
+(:func:`.features.frechet_with_interval`).
 
 ``python -m accelerated_diffusion.experiments.model_quality --model 4750=data/fmnist-ddpm`` writes
 ``model_quality_fmnist.json`` (schema in ``data/results/README.md``); pass several ``STEP=DIR`` to compare
@@ -31,7 +31,7 @@ from .paths import atomic_write_bytes, save_results
 
 __all__ = [
     "sample_features",
-    "bootstrap_frechet_distance",
+    "paired_difference",
     "real_data_floor",
     "record",
     "measure",
@@ -64,32 +64,27 @@ def sample_features(model_dir, n: int = 1000, *, nfe: int = 100, sampler: str = 
     return np.concatenate(out)
 
 
-def bootstrap_frechet_distance(feats, reference=None, *, replicates: int = 200, level: float = 0.95,
-                               seed: int = 0) -> dict:
-    """FD of the feature set ``feats`` ``(n, d)`` against ``reference`` (``(mu, sigma)``; default the shipped
-    test-split statistics), with the package's bootstrap interval (:func:`.features.bootstrap_interval`, the one
-    the sampler comparison uses): ``replicates`` seeded resamples of the ``n`` rows, their ``level`` quantile
-    range centred on the value.  Resampling repeats rows (about 37 % of a resample), which lowers the effective
-    sample size and raises the FD (its small-sample bias): the resampled values sit above the value
-    (``bootstrap_mean``). The value keeps the bias of ``n`` samples, which :func:`real_data_floor` at the same
-    ``n`` shares; the interval gives its spread, and it overstates the spread over fresh samples (compare
-    :func:`real_data_floor`'s bootstrap interval with its spread over seeds), so it is conservative.
-    Returns ``{"value", "ci": [lo, hi], "bootstrap_sd", "bootstrap_mean"}``."""
-    f = np.asarray(feats, dtype=np.float64)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need a feature array (n >= 2, d), got shape {f.shape}")
-    if replicates < 2 or not 0 < level < 1:
-        raise ValueError(f"need replicates >= 2 and 0 < level < 1, got {replicates}, {level}")
-    value, reps = features.bootstrap_frechet_distances(f, reference, num_boot=replicates, seed=seed)
-    return {"value": float(value), "ci": features.bootstrap_interval(value, reps, level),
-            "bootstrap_sd": float(reps.std(ddof=1)), "bootstrap_mean": float(reps.mean())}
+def paired_difference(feats, base, reference=None, *, replicates: int = 200, level: float = 0.95,
+                      seed: int = 0) -> dict:
+    """FD of ``feats`` minus FD of ``base`` (two ``(n, d)`` feature sets whose row ``i`` comes from the same
+    starting noise, as :func:`sample_features` makes them), with a paired bootstrap interval: every resample takes
+    the same rows of both sets (one seeded index draw), so the noise they share cancels; the difference's
+    interval is :func:`.features.bootstrap_interval` of the paired resamples (not clipped at 0: a difference may
+    be negative).  An interval that excludes 0 calls the change.  Returns ``{"value", "ci"}``."""
+    a, b = np.asarray(feats, dtype=np.float64), np.asarray(base, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired feature sets need the same shape, got {a.shape} and {b.shape}")
+    va, ra = features.bootstrap_frechet_distances(a, reference, num_boot=replicates, seed=seed)
+    vb, rb = features.bootstrap_frechet_distances(b, reference, num_boot=replicates, seed=seed)  # same rows
+    value = va - vb
+    return {"value": float(value), "ci": features.bootstrap_interval(value, ra - rb, level, lower_bound=None)}
 
 
 def real_data_floor(n: int, *, seeds=range(20), replicates: int = 200, level: float = 0.95) -> dict:
     """The FD of ``n`` real training images against the test-split statistics: what a perfect model would score
     at this ``n``. ``value`` is :func:`.features.real_data_frechet_distance` ``(n)`` (the first seed's subset);
     ``ci`` the central ``level`` range of the FD over the seeds' subsets (``by_seed``), i.e. its spread over
-    fresh sets of ``n`` real images; ``bootstrap`` the first subset's :func:`bootstrap_frechet_distance`, the
+    fresh sets of ``n`` real images; ``bootstrap`` the first subset's :func:`.features.frechet_with_interval`, the
     interval a model's FD gets, for comparison."""
     seeds = list(seeds)
     if len(seeds) < 2:
@@ -101,7 +96,7 @@ def real_data_floor(n: int, *, seeds=range(20), replicates: int = 200, level: fl
         f = features.extract_features(features.to_model_range(images[features.subset_indices(len(images), n, s)]))
         by_seed.append(features.frechet_distance_from_stats(*features.feature_statistics(f), *ref))
         if boot is None:
-            boot = bootstrap_frechet_distance(f, ref, replicates=replicates, level=level)
+            boot = features.frechet_with_interval(f, ref, num_boot=replicates, level=level)
     lo, hi = np.quantile(by_seed, [(1 - level) / 2, (1 + level) / 2])
     return {"n": n, "split": "train", "reference": "test", "value": by_seed[0], "ci": [float(lo), float(hi)],
             "seeds": seeds, "by_seed": by_seed, "bootstrap": boot}
@@ -110,15 +105,22 @@ def real_data_floor(n: int, *, seeds=range(20), replicates: int = 200, level: fl
 def record(feats_by_step: dict, *, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
            batch_size: int = 250, seed: int = 1000, replicates: int = 200, shipped_step: int | None = None) -> dict:
     """The ``model_quality_*.json`` record from ``{step: features}`` (each ``(n, 128)``, same ``n``, made by
-    :func:`sample_features` with these settings): every step's FD with its interval, and the floor at ``n``."""
+    :func:`sample_features` with these settings): every step's FD with its interval, its change from the first
+    step's FD with a paired interval (:func:`paired_difference`; ``None`` for the first), and the floor at
+    ``n``."""
     if not feats_by_step:
         raise ValueError("no checkpoints to record")
     ns = {step: len(f) for step, f in feats_by_step.items()}
     if len(set(ns.values())) != 1:
         raise ValueError(f"every checkpoint needs the same number of samples, got {ns}")
     n = next(iter(ns.values()))
-    rows = [{"step": int(step), "fd": bootstrap_frechet_distance(f, replicates=replicates)}
-            for step, f in sorted(feats_by_step.items())]
+    steps = sorted(feats_by_step)
+    base = steps[0]
+    rows = [{"step": int(step), "fd": features.frechet_with_interval(feats_by_step[step], num_boot=replicates),
+             "change": None if step == base else {
+                 "from_step": int(base),
+                 **paired_difference(feats_by_step[step], feats_by_step[base], replicates=replicates)}}
+            for step in steps]
     return {"nfe": nfe, "sampler": sampler, "spacing": spacing, "n": n, "noise_seeds": f"{seed} + batch index",
             "batch_size": batch_size, "bootstrap_replicates": replicates, "level": 0.95,
             "real_data_floor": real_data_floor(n, replicates=replicates), "checkpoints": rows,
