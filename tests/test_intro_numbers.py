@@ -1,4 +1,5 @@
-"""The intro's "Results at a glance" quotes numbers from the results files; they must be the current ones."""
+"""The intro's "Results at a glance" and the model card quote numbers from the results files; they must be the current
+ones."""
 
 import json
 import re
@@ -53,3 +54,21 @@ def test_five_nfe_distances_are_the_current_ones(glance):
                  for m in ("ddim", "accelerated_ode")]
     missing = [e for e in expected if e not in glance]
     assert not missing, f"the intro quotes other numbers than learned_fmnist.json: {missing}"
+
+
+def _ci1(c):
+    return f"{c['value']:.1f} [{c['ci'][0]:.1f}, {c['ci'][1]:.1f}]"
+
+
+def test_model_card_quotes_the_current_model_quality():
+    """The model card's quality table: every checkpoint's FD, its change from the first, and the floor."""
+    card = (ROOT / "data" / "fmnist-ddpm" / "MODEL_CARD.md").read_text()
+    q = _results("model_quality_fmnist.json")
+    expected = [_ci1(q["real_data_floor"])]
+    for c in q["checkpoints"]:
+        expected.append(_ci1(c["fd"]))
+        if c.get("change"):
+            expected.append(_ci1(c["change"]))
+    expected.append(f"**{q['shipped_step']:,}** optimiser steps")
+    missing = [e for e in expected if e not in card]
+    assert not missing, f"the model card quotes other numbers than model_quality_fmnist.json: {missing}"
