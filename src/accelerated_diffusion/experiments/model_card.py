@@ -136,16 +136,18 @@ def _save(fig, path: Path) -> Path:
 def write_figures(folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing",
                   seed: int = 0) -> list[Path]:
     """Write ``loss_curve.png`` and ``samples.png`` into ``folder`` (each atomically); returns their paths.
-    Every input is checked (log, sampler, sizes) before the slow sampling."""
+    The loss figure is drawn first and :func:`sample_grid` checks its arguments before loading the model, so bad
+    input fails before the slow sampling, and nothing is written unless both figures were made."""
+    import matplotlib.pyplot as plt
+
     folder = Path(folder)
-    read_loss_log(folder)
-    spec(sampler)
-    if n < 1 or nfe < 1:
-        raise ValueError(f"need n >= 1 and nfe >= 1, got n={n}, nfe={nfe}")
-    loss = _save(loss_figure(folder), folder / LOSS_FIGURE)
-    samples = _save(samples_figure(folder, n, nfe=nfe, sampler=sampler, spacing=spacing, seed=seed),
-                    folder / SAMPLES_FIGURE)
-    return [loss, samples]
+    loss = loss_figure(folder)
+    try:
+        samples = samples_figure(folder, n, nfe=nfe, sampler=sampler, spacing=spacing, seed=seed)
+    except BaseException:
+        plt.close(loss)
+        raise
+    return [_save(loss, folder / LOSS_FIGURE), _save(samples, folder / SAMPLES_FIGURE)]
 
 
 def main(argv: list[str] | None = None) -> int:
