@@ -22,6 +22,7 @@ import torch
 from ..models import eps_fn, load_scheduler_config, load_unet, schedule_from_config
 from ..samplers import label, run_sampler, spec
 from .paths import atomic_write_bytes
+from .train import LOSS_LOG
 
 __all__ = ["read_loss_log", "loss_figure", "sample_grid", "samples_figure", "write_figures", "main"]
 
@@ -33,7 +34,7 @@ def read_loss_log(folder) -> dict[str, np.ndarray]:
     """``loss.csv`` of ``folder`` as arrays ``step``, ``loss``, ``lr`` (one row per logged interval: the mean
     loss over it and the learning rate of its last step).  ``FileNotFoundError`` / ``ValueError`` for a missing,
     empty or malformed log."""
-    path = Path(folder) / "loss.csv"
+    path = Path(folder) / LOSS_LOG
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the folder needs the loss log its export wrote")
     with open(path, newline="") as f:
