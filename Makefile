@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[book,experiments,test]'
+# k-diffusion for tests/test_k_samplers.py only: --no-deps, as its own list pulls in clean-fid, CLIP, wandb and
+# torchvision, which its sampling and external modules do not use (their imports are in the test extra)
+	$(BIN)/python -m pip install --quiet --no-deps 'k-diffusion==0.1.1.post1'
 	@touch $@
 
 data-deps:
