@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent(
 def test_core_dependencies_are_declared_as_such():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in deps}
-    assert names == {"torch", "numpy", "tqdm", "diffusers", "safetensors"}
+    assert names == {"torch", "numpy", "tqdm", "diffusers", "safetensors", "huggingface-hub"}
 
 
 def test_library_runs_without_the_reproduction_dependencies():

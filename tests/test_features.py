@@ -164,3 +164,20 @@ def test_batched_w2_equals_one_at_a_time_and_the_bootstrap_is_unchanged():
             for _ in range(25)]
     np.testing.assert_allclose(boot, loop, rtol=1e-10)
     assert value == features.frechet_distance_from_stats(*features.feature_statistics(f), *ref)
+
+
+def test_classifier_digest_changes_with_the_classifier(tmp_path):
+    """What feature caches key on (model_quality --cache): stable for the same files, different after the
+    classifier's weights changed."""
+    import shutil
+
+    from accelerated_diffusion.experiments import paths
+
+    clf = tmp_path / "clf"
+    shutil.copytree(paths.data_dir() / "fmnist-classifier", clf)
+    a = features.classifier_digest(clf)
+    assert a == features.classifier_digest(clf) == features.classifier_digest() and len(a) == 64
+    (clf / "model.safetensors").write_bytes((clf / "model.safetensors").read_bytes() + b" ")
+    assert features.classifier_digest(clf) != a
+    with pytest.raises(FileNotFoundError, match="no classifier weights"):
+        features.classifier_digest(tmp_path / "nowhere")

@@ -80,3 +80,67 @@ def test_record_gives_each_later_checkpoint_its_paired_change(monkeypatch):
     assert (first["step"], first["change"], later["step"]) == (4750, None, 9000)
     assert later["change"]["from_step"] == 4750
     assert later["change"]["value"] == pytest.approx(later["fd"]["value"] - first["fd"]["value"])
+
+
+def _scheduler_only(folder):
+    """A model folder with only its scheduler config: enough for every argument check, no weights to load."""
+    train.build_scheduler().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("bad,match", [
+    (["--replicates", "5"], "--replicates must be >= 20"),
+    (["--name", "../x"], "--name: results name must be a plain file name"),
+    (["--n", "2"], r"--n must lie in \[3, 60,000\]"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--nfe", "0"], "--nfe must be >= 1"),
+    (["--nfe", "3000"], "num_steps must be in"),
+    (["--sampler", "diffusers_unipc_bh2", "--spacing", "logsnr"], "diffusers' UniPCMultistepScheduler cannot"),
+    (["--shipped-step", "7"], "--shipped-step 7 is none of the --model steps"),
+    (["--features-only"], "--features-only needs --cache"),
+    (["--cache", "CACHE"], "no diffusion_pytorch_model.safetensors"),
+    (["--model", "5=MODEL"], "--model lists a step twice"),
+    (["--model", "6=nowhere"], "--model 6=nowhere: no such folder"),
+])
+def test_every_argument_is_checked_before_any_data_or_model_load(tmp_path, monkeypatch, capsys, bad, match):
+    def no_loading(*a, **k):
+        raise AssertionError("data or a model was loaded before the arguments were checked")
+
+    for name in ("load_unet", "load_fashion_mnist", "sample_features", "measure"):
+        monkeypatch.setattr(model_quality, name, no_loading)
+    model = _scheduler_only(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    bad = [{"MODEL": str(model), "CACHE": str(tmp_path / "cache")}.get(b, b) for b in bad]
+    assert model_quality.main(["--model", f"5={model}", *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("accelerated-diffusion model-quality: error:"), err
+    assert __import__("re").search(match, err), err
+
+
+def test_feature_cache_keys_on_the_classifier_too(tmp_path, monkeypatch):
+    """Features cached with one classifier are not returned after the classifier changed (same UNet weights,
+    same settings): they are sampled again."""
+    import shutil
+
+    from accelerated_diffusion.experiments import paths
+
+    clf = tmp_path / "classifier"
+    shutil.copytree(paths.data_dir() / "fmnist-classifier", clf)
+    monkeypatch.setattr(features, "default_classifier_dir", lambda: clf)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    calls = []
+
+    def fake_sample(folder, n, progress=True, **settings):
+        calls.append(features.classifier_digest())
+        return np.full((n, 2), float(len(calls)))
+
+    monkeypatch.setattr(model_quality, "sample_features", fake_sample)
+    settings = dict(nfe=2, sampler="ddim", spacing="leading", batch_size=3, seed=1000)
+    first = model_quality._cached_features(tmp_path / "model", 4, tmp_path / "cache", False, **settings)
+    again = model_quality._cached_features(tmp_path / "model", 4, tmp_path / "cache", False, **settings)
+    assert len(calls) == 1 and np.array_equal(first, again)  # a cache hit with the same classifier
+    (clf / "model.safetensors").write_bytes((clf / "model.safetensors").read_bytes()[:-1] + b"\0")  # retrained
+    after = model_quality._cached_features(tmp_path / "model", 4, tmp_path / "cache", False, **settings)
+    assert len(calls) == 2 and calls[0] != calls[1] and after[0, 0] == 2.0

@@ -21,9 +21,37 @@ def test_is_hub_id_and_missing_paths(tmp_path):
     assert all(models.is_hub_id(m) for m in models.PAPER_MODELS)
     assert not models.is_hub_id("/abs/path") and not models.is_hub_id("a/b/c") and not models.is_hub_id("x")
     with pytest.raises(FileNotFoundError, match="neither a local folder nor a hub id"):
-        models.load_unet(tmp_path / "does" / "not-exist")
+        models.load_unet("x")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         models.load_unet(tmp_path)
+
+
+def test_a_local_looking_path_that_does_not_exist_is_named_as_such(tmp_path, monkeypatch):
+    """A typo in a model folder is a missing local path (with close matches), not a hub id to download: no hub
+    request is made (the hub is configured online against a refusing endpoint that would be reported instead)."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: pytest.fail("the hub was asked"))
+    (tmp_path / "data" / "fmnist-ddpm").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert models.looks_local("data/fmnist-ddpn") and not models.looks_local("google/ddpm-church-256")
+    for name in ("data/fmnist-ddpn", "./fmnist-ddpm", "../nowhere", "/no/such/folder", "~/no-such-model",
+                 "a/b/c", tmp_path / "does" / "not-exist"):
+        for load in (models.load_unet, models.load_scheduler_config):
+            with pytest.raises(FileNotFoundError, match=r"local model folder .* does not exist") as err:
+                load(name)
+            assert "huggingface-cli" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match=r"did you mean 'data/fmnist-ddpm'"):
+        models.load_unet("data/fmnist-ddpn")
+    with pytest.raises(FileNotFoundError, match=r"parent '/no/such' does not exist"):
+        models.load_unet("/no/such/folder")
+    with pytest.raises(models.ModelNotAvailableError):  # a hub id is still looked up on the hub
+        monkeypatch.undo()
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        models.load_unet("someone/not-a-folder-here")
 
 
 @pytest.mark.parametrize("model_id", models.PAPER_MODELS)

@@ -102,3 +102,21 @@ def test_bad_input():
         updates.dpm_solver_pp_2m_step(torch.zeros(1), torch.zeros(1), 0.5, 0.4)
     with pytest.raises(ValueError, match="alpha_bar = 1"):
         updates.unipc_bh2_corrector_step(torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.5, 1.0)
+
+
+@pytest.mark.parametrize("ts", [[10, 500, 900], [900, 500, 500, 10]], ids=["ascending", "repeated"])
+def test_run_sampler_checks_the_peers_timesteps_like_the_library_samplers(ts):
+    """Ascending or repeated timesteps: every sampler, diffusers' peers included, refuses them with the same
+    message before the model is called (diffusers' DPMSolverMultistepScheduler itself would run on them)."""
+    schedule = ad.DiscreteSchedule.from_diffusers("linear")
+    noise = torch.zeros(2, 3, dtype=torch.float64)
+
+    def never(x, t):
+        raise AssertionError("the model was called")
+
+    messages = set()
+    for name in ad.SAMPLERS:
+        with pytest.raises(ValueError, match="strictly increasing") as err:
+            ad.run_sampler(never, noise, name, schedule, ts)
+        messages.add(str(err.value))
+    assert len(messages) == 1, messages

@@ -8,11 +8,19 @@ r"""Loading pretrained epsilon-prediction UNets (diffusers format), offline firs
    weights at its root (the google/ddpm layout) or in ``unet/`` (the pipeline layout);
 2. the Hugging Face cache, without network (``local_files_only=True``);
 3. the hub, but only when ``HF_HUB_OFFLINE`` is not set and the endpoint (``HF_ENDPOINT``) answers an HTTP
-   request for the model within ``timeout`` seconds (connect *and* read timeout; an endpoint that accepts the
-   connection but never answers counts as unreachable), and the download itself runs with connect and read
-   timeouts -- so an offline machine or a stalled endpoint gets a :class:`ModelNotAvailableError` within seconds
-   (no retry loops) that names the model and says how to fetch it on a machine with network and pass the folder
-   instead.
+   request for the model completely within ``timeout`` seconds (an overall deadline, not a per-read timeout: an
+   endpoint that accepts the connection but never answers, or answers one byte at a time, counts as
+   unreachable), and the download itself must finish within ``download_timeout`` seconds -- so an offline
+   machine or a stalled endpoint gets a :class:`ModelNotAvailableError` within seconds that names the model and
+   says how to fetch it on a machine with network and pass the folder instead.
+
+A name that looks like a local path (it starts with ``.``, ``/`` or ``~``, has more separators than one
+``owner/name``, is a :class:`pathlib.Path`, or its parent folder exists here) but is not a folder raises
+``FileNotFoundError`` naming the missing local path; the hub is not asked.
+
+The deadlines are kept by :func:`call_with_deadline`, which runs the blocking call in a daemon thread and stops
+waiting for it at the deadline (:class:`HubTimeoutError`); ``huggingface_hub`` is used through its public API
+only.
 
 Local folders with a ``SHA256SUMS`` file (the shipped ``data/fmnist-ddpm``, and every folder the project's export
 commands write) are checked against it before loading (:func:`accelerated_diffusion.integrity.verify_sha256sums`):
@@ -27,11 +35,12 @@ The scheduler side: :func:`load_scheduler_config` reads ``scheduler_config.json`
 
 from __future__ import annotations
 
-import contextlib
+import difflib
 import json
 import os
 import re
-import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -46,7 +55,10 @@ from .schedules import BETA_SCHEDULES, DiscreteSchedule, is_integer_dtype
 __all__ = [
     "PAPER_MODELS",
     "ModelNotAvailableError",
+    "HubTimeoutError",
+    "call_with_deadline",
     "is_hub_id",
+    "looks_local",
     "resolve_local",
     "hub_reachable",
     "load_unet",
@@ -56,6 +68,9 @@ __all__ = [
 ]
 
 PAPER_MODELS = ("google/ddpm-church-256", "google/ddpm-bedroom-256", "google/ddpm-ema-celebahq-256")
+#: Overall seconds a hub download may take (the paper's checkpoints are about 455 MB: 120 s needs about 4 MB/s;
+#: on a slower link pass ``download_timeout=`` or fetch the folder with ``hf download``).
+DOWNLOAD_TIMEOUT_S = 120.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -63,8 +78,36 @@ class ModelNotAvailableError(OSError):
     """A hub model that is neither cached nor downloadable from here; the message says how to get it."""
 
 
-class HubTimeoutError(OSError):
-    """The hub endpoint stopped answering during a download (connect or read timeout)."""
+class HubTimeoutError(TimeoutError):
+    """A network call did not finish within its overall deadline (:func:`call_with_deadline`)."""
+
+
+def call_with_deadline(fn, seconds: float, what: str, error: type[BaseException] = HubTimeoutError):
+    """``fn()``, or ``error`` (default :class:`HubTimeoutError`) naming ``what`` when it has not returned after
+    ``seconds`` seconds in all, however the time is spent (connecting, a slow trickle of bytes, retries).
+
+    ``fn`` runs in a daemon thread; at the deadline this function stops waiting and raises.  The thread cannot be
+    killed: it ends when its blocking call fails or completes (a script exits regardless: daemon threads do not
+    keep the interpreter alive), so ``fn`` must not leave shared state half-written if it finishes late (the
+    ``huggingface_hub`` cache and :mod:`.experiments.data` write to temporary files and rename)."""
+    if not seconds > 0:
+        raise ValueError(f"the deadline must be > 0 seconds, got {seconds!r}")
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=target, daemon=True, name=f"deadline {seconds:g} s: {what}")
+    th.start()
+    th.join(seconds)
+    if th.is_alive():
+        raise error(f"{what} did not finish within {seconds:g} s (overall deadline)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def is_hub_id(name: str) -> bool:
@@ -78,11 +121,60 @@ def resolve_local(model_id_or_path) -> Path | None:
     return p if p.is_dir() else None
 
 
+def looks_local(model_id_or_path) -> bool:
+    """Whether ``model_id_or_path`` is meant as a local path rather than a hub id: a :class:`pathlib.Path`, a name
+    starting with ``.``, ``/`` or ``~``, one with a separator that a hub id cannot have (more than one ``/``, or
+    ``os.sep`` / ``os.altsep`` other than ``/``), or one whose parent folder exists here (``data/fmnist-ddpn``
+    beside ``data/``)."""
+    if isinstance(model_id_or_path, os.PathLike):
+        return True
+    name = str(model_id_or_path)
+    if name.startswith((".", "/", "~")):
+        return True
+    seps = {os.sep, os.altsep} - {None, "/"}
+    if any(c in name for c in seps) or name.count("/") > 1:
+        return True
+    parent = Path(name).expanduser().parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def _missing_local(name) -> FileNotFoundError:
+    """The error for a local-looking path that is not a folder, with close matches beside it."""
+    p = Path(name).expanduser()
+    hint = ""
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.is_dir():
+        near = difflib.get_close_matches(p.name, [c.name for c in parent.iterdir() if c.is_dir()], n=3)
+        if near:
+            hint = " (did you mean " + " or ".join(repr(str(parent / c)) for c in near) + "?)"
+        elif p.exists():
+            hint = " (it is a file)"
+    else:
+        hint = f" (its parent {str(parent)!r} does not exist either)"
+    return FileNotFoundError(f"local model folder {str(name)!r} does not exist{hint}; pass an existing folder, or a "
+                             "hub id of the form owner/name")
+
+
+def _resolve(model_id_or_path) -> tuple[Path | None, str]:
+    """``(local folder, name)`` or ``(None, hub id)``; ``FileNotFoundError`` for a missing local path or a name
+    that is neither (no hub request is made for either)."""
+    local = resolve_local(model_id_or_path)
+    if local is not None:
+        return local, str(model_id_or_path)
+    if looks_local(model_id_or_path):
+        raise _missing_local(model_id_or_path)
+    name = str(model_id_or_path)
+    if not is_hub_id(name):
+        raise FileNotFoundError(f"{name!r} is neither a local folder nor a hub id of the form owner/name")
+    return None, name
+
+
 def hub_reachable(timeout: float = 3.0, model_id: str | None = None) -> tuple[bool, str]:
     """``(ok, reason)``: False when ``HF_HUB_OFFLINE`` is set or the hub endpoint (``HF_ENDPOINT``, default
-    https://huggingface.co) does not answer an HTTP request (for ``model_id``'s metadata when given) within
-    ``timeout`` seconds, counted separately for connecting and for reading the answer.  Any HTTP answer, even an
-    error status, counts as reachable (the download then reports the status)."""
+    https://huggingface.co) does not answer an HTTP ``HEAD`` request (for ``model_id``'s metadata when given)
+    completely within ``timeout`` seconds in all (:func:`call_with_deadline`: an endpoint that trickles its
+    answer a byte at a time fails too).  Any HTTP answer, even an error status, counts as reachable (the
+    download then reports the status)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
@@ -91,65 +183,21 @@ def hub_reachable(timeout: float = 3.0, model_id: str | None = None) -> tuple[bo
     url = urlparse(endpoint)
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     probe = f"{endpoint}/api/models/{quote(model_id)}" if model_id else endpoint + "/"
+
+    def head():
+        try:
+            with urllib.request.urlopen(urllib.request.Request(probe, method="HEAD"), timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            pass  # the endpoint answered
+
+    t0 = time.monotonic()
     try:
-        with urllib.request.urlopen(urllib.request.Request(probe, method="HEAD"), timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        pass  # the endpoint answered
+        call_with_deadline(head, timeout, f"HEAD {probe}")
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        return False, f"{host}:{port} unreachable: no answer within {timeout:g} s ({reason})"
-    return True, f"{host}:{port} answered"
-
-
-@contextlib.contextmanager
-def _hub_timeouts(connect: float, read: float):
-    """Give ``huggingface_hub``'s HTTP client connect and read timeouts for the duration of the block (its
-    default client has none: a stalled endpoint would block forever); the previous client factory is restored."""
-    try:
-        from huggingface_hub.utils import _http
-    except ImportError:  # pragma: no cover - other huggingface_hub layouts
-        yield
-        return
-    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
-    set_factory = getattr(_http, "set_client_factory", None)
-    if previous is None or set_factory is None:  # pragma: no cover - other huggingface_hub versions
-        yield
-        return
-    import httpx2 as httpx  # the client library of this huggingface_hub
-
-    class NoRetryOnTimeout(httpx.BaseTransport):
-        """A stalled request fails at once with an error the hub client does not retry (it would retry a
-        timeout five times with back-off, about half a minute per file)."""
-
-        def __init__(self, inner):
-            self.inner = inner
-
-        def handle_request(self, request):
-            # a timeout given per request (e.g. the hub's 10 s for metadata) is capped at ours
-            limits = dict(request.extensions.get("timeout") or {})
-            bound = {"connect": connect, "read": read, "write": read, "pool": connect}
-            request.extensions["timeout"] = {k: min(v, limits.get(k) or v) for k, v in bound.items()}
-            try:
-                return self.inner.handle_request(request)
-            except httpx.TimeoutException as e:
-                raise HubTimeoutError(f"{request.url} did not answer within {read:g} s ({type(e).__name__})") from None
-
-        def close(self):
-            self.inner.close()
-
-    def bounded():
-        client = previous()
-        client.timeout = httpx.Timeout(read, connect=connect)
-        if isinstance(getattr(client, "_transport", None), httpx.BaseTransport):
-            client._transport = NoRetryOnTimeout(client._transport)
-        return client
-
-    set_factory(bounded)
-    try:
-        yield
-    finally:
-        set_factory(previous)
+        return False, f"{host}:{port} unreachable: no complete answer within {timeout:g} s ({reason})"
+    return True, f"{host}:{port} answered in {time.monotonic() - t0:.1f} s"
 
 
 def _not_available(model_id: str, reason: str) -> ModelNotAvailableError:
@@ -162,8 +210,9 @@ def _not_available(model_id: str, reason: str) -> ModelNotAvailableError:
     )
 
 
-def _from_hub(model_id: str, load, timeout: float, read_timeout: float = 30.0):
-    """``load(local_files_only=...)`` from the cache, else (hub reachable) from the hub, else a clear error."""
+def _from_hub(model_id: str, load, timeout: float, download_timeout: float):
+    """``load(local_files_only=...)`` from the cache, else (hub reachable within ``timeout``) from the hub within
+    ``download_timeout`` seconds in all, else a clear error."""
     try:
         return load(local_files_only=True)
     except (OSError, ValueError):
@@ -172,8 +221,8 @@ def _from_hub(model_id: str, load, timeout: float, read_timeout: float = 30.0):
     if not ok:
         raise _not_available(model_id, reason)
     try:
-        with _hub_timeouts(timeout, read_timeout):
-            return load(local_files_only=False)
+        return call_with_deadline(lambda: load(local_files_only=False), download_timeout,
+                                  f"downloading {model_id} from the hub")
     except (OSError, ValueError) as e:
         raise _not_available(model_id, f"download failed ({type(e).__name__}: {e})") from e
 
@@ -187,22 +236,20 @@ def _unet_subfolder(folder: Path) -> str | None:
 
 
 def load_unet(model_id_or_path, device="cpu", dtype: torch.dtype = torch.float32, *, timeout: float = 3.0,
-              read_timeout: float = 30.0):
+              download_timeout: float = DOWNLOAD_TIMEOUT_S):
     """A ``diffusers.UNet2DModel`` in eval mode on ``device`` with ``dtype`` (see the module docstring for the
-    lookup order; ``timeout``: seconds to connect and for the endpoint's first answer, ``read_timeout``: seconds
-    a download may wait for data).  Raises ``FileNotFoundError`` for a path that is neither a folder nor a hub id, and
-    :class:`ModelNotAvailableError` (naming the model and the download command) when offline."""
+    lookup order; ``timeout``: overall seconds for the hub's answer to the reachability probe,
+    ``download_timeout``: overall seconds for the download).  Raises ``FileNotFoundError`` for a local-looking path
+    that does not exist or a name that is neither a folder nor a hub id, and :class:`ModelNotAvailableError`
+    (naming the model and the download command) when offline or when the hub misses a deadline."""
     from diffusers import UNet2DModel
 
-    local = resolve_local(model_id_or_path)
+    local, name = _resolve(model_id_or_path)
     if local is not None:
         sub = _unet_subfolder(local)
         verify_sha256sums(local / sub if sub else local)
         model = UNet2DModel.from_pretrained(local, subfolder=sub, torch_dtype=dtype)
         return model.to(device).eval()
-    name = str(model_id_or_path)
-    if not is_hub_id(name):
-        raise FileNotFoundError(f"{name!r} is neither a local folder nor a hub id of the form owner/name")
 
     def load(local_files_only: bool):
         try:
@@ -210,22 +257,20 @@ def load_unet(model_id_or_path, device="cpu", dtype: torch.dtype = torch.float32
         except OSError:  # pipeline layout: the UNet lives in unet/
             return UNet2DModel.from_pretrained(name, subfolder="unet", torch_dtype=dtype, local_files_only=local_files_only)
 
-    return _from_hub(name, load, timeout, read_timeout).to(device).eval()
+    return _from_hub(name, load, timeout, download_timeout).to(device).eval()
 
 
-def load_scheduler_config(model_id_or_path, *, timeout: float = 3.0, read_timeout: float = 30.0) -> dict:
-    """The model's ``scheduler_config.json`` (at the root or in ``scheduler/``) as a dict, same lookup as
-    :func:`load_unet`; a corrupt file raises ``ValueError`` naming it."""
-    local = resolve_local(model_id_or_path)
+def load_scheduler_config(model_id_or_path, *, timeout: float = 3.0,
+                          download_timeout: float = DOWNLOAD_TIMEOUT_S) -> dict:
+    """The model's ``scheduler_config.json`` (at the root or in ``scheduler/``) as a dict, same lookup and
+    deadlines as :func:`load_unet`; a corrupt file raises ``ValueError`` naming it."""
+    local, name = _resolve(model_id_or_path)
     if local is not None:
         for f in (local / "scheduler_config.json", local / "scheduler" / "scheduler_config.json"):
             if f.exists():
                 verify_sha256sums(f.parent, [f.name])
                 return _read_json(f)
         raise FileNotFoundError(f"{local} holds no scheduler_config.json (nor scheduler/scheduler_config.json)")
-    name = str(model_id_or_path)
-    if not is_hub_id(name):
-        raise FileNotFoundError(f"{name!r} is neither a local folder nor a hub id of the form owner/name")
     from huggingface_hub import hf_hub_download
 
     def load(local_files_only: bool):
@@ -235,7 +280,7 @@ def load_scheduler_config(model_id_or_path, *, timeout: float = 3.0, read_timeou
             f = hf_hub_download(name, "scheduler_config.json", subfolder="scheduler", local_files_only=local_files_only, etag_timeout=timeout)
         return _read_json(Path(f))
 
-    return _from_hub(name, load, timeout, read_timeout)
+    return _from_hub(name, load, timeout, download_timeout)
 
 
 def _read_json(f: Path) -> dict:

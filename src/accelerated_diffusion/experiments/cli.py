@@ -12,6 +12,8 @@ command                what
 ``model-quality``      a model's Fréchet distance at many steps against the real-data floor
                        (:func:`.model_quality.main`)
 ``model-card``         (re)draw a model folder's loss curve and sample grid (:func:`.model_card.main`)
+``run-chapter``        check a papermill parameter file against a chapter's ``parameters`` cell, then
+                       run the chapter with it (:func:`.params.main`)
 =====================  ==============================================================================
 
 ``accelerated-diffusion <command> --help`` shows a command's options.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import sys
 
-from . import classifier, generate, model_card, model_quality, train
+from . import classifier, generate, model_card, model_quality, params, train
 
 __all__ = ["COMMANDS", "main"]
 
@@ -33,6 +35,7 @@ COMMANDS = {
     "train-classifier": (classifier.main, "train and ship the feature classifier"),
     "model-quality": (model_quality.main, "a model's FD at many steps against the data floor"),
     "model-card": (model_card.main, "draw a model folder's loss curve and samples"),
+    "run-chapter": (params.main, "check a papermill parameter file, then run the chapter"),
 }
 
 

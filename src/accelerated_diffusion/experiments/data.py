@@ -5,9 +5,11 @@ Where the data comes from, in order:
 1. ``$FASHION_MNIST_DIR`` if set, else the Debian package ``dataset-fashion-mnist``
    (``/usr/share/datasets/fashion-mnist``; ``apt-get install dataset-fashion-mnist``);
 2. the user cache (``~/.cache/accelerated_diffusion/fashion-mnist``), filled by
-3. the dataset's official download (only with ``download=True``; ``$FASHION_MNIST_URL`` overrides the address),
-   with connect and read timeouts (:data:`TIMEOUT_S`), verified against the MD5 sums that the dataset's README
-   publishes for the ``.gz`` files;
+3. the dataset's official download (only with ``download=True``; ``$FASHION_MNIST_URL``, read at each call,
+   overrides the address), verified against the MD5 sums that the dataset's README publishes for the ``.gz``
+   files.  It is bounded as a whole, not per read: each file must start arriving within :data:`TIMEOUT_S`
+   seconds and then average at least :data:`MIN_RATE` bytes per second, else it fails (a server that trickles
+   one byte a second fails after :data:`TIMEOUT_S` seconds);
 4. otherwise a :class:`FileNotFoundError` that says how to get the data.
 
 Every file, whatever its source, is also checked against the SHA-256 of its *decompressed* content (the Debian
@@ -19,7 +21,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
+import tempfile
+import threading
+import time
 import urllib.request
 import zlib
 from pathlib import Path
@@ -31,8 +35,9 @@ __all__ = ["FILES", "DEBIAN_DIR", "load_fashion_mnist", "fashion_mnist_dir", "CL
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "accelerated_diffusion" / "fashion-mnist"
-OFFICIAL_URL = os.environ.get("FASHION_MNIST_URL", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
-TIMEOUT_S = 30.0  # connect timeout, and the longest wait for the next block of a download
+OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # $FASHION_MNIST_URL overrides
+TIMEOUT_S = 15.0  # seconds for a file to start arriving; after that it must average MIN_RATE
+MIN_RATE = 32 * 1024  # bytes per second, averaged from the request on (the 4 files are 30 MB: < 16 min)
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 # name -> (MD5 of the official .gz, SHA-256 of the decompressed content)
@@ -49,30 +54,74 @@ def _candidates() -> list[Path]:
     return ([Path(env)] if env else []) + [DEBIAN_DIR, CACHE_DIR]
 
 
-def _download(cache: Path, timeout: float | None = None) -> None:
+def _fetch(url: str, fh, timeout: float, min_rate: float) -> None:
+    """Copy ``url`` into the open file ``fh``, failing with ``TimeoutError`` unless the first bytes arrive within
+    ``timeout`` seconds and the average rate from the request on stays at least ``min_rate`` bytes/s after that.
+
+    The transfer runs in a daemon thread watched from here (a per-read socket timeout cannot bound a server that
+    sends one byte a second); at the deadline this function stops waiting and tells the thread to stop at its next
+    block (it ends at the latest when its socket times out, ``timeout`` seconds without a byte)."""
+    state = {"bytes": 0, "done": False, "error": None}
+    stop = threading.Event()
+
+    def copy():
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                while not stop.is_set():
+                    block = resp.read1(1 << 16)
+                    if not block:
+                        break
+                    fh.write(block)
+                    state["bytes"] += len(block)
+        except BaseException as e:  # noqa: BLE001 - reported by the watcher
+            state["error"] = e
+        state["done"] = True
+
+    t0 = time.monotonic()
+    th = threading.Thread(target=copy, daemon=True, name=f"download {url}")
+    th.start()
+    while True:
+        th.join(0.2)
+        if state["done"]:
+            break
+        elapsed = time.monotonic() - t0
+        if elapsed > timeout and state["bytes"] < min_rate * elapsed:
+            stop.set()
+            raise TimeoutError(f"{state['bytes']:,} bytes in {elapsed:.0f} s, below the minimum of "
+                               f"{min_rate:,.0f} bytes/s after the first {timeout:g} s")
+    if state["error"] is not None:
+        raise state["error"]
+
+
+def _download(cache: Path, timeout: float | None = None, url: str | None = None) -> None:
+    """Fetch the four files into ``cache`` from ``url`` (default ``$FASHION_MNIST_URL`` or :data:`OFFICIAL_URL`),
+    each bounded as a whole (:func:`_fetch`, :data:`TIMEOUT_S`, :data:`MIN_RATE`) and MD5-checked before it is
+    renamed into place; a failed file leaves no partial file."""
     timeout = TIMEOUT_S if timeout is None else timeout
+    base = url or os.environ.get("FASHION_MNIST_URL") or OFFICIAL_URL
     cache.mkdir(parents=True, exist_ok=True)
     for name, (md5, _) in FILES.items():
         dest = cache / name
         if dest.exists():
             continue
-        tmp = dest.with_suffix(".part")
-        url = OFFICIAL_URL.rstrip("/") + "/" + name
-        try:  # the timeout bounds the connection and every read: a stalled server cannot hang the download
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
-                shutil.copyfileobj(resp, fh)
+        src = base.rstrip("/") + "/" + name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
+        tmp = Path(tmp)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                _fetch(src, fh, timeout, MIN_RATE)
+            got = hashlib.md5(tmp.read_bytes()).hexdigest()
+            if got != md5:
+                raise ValueError(f"Fashion-MNIST: {name} has MD5 {got}, expected {md5} (corrupt download)")
+            os.replace(tmp, dest)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise FileNotFoundError(
-                f"Fashion-MNIST: downloading {name} from {url} failed ({getattr(e, 'reason', e)}; connect/read "
-                f"timeout {timeout:g} s). Install the Debian package (apt-get install dataset-fashion-mnist) or set "
-                "FASHION_MNIST_DIR to a folder with the four .gz files."
+                f"Fashion-MNIST: downloading {name} from {src} failed ({getattr(e, 'reason', e)}; timeout "
+                f"{timeout:g} s to start, then at least {MIN_RATE:,} bytes/s). Install the Debian package "
+                "(apt-get install dataset-fashion-mnist) or set FASHION_MNIST_DIR to a folder with the four .gz files."
             ) from None
-        got = hashlib.md5(tmp.read_bytes()).hexdigest()
-        if got != md5:
-            tmp.unlink()
-            raise ValueError(f"Fashion-MNIST: {name} has MD5 {got}, expected {md5} (corrupt download)")
-        os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def fashion_mnist_dir(download: bool = False) -> Path:

@@ -27,6 +27,7 @@ Typical use::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from torch import nn
 
-from ..integrity import verify_sha256sums
+from ..integrity import sha256_file, verify_sha256sums
 from ..metrics import gaussian_w2_squared, gaussian_w2_squared_batch
 from .data import load_fashion_mnist
 from .paths import data_dir
@@ -47,6 +48,7 @@ __all__ = [
     "to_model_range",
     "default_classifier_dir",
     "load_classifier",
+    "classifier_digest",
     "prepare_images",
     "extract_features",
     "feature_statistics",
@@ -129,6 +131,16 @@ def load_classifier(path=None, device="cpu") -> FashionCNN:
     """The shipped classifier (eval mode) from ``path`` (default ``data/fmnist-classifier``), cached per
     ``(path, device)``; raises ``FileNotFoundError`` with a hint when the weights are missing."""
     return _load_cached(str(_classifier_dir(path).resolve()), str(torch.device(device)))
+
+
+def classifier_digest(path=None) -> str:
+    """Hex SHA-256 of the classifier's weights (``model.safetensors``) and config in ``path`` (default
+    ``data/fmnist-classifier``): what feature caches key on, beside the sampled model's weights."""
+    d = _classifier_dir(path)
+    parts = [sha256_file(d / "model.safetensors")]
+    if (d / "config.json").is_file():
+        parts.append(sha256_file(d / "config.json"))
+    return hashlib.sha256(" ".join(parts).encode()).hexdigest()
 
 
 def prepare_images(images, *, clip: bool = True) -> torch.Tensor:

@@ -14,17 +14,20 @@ import argparse
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..models import eps_fn, load_scheduler_config, load_unet, schedule_from_config
-from ..samplers import label, run_sampler, spec
+from ..samplers import SAMPLERS, label, run_sampler, spec
+from ..schedules import SPACINGS
+from .model_quality import check_sampling
 from .paths import atomic_write_bytes
 from .train import LOSS_LOG
 
-__all__ = ["read_loss_log", "loss_figure", "sample_grid", "samples_figure", "write_figures", "main"]
+__all__ = ["read_loss_log", "loss_figure", "sample_grid", "samples_figure", "write_figures", "check_args", "main"]
 
 LOSS_FIGURE = "loss_curve.png"
 SAMPLES_FIGURE = "samples.png"
@@ -41,7 +44,10 @@ def read_loss_log(folder) -> dict[str, np.ndarray]:
         rows = list(csv.DictReader(f))
     if not rows or not {"step", "loss", "lr"} <= set(rows[0]):
         raise ValueError(f"{path}: need a header with step, loss, lr and at least one row")
-    log = {k: np.array([float(r[k]) for r in rows]) for k in ("step", "loss", "lr")}
+    try:
+        log = {k: np.array([float(r[k]) for r in rows]) for k in ("step", "loss", "lr")}
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: every row needs numbers in step, loss and lr") from None
     if np.any(np.diff(log["step"]) <= 0):
         raise ValueError(f"{path}: steps must increase")
     return log
@@ -52,7 +58,11 @@ def _continued_from(folder) -> int | None:
     path = Path(folder) / "training_state.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("config", {}).get("init_step")
+    try:
+        state = json.loads(path.read_text())
+        return state.get("config", {}).get("init_step")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{path} is not a training state (a JSON object with a config)") from None
 
 
 def loss_figure(folder, *, title: str | None = None):
@@ -151,17 +161,42 @@ def write_figures(folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", 
     return [_save(loss, folder / LOSS_FIGURE), _save(samples, folder / SAMPLES_FIGURE)]
 
 
+def check_args(folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing",
+               seed: int = 0) -> None:
+    """Every argument of ``model-card`` before the model is loaded: the folder with its loss log
+    (:func:`read_loss_log`) and training state, the counts, and the sampler on the folder's ``spacing`` grid of ``nfe`` steps
+    (:func:`.model_quality.check_sampling`); raises ``ValueError`` / ``OSError``."""
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    read_loss_log(folder)
+    _continued_from(folder)
+    check_sampling(folder, sampler, nfe, spacing, what=f"model folder {folder}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    """``accelerated-diffusion model-card FOLDER``: check every argument, then draw; a bad input is reported in
+    one line with exit status 2 (no traceback)."""
+    p = argparse.ArgumentParser(prog="accelerated-diffusion model-card", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("folder", help="an exported model folder (train --export)")
     p.add_argument("--n", type=int, default=64, help="samples in the grid")
     p.add_argument("--nfe", type=int, default=50)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--spacing", default="trailing")
+    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
+    p.add_argument("--spacing", default="trailing", choices=list(SPACINGS))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    for path in write_figures(a.folder, n=a.n, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing, seed=a.seed):
+    settings = dict(n=a.n, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing, seed=a.seed)
+    try:
+        check_args(a.folder, **settings)
+        paths = write_figures(a.folder, **settings)
+    except (ValueError, OSError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

@@ -15,19 +15,21 @@ checkpoints of one training run on the same noises.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models import eps_fn, load_scheduler_config, load_unet, schedule_from_config
-from ..samplers import run_sampler, spec
+from ..integrity import sha256_file
+from ..models import eps_fn, load_scheduler_config, load_unet, resolve_local, schedule_from_config
+from ..samplers import SAMPLERS, STOCHASTIC, run_sampler, spec
+from ..schedules import SPACINGS
 from . import features
 from .data import load_fashion_mnist
-from .paths import atomic_write_bytes, save_results
+from .paths import _results_path, atomic_write_bytes, save_results
 
 __all__ = [
     "sample_features",
@@ -35,8 +37,18 @@ __all__ = [
     "real_data_floor",
     "record",
     "measure",
+    "UsageError",
+    "check_sampling",
+    "check_args",
     "main",
 ]
+
+FD_SAMPLES = (3, 60_000)  # n: frechet_with_interval needs 3; the real-data floor draws n of the 60,000 images
+MIN_REPLICATES = 20  # frechet_with_interval's smallest num_boot
+
+
+class UsageError(ValueError):
+    """A bad command line, found before any data or model is loaded (reported in one line, exit status 2)."""
 
 
 def sample_features(model_dir, n: int = 1000, *, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
@@ -128,16 +140,18 @@ def record(feats_by_step: dict, *, nfe: int = 100, sampler: str = "ddim", spacin
 
 
 def _cached_features(folder, n: int, cache_dir, progress: bool, **settings) -> np.ndarray:
-    """:func:`sample_features`, stored in ``cache_dir`` under the SHA-256 of the model's weights and the
+    """:func:`sample_features`, stored in ``cache_dir`` under the SHA-256 of the model's weights, of the feature
+    classifier (:func:`.features.classifier_digest`: a retrained classifier gives other features) and the
     settings (so a checkpoint measured once is not sampled again when another is added); no cache if None."""
     if cache_dir is None:
         return sample_features(folder, n, progress=progress, **settings)
     weights = Path(folder) / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"no weights {weights}")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    digest = sha256_file(weights)[:16]
+    classifier = features.classifier_digest()[:16]
     key = "-".join(f"{k}{settings[k]}" for k in sorted(settings))
-    path = Path(cache_dir) / f"features-{digest}-n{n}-{key}.npy"
+    path = Path(cache_dir) / f"features-{digest}-c{classifier}-n{n}-{key}.npy"
     if path.is_file():
         return np.load(path)
     feats = sample_features(folder, n, progress=progress, **settings)
@@ -166,16 +180,70 @@ def _checkpoint(arg: str) -> tuple[int, str]:
     return int(step), folder
 
 
+def check_sampling(folder, sampler: str, nfe: int, spacing: str, what: str | None = None) -> None:
+    """That ``folder`` is a local model folder whose schedule (``scheduler_config.json``, read without the
+    weights) has a ``spacing`` grid of ``nfe`` steps that ``sampler`` runs on: the sampler is run on a
+    one-pixel zero model, so an incompatible combination fails before the model and the data are loaded.
+    Raises :class:`UsageError` (its message starts with ``what``, default the folder)."""
+    what = str(folder) if what is None else what
+    if sampler not in SAMPLERS:
+        raise UsageError(f"--sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    if spacing not in SPACINGS:
+        raise UsageError(f"--spacing must be one of {list(SPACINGS)}, got {spacing!r}")
+    if nfe < 1:
+        raise UsageError(f"--nfe must be >= 1, got {nfe}")
+    if resolve_local(folder) is None:
+        raise UsageError(f"{what}: no such folder")
+    try:
+        schedule = schedule_from_config(load_scheduler_config(folder))
+        zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+        gen = torch.Generator().manual_seed(0) if sampler in STOCHASTIC else None
+        run_sampler(zero, torch.zeros(1, 1, 1, 1), sampler, schedule, schedule.subsample(nfe, spacing), generator=gen)
+    except (ValueError, TypeError, OSError) as e:
+        raise UsageError(f"{what}: --sampler {sampler} --nfe {nfe} --spacing {spacing}: {e}") from None
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Every argument of ``model-quality``, before any data or model is loaded; raises :class:`UsageError`."""
+    steps = [step for step, _ in a.model]
+    if len(set(steps)) != len(steps):
+        raise UsageError(f"--model lists a step twice: {steps}")
+    if not FD_SAMPLES[0] <= a.n <= FD_SAMPLES[1]:
+        raise UsageError(f"--n must lie in [{FD_SAMPLES[0]}, {FD_SAMPLES[1]:,}], got {a.n}")
+    if a.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.replicates < MIN_REPLICATES:
+        raise UsageError(f"--replicates must be >= {MIN_REPLICATES}, got {a.replicates}")
+    if a.threads is not None and a.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {a.threads}")
+    if a.shipped_step is not None and a.shipped_step not in steps:
+        raise UsageError(f"--shipped-step {a.shipped_step} is none of the --model steps {steps}")
+    try:
+        _results_path(a.name, ".")
+    except ValueError as e:
+        raise UsageError(f"--name: {e}") from None
+    if a.features_only and a.cache is None:
+        raise UsageError("--features-only needs --cache")
+    if a.cache is not None and Path(a.cache).exists() and not Path(a.cache).is_dir():
+        raise UsageError(f"--cache {a.cache} exists and is not a folder")
+    for step, folder in a.model:
+        check_sampling(folder, a.sampler, a.nfe, a.spacing, what=f"--model {step}={folder}")
+        if a.cache is not None and not (Path(folder) / "diffusion_pytorch_model.safetensors").is_file():
+            raise UsageError(f"--model {step}={folder}: no diffusion_pytorch_model.safetensors (needed by --cache)")
+    features.classifier_digest()  # the shipped classifier is there (FileNotFoundError with a hint otherwise)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m accelerated_diffusion.experiments.model_quality --model STEP=DIR [...]``: measure and save."""
-    p = argparse.ArgumentParser(prog="python -m accelerated_diffusion.experiments.model_quality",
+    """``python -m accelerated_diffusion.experiments.model_quality --model STEP=DIR [...]``: check every argument
+    (one-line error, exit status 2), then measure and save."""
+    p = argparse.ArgumentParser(prog="accelerated-diffusion model-quality",
                                 description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", type=_checkpoint, action="append", required=True, help="STEP=DIR (repeatable)")
     p.add_argument("--shipped-step", type=int, default=None, help="the step whose weights are shipped")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--nfe", type=int, default=100)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--spacing", default="leading")
+    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
+    p.add_argument("--spacing", default="leading", choices=list(SPACINGS))
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--replicates", type=int, default=200)
     p.add_argument("--threads", type=int, default=None)
@@ -183,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=None, help="folder for the sampled features (reused by later runs)")
     p.add_argument("--features-only", action="store_true", help="only sample (into --cache); write no results")
     a = p.parse_args(argv)
+    try:
+        check_args(a)
+    except (ValueError, OSError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.features_only and a.cache is None:
-        p.error("--features-only needs --cache")
     if a.features_only:
         for folder in dict(a.model).values():
             _cached_features(folder, a.n, a.cache, True, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing,
