@@ -84,14 +84,14 @@ def test_export_loads_with_from_pretrained(tmp_path, images):
     assert unet(x, torch.tensor([999, 0])).sample.shape == x.shape
 
 
-def test_command_line(tmp_path):
+def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["--out", str(out), "--steps", "2", "--batch-size", "4", "--block-out-channels", "8", "16",
             "--max-train-images", "32", "--log-every", "1", "--no-progress", "--export", str(tmp_path / "exp")]
     tr = train.run_command(argv)
     assert tr.step == 2 and (tmp_path / "exp" / "config.json").exists()
-    with pytest.raises(SystemExit, match="--resume"):
-        train.main(argv)  # an existing checkpoint is never silently overwritten
+    assert train.main(argv) == 2  # an existing checkpoint is never silently overwritten
+    assert "--resume" in capsys.readouterr().err
     assert train.main([*argv[:3], "4", *argv[4:], "--resume"]) == 0
     resumed = train.Trainer({**TINY, "batch_size": 4}, out, torch.zeros(1, 1, 28, 28, dtype=torch.uint8))
     resumed.load_checkpoint()
@@ -105,8 +105,7 @@ def test_bad_input(tmp_path, images):
         train.Trainer(TINY, tmp_path, images[:, :, :14])
     with pytest.raises(ValueError, match="28 divisible"):
         train.build_unet((8, 16, 16, 16))
-    with pytest.raises(SystemExit):
-        train.main(["--out", str(tmp_path), "--steps", "0"])
+    assert train.main(["--out", str(tmp_path), "--steps", "0"]) == 2
     x = train.images_to_unit_range(torch.tensor([0, 255], dtype=torch.uint8))
     assert x.tolist() == [-1.0, 1.0]
 
@@ -138,12 +137,12 @@ def test_init_from_an_export_continues_its_steps_and_log(tmp_path, images):
     lrs = [float(r["lr"]) for r in rows[2:]]  # the rate of the last step logged: cosine on its way down
     assert TINY["lr"] > lrs[0] > lrs[1] > 1e-5
     # refused: an export at or beyond --steps, other network settings, --init-from with --resume
-    with pytest.raises(SystemExit, match="must exceed"):
+    with pytest.raises(train.UsageError, match="must exceed"):
         train.Trainer({**TINY, "steps": 4}, tmp_path / "x", images).init_from_export(export)
-    with pytest.raises(SystemExit, match="different settings"):
+    with pytest.raises(train.UsageError, match="different settings"):
         train.Trainer({**TINY, "steps": 8, "block_out_channels": [8, 8]}, tmp_path / "y", images).init_from_export(export)
-    with pytest.raises(SystemExit, match="--init-from"):
-        train.main(["--out", str(tmp_path / "z"), "--steps", "8", "--init-from", str(export), "--resume"])
+    with pytest.raises(train.UsageError, match="--init-from"):
+        train.run_command(["--out", str(tmp_path / "z"), "--steps", "8", "--init-from", str(export), "--resume"])
 
 
 def test_model_card_figures_come_from_the_folder(tmp_path, images):

@@ -11,9 +11,15 @@ data/fmnist-classifier``; the command's default folder is ``runs/fmnist-classifi
 * ``config.json`` -- architecture, training settings, test accuracy, provenance;
 * ``test_stats.safetensors`` -- mean and covariance (float64) of the features of the 10,000 test images,
   the reference of :func:`accelerated_diffusion.experiments.features.frechet_distance`;
-* ``SHA256SUMS`` -- the SHA-256 of the three files above, checked before the classifier is loaded;
+* ``SHA256SUMS`` -- the SHA-256 of the three files above (and of the export marker), checked before the
+  classifier is loaded; a classifier folder without it is refused;
 * ``MODEL_CARD.md`` -- provenance, exact command, time, hardware, accuracy, and the small-``n`` bias of the
-  Fréchet distance measured on real images.
+  Fréchet distance measured on real images;
+* ``accelerated_diffusion_export.json`` -- the export marker (``{"kind": "fmnist-classifier"}``; the shipped
+  folder predates it and is recognised by its ``SHA256SUMS``).
+
+``--out`` is replaced as a whole, and only when it is new, empty or an earlier classifier written by this command
+holding nothing else (checked before the data is loaded): a folder of the user's is never deleted.
 
 Inputs are float images in ``[-1, 1]`` of shape ``(n, 1, 28, 28)`` (the DDPM convention ``x / 127.5 - 1``).
 """
@@ -34,11 +40,18 @@ from tqdm import tqdm
 
 from . import data, features
 from .features import FEATURE_DIM, FashionCNN, to_model_range
-from .paths import atomic_write_bytes, atomic_write_text, dumps_strict, replace_folder, write_sha256sums
+from .paths import (atomic_write_bytes, atomic_write_text, check_replaceable, dumps_strict, replace_folder,
+                    write_sha256sums)
+from ..integrity import CHECKED_SUFFIXES
 
 __all__ = ["train_classifier", "evaluate_accuracy", "write_classifier", "main"]
 
 DEFAULT_OUT = Path("runs/fmnist-classifier")  # relative to the working directory; never the shipped folder
+EXPORT_KIND = "fmnist-classifier"
+# what a classifier folder holds besides the marker and SHA256SUMS
+EXPORT_FILES = ("model.safetensors", "test_stats.safetensors", "config.json", "MODEL_CARD.md")
+# a classifier folder written before the marker existed (data/fmnist-classifier): its SHA256SUMS lists these
+LEGACY_EXPORT = ("model.safetensors", "test_stats.safetensors", "config.json")
 
 
 def evaluate_accuracy(model: FashionCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
@@ -143,7 +156,9 @@ Compare a sampler's FD at n samples with the row for the same n, never with 0.
 
 def main(argv: list[str] | None = None) -> int:
     """``accelerated-diffusion train-classifier``: train, evaluate and write the classifier (see module doc) to
-    ``--out``, as a whole: the files are written to a temporary folder beside it, which then replaces it."""
+    ``--out``, as a whole: the files are written to a temporary folder beside it, which then replaces it.  Every
+    argument, ``--out`` included (new, empty or an earlier classifier), is checked before the data is loaded; a
+    problem is reported in one line with exit status 2."""
     p = argparse.ArgumentParser(prog="accelerated-diffusion train-classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="output folder (default runs/fmnist-classifier; pass data/fmnist-classifier to replace the "
@@ -159,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                 for k in ("epochs", "batch_size", "threads") if getattr(args, k) < 1]
     if not (math.isfinite(args.lr) and args.lr > 0):
         problems.append(f"--lr must be a positive number, got {args.lr}")
-    if args.out.exists() and not args.out.is_dir():
-        problems.append(f"--out {args.out} exists and is not a folder")
+    if not 0 <= args.seed < 2**62:
+        problems.append(f"--seed must be in [0, 2**62), got {args.seed}")
+    try:
+        check_replaceable(args.out, EXPORT_KIND, EXPORT_FILES, LEGACY_EXPORT)
+    except FileExistsError as err:
+        problems.append(f"--out: {err}")
     if problems:
         p.exit(2, f"{p.prog}: error: {'; '.join(problems)}\n")
     torch.set_num_threads(args.threads)
@@ -206,16 +225,17 @@ def main(argv: list[str] | None = None) -> int:
 def write_classifier(out, model: FashionCNN, cfg: dict, mu, sigma, card: str) -> Path:
     """Write the classifier's files (weights, config, reference statistics, model card, ``SHA256SUMS``) into a
     temporary folder and swap it in for ``out`` (:func:`~.paths.replace_folder`): an interruption leaves the old
-    folder intact, never new weights beside old statistics."""
+    folder intact, never new weights beside old statistics; ``out`` must be new, empty or an earlier classifier
+    folder holding nothing else (``FileExistsError`` otherwise)."""
     from safetensors.torch import save
 
-    with replace_folder(out) as tmp:
+    with replace_folder(out, EXPORT_KIND, files=EXPORT_FILES, legacy=LEGACY_EXPORT) as tmp:
         atomic_write_bytes(tmp / "model.safetensors", save({k: v.contiguous() for k, v in model.state_dict().items()}))
         stats = {"mu": torch.as_tensor(mu, dtype=torch.float64), "sigma": torch.as_tensor(sigma, dtype=torch.float64)}
         atomic_write_bytes(tmp / "test_stats.safetensors", save(stats))
         atomic_write_text(tmp / "config.json", dumps_strict(cfg, indent=2) + "\n")
         atomic_write_text(tmp / "MODEL_CARD.md", card)
-        write_sha256sums(tmp, ["model.safetensors", "test_stats.safetensors", "config.json"])
+        write_sha256sums(tmp, [f.name for f in tmp.iterdir() if f.suffix in CHECKED_SUFFIXES])
     return Path(out)
 
 

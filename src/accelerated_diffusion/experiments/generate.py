@@ -36,11 +36,18 @@ default 2 threads; not measured on GPUs).
 Output folder: ``<out>/<sampler>/nfe<NNN>/batch<KKKKK>.pt`` (default; a dict with float32 ``images`` as returned
 by the sampler, not clipped, and ``seeds``), ``.npz`` (arrays ``images`` and ``seeds``) or ``.png`` (one uint8
 PNG per sample, ``<seed>.png``, clipped to [-1, 1] and quantised): every file carries its seeds and is written
-atomically.  ``<out>/run.json`` records the settings before the first image; ``<out>/manifest.json`` is written
-*last*: model, image shape, samplers, NFEs, seeds, batch size, spacing, format, device, process count, the files
-of each run with their seeds, and timings (seconds per process, images per second).  So a folder without a
-manifest is visibly incomplete (an interrupted run), and a manifest covers exactly the image files present;
-``metrics`` checks both (files and seeds) and refuses anything else.
+atomically.  ``<out>/run.json`` records the settings and the SHA-256 of the model's weights (:func:`weights_sha256`)
+before the first image; ``<out>/manifest.json`` is written *last*: model, image shape, samplers, NFEs, seeds,
+batch size, spacing, format, device, process count, the files of each run with their seeds and SHA-256, and
+timings (seconds per process, images per second).  So a folder without a manifest is visibly incomplete (an
+interrupted run), and a manifest covers exactly the image files present; ``metrics`` checks the files, their
+seeds and their SHA-256 and refuses anything else.
+
+A run folder holds one run: the main process holds an exclusive lock on ``--out`` while it writes
+(:func:`~.paths.folder_lock`, ``<out>/.accelerated-diffusion.lock``), so a second ``generate`` (or ``metrics``)
+into the same folder fails at once; ``--resume`` refuses a model whose weights differ from those ``run.json``
+records, and on a complete run it only checks the run and changes nothing.  ``metrics`` never writes over the
+manifest, ``run.json`` or an image file, nor over a file that is not an earlier metrics file.
 
 Arguments, the samplers on the model's schedule (a dry run on a 1-pixel dummy model, so an incompatible
 spacing fails at once) and the output folder are all checked before the model is loaded; a problem is reported in
@@ -52,6 +59,7 @@ a folder holding other files is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import io
 import json
@@ -72,7 +80,8 @@ from ..models import eps_fn, load_scheduler_config, load_unet, schedule_from_con
 from ..samplers import SAMPLERS, STOCHASTIC
 from ..schedules import SPACINGS
 from . import features
-from .paths import atomic_write_bytes, atomic_write_text, dumps_strict, save_results
+from ..integrity import sha256_file
+from .paths import LOCK_FILE, FolderInUseError, atomic_write_bytes, atomic_write_text, dumps_strict, folder_lock, save_results
 
 __all__ = [
     "DIFFUSERS_SAMPLERS",
@@ -93,9 +102,12 @@ __all__ = [
     "prepare_out",
     "files_present",
     "load_model",
+    "weights_sha256",
+    "check_weights",
     "generate",
     "merge_manifests",
     "check_manifest",
+    "check_metrics_out",
     "compute_metrics",
     "main",
     "metrics_main",
@@ -129,16 +141,11 @@ def shard(num_batches: int, process_index: int, num_processes: int) -> list[int]
 def run_sampler(eps_fn, noise: torch.Tensor, sampler: str, nfe: int, schedule, *, spacing: str = "leading",
                 generator=None, progress: bool = False):
     """Run ``sampler`` (a name of :data:`accelerated_diffusion.samplers.SAMPLERS`) from ``noise`` with ``nfe``
-    model evaluations on the ``spacing`` grid of the training ``schedule``, through the one dispatch
-    :func:`accelerated_diffusion.samplers.run_sampler`; returns ``(images, timesteps)``."""
-    ts = schedule.subsample(nfe, spacing).tolist()
-    if len(ts) != nfe:
-        raise ValueError(f"spacing {spacing!r} gives {len(ts)} timesteps for NFE {nfe}; choose another spacing")
-    x, used = samplers.run_sampler(eps_fn, noise, sampler, schedule, ts, generator=generator, progress=progress,
-                                   return_nfe=True)
-    if used != nfe:
-        raise RuntimeError(f"{sampler} used {used} model evaluations, expected {nfe}")
-    return x, ts
+    model evaluations on the ``spacing`` grid of the training ``schedule``, through the library's generation
+    wrapper :func:`accelerated_diffusion.samplers.run_grid` (``ValueError`` when the grid does not have ``nfe``
+    timesteps, ``RuntimeError`` when the sampler used another number of evaluations); returns
+    ``(images, timesteps)``."""
+    return samplers.run_grid(eps_fn, noise, sampler, schedule, nfe, spacing, generator=generator, progress=progress)
 
 
 def device_name(device) -> str:
@@ -299,7 +306,7 @@ def _is_ours(p: Path) -> bool:
     n = p.name
     if p.is_dir():
         return n in SAMPLERS
-    return n in (MANIFEST, RUN_FILE, METRICS) or (n.startswith("manifest.part") and n.endswith(".json")) or (
+    return n in (MANIFEST, RUN_FILE, METRICS, LOCK_FILE) or (n.startswith("manifest.part") and n.endswith(".json")) or (
         n.startswith(".") and n.endswith(".tmp"))
 
 
@@ -309,7 +316,7 @@ def folder_state(out: Path) -> str:
     out = Path(out)
     if not out.exists():
         return "new"
-    entries = list(out.iterdir())
+    entries = [p for p in out.iterdir() if p.name != LOCK_FILE]  # a lock alone: a run that stopped before starting
     if not entries:
         return "new"
     if not all(_is_ours(p) for p in entries):
@@ -341,11 +348,13 @@ def check_out(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> st
 
 def prepare_out(out: Path, settings: dict, *, overwrite: bool) -> None:
     """Make ``out`` visibly incomplete before any image is written: remove the manifest first (and, with
-    ``overwrite``, everything generate wrote), then record the settings in ``run.json``."""
+    ``overwrite``, everything generate wrote, ``metrics.json`` included; a resumed run keeps it), then record the
+    settings in ``run.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
-    (out / METRICS).unlink(missing_ok=True)
+    if overwrite:
+        (out / METRICS).unlink(missing_ok=True)
     for p in out.iterdir():
         if p.is_file() and (p.name.startswith("manifest.part") or p.name.endswith(".tmp")):
             p.unlink()
@@ -384,6 +393,34 @@ def load_model(args: argparse.Namespace, device) -> tuple:
     return unet, schedule, shape
 
 
+def weights_sha256(unet) -> str:
+    """SHA-256 of a model's weights as loaded: every entry of its ``state_dict`` in name order, each as its name,
+    dtype, shape and raw bytes (so it does not depend on the file format or the device the model sits on)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(unet.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_weights(out: Path, digest: str) -> None:
+    """For ``--resume``: raise :class:`UsageError` unless the ``run.json`` of ``out`` records the weights
+    ``digest`` (:func:`weights_sha256`), so that a run never mixes the samples of two models."""
+    try:
+        old = json.loads((Path(out) / RUN_FILE).read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        raise UsageError(f"--resume: {Path(out) / RUN_FILE} is missing or unreadable; use --overwrite") from None
+    if old is None:
+        raise UsageError(f"--resume: {Path(out) / RUN_FILE} records no weights SHA-256 (an older run), so the model "
+                         "cannot be checked; use --overwrite")
+    if old != digest:
+        raise UsageError(f"--resume: the run in {out} was made with other weights (SHA-256 {old[:12]}..., now "
+                         f"{digest[:12]}...): the model changed; use --overwrite or another --out")
+
+
 def _device(args, device) -> torch.device:
     device = torch.device(args.device or device or "cpu")
     if device.type == "cpu":  # accelerate says "cpu:0"; a model moved there computes differently (batch size 1)
@@ -417,7 +454,7 @@ def generate(args: argparse.Namespace, process_index: int = 0, num_processes: in
                     x, ts = run_sampler(fn, noise, sampler, nfe, schedule, spacing=args.spacing, generator=gen)
                     save_batch(x, seeds, out / sub, k, args.format)
                     n_done += len(seeds)
-                files.append({"batch": k, "seeds": seeds, "files": rel})
+                files.append({"batch": k, "seeds": seeds, "files": rel, "sha256": [sha256_file(out / f) for f in rel]})
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
@@ -479,10 +516,20 @@ def _fail(prog: str, err: BaseException) -> int:
     return 2
 
 
+def _from_main(state, obj):
+    """``obj`` as the main process has it, in every process (one value decided by the main process alone)."""
+    if state.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``accelerated-diffusion generate`` / ``python -m accelerated_diffusion.experiments.generate`` (module
     docstring).  Everything that can be checked without the model (arguments, the samplers on the model's
-    schedule, the output folder) is checked first; a problem is reported in one line with exit status 2."""
+    schedule, the output folder, its lock) is checked first, then, with ``--resume``, the model's weights against
+    ``run.json``; a problem is reported in one line with exit status 2."""
     parser = _parser()
     args = parser.parse_args(argv)
     prog = parser.prog
@@ -495,31 +542,63 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         state = _process_state(args.device)
         out = Path(args.out)
-        check_out(out, settings, resume=args.resume, overwrite=args.overwrite)
-        device = _device(args, state.device)
-        model = load_model(args, device)
+        check_out(out, settings, resume=args.resume, overwrite=args.overwrite)  # before the lock creates --out
     except (ValueError, OSError) as e:
         return _fail(prog, e)
-    state.wait_for_everyone()  # every process has checked the folder before the main one changes it
-    if state.is_main_process:
-        prepare_out(out, settings, overwrite=args.overwrite)
-    state.wait_for_everyone()
-    part = generate(args, state.process_index, state.num_processes, device, model=model)
-    atomic_write_text(out / f"manifest.part{state.process_index}.json", dumps_strict(part, indent=1) + "\n")
-    state.wait_for_everyone()
-    if state.is_main_process:
-        part_files = [out / f"manifest.part{r}.json" for r in range(state.num_processes)]
-        manifest = merge_manifests([json.loads(f.read_text()) for f in part_files])
-        manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        manifest["command"] = "accelerated-diffusion generate " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        listed = {f for r in manifest["runs"] for b in r["batches"] for f in b["files"]}
-        if listed != files_present(out):
-            raise RuntimeError(f"{out}: the image files differ from the manifest's; rerun with --overwrite")
-        atomic_write_text(out / MANIFEST, dumps_strict(manifest, indent=1) + "\n")  # last: the run is complete
-        for f in part_files:
-            f.unlink()
-        print(f"wrote {out / MANIFEST}")
-    state.wait_for_everyone()
+    with contextlib.ExitStack() as held:
+        found = None
+        if state.is_main_process:  # one writer per folder: the lock, then the folder checked again under it
+            try:
+                held.enter_context(folder_lock(out, "generate"))
+                found = ("ok", check_out(out, settings, resume=args.resume, overwrite=args.overwrite))
+            except (ValueError, OSError) as e:
+                found = ("error", str(e))
+        kind, found = _from_main(state, found)
+        if kind == "error":
+            return _fail(prog, found)
+        try:
+            device = _device(args, state.device)
+            model = load_model(args, device)
+            digest = weights_sha256(model[0])
+            if args.resume and found != "new":
+                check_weights(out, digest)
+        except (ValueError, OSError) as e:
+            return _fail(prog, e)
+        if args.resume and found == "complete":  # nothing to compute: check the run, change nothing
+            verdict = None
+            if state.is_main_process:
+                try:
+                    check_manifest(out)
+                except (ValueError, OSError) as e:
+                    verdict = f"--resume: {out} holds a complete run whose files differ from its manifest ({e}); use --overwrite"
+            verdict = _from_main(state, verdict)
+            if verdict:
+                return _fail(prog, verdict)
+            if state.is_main_process:
+                print(f"{out} already holds the complete run (manifest checked); nothing to do")
+            return 0
+        settings["weights_sha256"] = digest
+        state.wait_for_everyone()  # every process has checked the folder before the main one changes it
+        if state.is_main_process:
+            prepare_out(out, settings, overwrite=args.overwrite)
+        state.wait_for_everyone()
+        part = generate(args, state.process_index, state.num_processes, device, model=model)
+        atomic_write_text(out / f"manifest.part{state.process_index}.json", dumps_strict(part, indent=1) + "\n")
+        state.wait_for_everyone()
+        if state.is_main_process:
+            part_files = [out / f"manifest.part{r}.json" for r in range(state.num_processes)]
+            manifest = merge_manifests([json.loads(f.read_text()) for f in part_files])
+            manifest["weights_sha256"] = digest
+            manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            manifest["command"] = "accelerated-diffusion generate " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+            listed = {f for r in manifest["runs"] for b in r["batches"] for f in b["files"]}
+            if listed != files_present(out):
+                raise RuntimeError(f"{out}: the image files differ from the manifest's; rerun with --overwrite")
+            atomic_write_text(out / MANIFEST, dumps_strict(manifest, indent=1) + "\n")  # last: the run is complete
+            for f in part_files:
+                f.unlink()
+            print(f"wrote {out / MANIFEST}")
+        state.wait_for_everyone()
     return 0
 
 
@@ -529,7 +608,8 @@ class IncompleteRunError(ValueError):
 
 def check_manifest(manifest_path) -> dict:
     """The manifest of a complete run, after checking that it covers exactly the image files present and that
-    every batch file carries the seeds the manifest lists; raises :class:`IncompleteRunError` otherwise."""
+    every batch file has the SHA-256 and carries the seeds the manifest lists; raises :class:`IncompleteRunError`
+    otherwise (a manifest without the SHA-256 of its files, written by an older version, included)."""
     path = Path(manifest_path)
     if path.is_dir():
         path = path / MANIFEST
@@ -550,11 +630,43 @@ def check_manifest(manifest_path) -> dict:
                                  f"{missing[:3]}, {len(extra)} present but not listed {extra[:3]}")
     for r in runs:
         for b in r["batches"]:
+            digests = b.get("sha256")
+            if not isinstance(digests, list) or len(digests) != len(b["files"]):
+                raise IncompleteRunError(f"{path} records no SHA-256 of the files of batch {b['batch']} (an older "
+                                         "version's run): the files cannot be checked; regenerate it with --overwrite")
             seeds = load_batch(root, b["files"])[1]
             if seeds != b["seeds"]:
                 raise IncompleteRunError(f"{root / b['files'][0]} holds seeds {seeds[:3]}..., the manifest lists "
                                          f"{b['seeds'][:3]}...: the folder was changed after the run")
+            for name, digest in zip(b["files"], digests):
+                if sha256_file(root / name) != digest:
+                    raise IncompleteRunError(f"{root / name} differs from the file the run wrote (SHA-256 recorded in "
+                                             f"{path}): the folder was changed after the run")
     return manifest
+
+
+def check_metrics_out(out, manifest_path) -> None:
+    """Raise :class:`UsageError` unless ``out`` may receive a metrics file: not a folder, not the manifest, the
+    ``run.json``, the lock or an image file of the run in ``manifest_path``'s folder, and, when it exists, an
+    earlier metrics file (a JSON object with ``manifest`` and ``results``), never a file of the user's."""
+    out, manifest_path = Path(out), Path(manifest_path)
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / MANIFEST
+    root, o = manifest_path.parent.resolve(), out.resolve()
+    if o.is_dir():
+        raise UsageError(f"--out {out} is a folder; name the metrics file (e.g. {out / METRICS})")
+    if o.parent == root and (o.name in (MANIFEST, RUN_FILE, LOCK_FILE) or o.name.startswith("manifest.part")):
+        raise UsageError(f"--out {out} is a file of the generate run; metrics never writes over it")
+    if any(o.is_relative_to(root / s) for s in SAMPLERS):
+        raise UsageError(f"--out {out} lies among the run's image files; choose another path")
+    if o.exists():
+        try:
+            old = json.loads(o.read_text())
+            ours = isinstance(old, dict) and {"manifest", "results"} <= set(old)
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise UsageError(f"--out {out} exists and is not a metrics file; it is never overwritten: choose another path")
 
 
 def compute_metrics(manifest_path, *, reference: str = "test", classifier=None, real_data_baseline: bool = True, progress: bool = True) -> dict:
@@ -605,14 +717,19 @@ def metrics_main(argv: list[str] | None = None) -> int:
         return _fail(p.prog, UsageError(f"--threads must be >= 1, got {args.threads}"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:  # checks the manifest against the files before any feature is computed
-        res = compute_metrics(args.manifest, reference=args.reference, classifier=args.classifier,
-                              real_data_baseline=not args.no_real_baseline)
-    except IncompleteRunError as e:
-        return _fail(p.prog, e)
     manifest = args.manifest / MANIFEST if args.manifest.is_dir() else args.manifest
     out = args.out or manifest.parent / METRICS
-    atomic_write_text(out, dumps_strict(res, indent=2) + "\n")
+    with contextlib.ExitStack() as held:
+        try:  # the output path, the run folder's lock, then the manifest against the files, before any feature
+            check_metrics_out(out, manifest)
+            run_folder = manifest.is_file() or (manifest.parent / RUN_FILE).is_file()
+            if run_folder and out.resolve().parent == manifest.parent.resolve():
+                held.enter_context(folder_lock(manifest.parent, "metrics"))  # no generate changes the run meanwhile
+            res = compute_metrics(args.manifest, reference=args.reference, classifier=args.classifier,
+                                  real_data_baseline=not args.no_real_baseline)
+        except (IncompleteRunError, UsageError, FolderInUseError) as e:
+            return _fail(p.prog, e)
+        atomic_write_text(out, dumps_strict(res, indent=2) + "\n")
     if args.results_name:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         save_results(args.results_name, res, params=settings)

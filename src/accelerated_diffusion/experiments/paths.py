@@ -12,6 +12,16 @@ Locations are explicit, never discovered by walking up the directory tree:
 Writes are atomic (:func:`atomic_write_text`: a temporary file in the same folder, then ``os.replace``) and the JSON
 is strict: a non-finite float raises instead of being written as ``NaN``/``Infinity``.  Every results file carries
 its :func:`provenance`: the package version, the commit of the code, the parameters and the library versions.
+
+What the writers leave behind: final files and folders get the permissions of the umask (as ``open`` and
+``mkdir`` give them), never the private ``0o600``/``0o700`` of :mod:`tempfile`; temporaries are named
+``.<name>.<pid>-<random>.tmp`` (folders swapped out: ``.old``) beside their destination, and the next write to the
+same destination deletes those of processes that no longer run (a write killed with ``SIGKILL`` leaves no orphan
+behind the next run).  A folder is replaced (:func:`replace_folder`) only when it is empty or an earlier export of
+the same kind: marked by :data:`~accelerated_diffusion.integrity.EXPORT_MARKER` (or, for folders written before
+the marker, recognised by the files their ``SHA256SUMS`` lists) and holding nothing but that kind's files.
+:func:`folder_lock` keeps a second writer out of a run folder (``fcntl.flock``; released when the process ends,
+so a lock is never stale).
 """
 
 from __future__ import annotations
@@ -20,12 +30,14 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import shutil
+import socket
 import subprocess
-import tempfile
+import warnings
 from pathlib import Path
 
-from ..integrity import SHA256SUMS, sha256sums_text
+from ..integrity import EXPORT_MARKER, SHA256SUMS, read_sha256sums, sha256sums_text
 
 __all__ = [
     "ROOT_ENV",
@@ -37,7 +49,13 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "write_sha256sums",
+    "FolderInUseError",
+    "folder_lock",
+    "LOCK_FILE",
+    "export_kind",
+    "check_replaceable",
     "replace_folder",
+    "clean_stale_temporaries",
     "dumps_strict",
     "check_params",
     "provenance",
@@ -88,12 +106,74 @@ def results_dir() -> Path:
     return Path(env).resolve() if env else data_dir() / "results"
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (``True`` where that cannot be told, so nothing is deleted)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def _umask() -> int:
+    """The process's umask (from ``/proc`` where it can be read, else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temp_name(name: str, suffix: str) -> str:
+    return f".{name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
+
+def clean_stale_temporaries(folder, name: str) -> list[Path]:
+    """Delete the temporaries ``.<name>.<pid>-<random>.tmp`` / ``.old`` in ``folder`` left by writes of ``name``
+    whose process no longer runs (killed mid-write); returns what was deleted.  Those of running processes (a
+    concurrent writer) and files of any other name are left alone, and so is everything where a process cannot be
+    looked up by its id (outside POSIX systems)."""
+    folder, removed = Path(folder), []
+    prefix = f".{name}."
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        n = p.name
+        if not n.startswith(prefix) or not n.endswith((".tmp", ".old")):
+            continue
+        pid, sep, token = n[len(prefix):-4].partition("-")
+        if not (sep and pid.isdigit() and token.isalnum()) or _pid_alive(int(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, flushed, then renamed over
-    ``path``; an interruption leaves either the old file or the new one, never a partial file."""
+    """Write ``data`` to ``path`` atomically: a temporary file ``.<name>.<pid>-<random>.tmp`` in the same folder
+    (created with the umask's permissions), flushed, then renamed over ``path``; an interruption leaves either the
+    old file or the new one, never a partial file, and the temporaries of killed earlier writes to ``path`` are
+    deleted (:func:`clean_stale_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temporaries(path.parent, path.name)
+    tmp = path.parent / _temp_name(path.name, ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -101,7 +181,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -117,26 +197,125 @@ def write_sha256sums(folder, names) -> Path:
     return atomic_write_text(Path(folder) / SHA256SUMS, sha256sums_text(folder, names))
 
 
+LOCK_FILE = ".accelerated-diffusion.lock"
+
+
+class FolderInUseError(OSError):
+    """Another process holds the lock of a run folder (:func:`folder_lock`)."""
+
+
 @contextlib.contextmanager
-def replace_folder(dest):
-    """Write a folder as a whole: yields an empty temporary folder beside ``dest``; when the block finishes, the
-    old ``dest`` (if any) is moved aside, the new folder renamed to ``dest`` and the old one deleted.  If the block
-    raises (or is interrupted), ``dest`` is left as it was and the temporary folder removed, so ``dest`` is never
-    a mixture of an old and a new run."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and not dest.is_dir():
-        raise NotADirectoryError(f"{dest} exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+def folder_lock(folder, command: str = "accelerated-diffusion"):
+    """Hold an exclusive lock on ``folder`` (created if missing) for the block: ``fcntl.flock`` on
+    ``<folder>/.accelerated-diffusion.lock``, taken without waiting, so a second writer fails at once with
+    :class:`FolderInUseError` naming the holder.  The operating system releases the lock when its process ends
+    (killed or not), so it is never stale; the lock file itself stays.  Where ``fcntl`` does not exist (Windows) the
+    block runs unlocked after a warning."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     try:
+        import fcntl
+    except ImportError:
+        warnings.warn(f"{command}: no folder locks on this platform; do not run two commands into {folder} at once",
+                      RuntimeWarning, stacklevel=3)
+        yield None
+        return
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise FolderInUseError(f"{folder} is in use by another process ({holder}); wait for it to finish or "
+                                   "choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def export_kind(folder, legacy: dict[str, tuple[str, ...]] | None = None) -> str | None:
+    """The kind of export ``folder`` holds: the ``kind`` in its :data:`~accelerated_diffusion.integrity.EXPORT_MARKER`,
+    else (a folder written before the marker existed) the first kind of ``legacy`` (``{kind: file names}``) whose
+    file names its ``SHA256SUMS`` all lists; None when neither says."""
+    folder = Path(folder)
+    marker = folder / EXPORT_MARKER
+    if marker.is_file():
+        try:
+            kind = json.loads(marker.read_text()).get("kind")
+        except (ValueError, AttributeError, OSError, UnicodeDecodeError):
+            return None
+        return kind if isinstance(kind, str) else None
+    try:
+        sums = read_sha256sums(folder)
+    except ValueError:
+        return None
+    for kind, names in (legacy or {}).items():
+        if sums and all(n in sums for n in names):
+            return kind
+    return None
+
+
+def check_replaceable(dest, kind: str, files=(), legacy=()) -> None:
+    """Raise ``FileExistsError`` unless ``dest`` may be replaced by an export of ``kind``: it does not exist, is an
+    empty folder, or is an earlier export of the same kind (:func:`export_kind`; ``legacy``: the file names whose
+    listing in ``SHA256SUMS`` marks an export written before the marker) holding only files such an export holds
+    (``files``, the marker and ``SHA256SUMS``).  Anything else -- a file, a folder of the user's, an export of another
+    kind, an export to which other files were added -- is never deleted."""
+    dest = Path(dest)
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if not dest.is_dir():
+        raise FileExistsError(f"{dest} exists and is not a folder; choose another destination")
+    entries = list(dest.iterdir())
+    if not entries:
+        return
+    found = export_kind(dest, {kind: tuple(legacy)} if legacy else None)
+    if found != kind:
+        what = f"an export of another kind ({found})" if found else "not a folder this command wrote"
+        raise FileExistsError(f"{dest} is {what}; it is never replaced: choose another (new or empty) folder")
+    allowed = {EXPORT_MARKER, SHA256SUMS, *files}
+    other = sorted(p.name + ("/" if p.is_dir() else "") for p in entries if p.name not in allowed or not p.is_file())
+    if other:
+        raise FileExistsError(f"{dest} holds files that are not part of an export ({', '.join(other[:5])}); it is "
+                              "never replaced: move them away or choose another folder")
+
+
+@contextlib.contextmanager
+def replace_folder(dest, kind: str, *, files=(), legacy=()):
+    """Write a folder as a whole: yields an empty temporary folder ``.<name>.<pid>-<random>.tmp`` beside ``dest``
+    holding only the export marker (:data:`~accelerated_diffusion.integrity.EXPORT_MARKER`, ``{"kind": kind}``);
+    when the block finishes, the old ``dest`` (if any) is moved aside, the new folder renamed to ``dest`` and the old
+    one deleted.  ``dest`` must be replaceable (:func:`check_replaceable` with ``files`` and ``legacy``), checked
+    before the block runs and again before the swap.  If the block raises (or is interrupted), ``dest`` is left as
+    it was and the temporary folder removed, so ``dest`` is never a mixture of an old and a new run; the temporaries
+    of killed earlier writes are deleted first (:func:`clean_stale_temporaries`)."""
+    from .. import __version__
+
+    dest = Path(dest)
+    check_replaceable(dest, kind, files, legacy)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(dest.parent, dest.name)
+    tmp = dest.parent / _temp_name(dest.name, ".tmp")
+    tmp.mkdir()  # the umask's permissions, as the final folder should have
+    try:
+        (tmp / EXPORT_MARKER).write_text(
+            dumps_strict({"kind": kind, "written_by": f"accelerated_diffusion {__version__}"}, indent=1) + "\n")
         yield tmp
+        check_replaceable(dest, kind, files, legacy)  # nobody put anything there meanwhile
+        mask = _umask()
+        for f in tmp.rglob("*"):  # what libraries wrote privately (safetensors: 0o600) gets the umask's permissions
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o666 & ~mask)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
     if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-        os.replace(dest, old / dest.name)
+        old = dest.parent / _temp_name(dest.name, ".old")
+        os.replace(dest, old)
     os.replace(tmp, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -21,14 +21,21 @@ Reproducibility and resumption: one :class:`torch.Generator` (seeded by ``--seed
 the time steps and the noise; a checkpoint (``<out>/checkpoint.pt``) holds the model, the EMA, the optimiser, the
 step, and that generator's state, so a run resumed from a checkpoint continues *exactly* as the uninterrupted
 run would have (up to floating-point non-determinism of multithreaded kernels; with one thread it is identical).
-The loss log is ``<out>/loss.csv`` (step, mean loss over the logging window, learning rate, seconds elapsed).
+The checkpoint holds only tensors, numbers, strings and plain containers and is read with
+``torch.load(weights_only=True)``, so a crafted file cannot run code.  ``--resume`` without a checkpoint is an
+error, and the run folder is locked while a command writes in it (:func:`~.paths.folder_lock`: a second ``train``
+into the same ``--out`` fails at once).  The loss log is ``<out>/loss.csv`` (step, mean loss over the logging
+window, learning rate, seconds elapsed).
 
 ``--export DIR`` writes the EMA weights in diffusers format (``config.json`` + ``diffusion_pytorch_model
 .safetensors``) and the matching ``scheduler_config.json``, loadable with ``UNet2DModel.from_pretrained(DIR)``
 and ``DDPMScheduler.from_pretrained(DIR)``, with ``SHA256SUMS`` of the weights and configs (checked by
-:func:`accelerated_diffusion.models.load_unet`); the folder is written beside ``DIR`` and swapped in as a whole.
-All settings are checked before the data is loaded (one-line error, non-zero exit); ``--resume`` drops the rows of
-``loss.csv`` logged after the checkpoint it resumes from, so no step is logged twice.
+:func:`accelerated_diffusion.models.load_unet`) and the export marker; the folder is written beside ``DIR`` and
+swapped in as a whole.  ``DIR`` is replaced only when it is new, empty or an earlier export of this command
+(:func:`~.paths.check_replaceable`), and it may not be ``--out``, lie inside it or hold it.
+All settings (and the checkpoint, the ``--init-from`` folder and the ``--export`` folder) are checked before the
+data is loaded: a one-line error and exit status 2; ``--resume`` drops the rows of ``loss.csv`` logged after the
+checkpoint it resumes from, so no step is logged twice.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +56,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_fashion_mnist
-from .paths import atomic_write_bytes, atomic_write_text, dumps_strict, replace_folder, write_sha256sums
+from .paths import (FolderInUseError, atomic_write_bytes, atomic_write_text, check_replaceable, dumps_strict,
+                    folder_lock, replace_folder, write_sha256sums)
+from ..integrity import CHECKED_SUFFIXES, verify_sha256sums
 from ..schedules import DiscreteSchedule
 
 __all__ = [
@@ -63,13 +73,31 @@ __all__ = [
     "Trainer",
     "truncate_loss_log",
     "export_diffusers",
+    "UsageError",
     "check_config",
+    "check_architecture",
+    "read_checkpoint",
+    "check_checkpoint",
+    "read_export_state",
+    "check_export_dest",
     "run_command",
     "main",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_LOG = "loss.csv"
+TRAINING_STATE = "training_state.json"
+EXPORT_KIND = "ddpm-export"
+# what an export folder holds besides the marker and SHA256SUMS (the card and figures: model_card, by hand)
+EXPORT_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", TRAINING_STATE,
+                LOSS_LOG, "MODEL_CARD.md", "loss_curve.png", "samples.png")
+# an export written before the marker existed (data/fmnist-ddpm): its SHA256SUMS lists these
+LEGACY_EXPORT = ("config.json", "diffusion_pytorch_model.safetensors", TRAINING_STATE)
+NORM_GROUPS = 8  # GroupNorm groups of build_unet: every level's channels must be a multiple
+
+
+class UsageError(ValueError):
+    """A bad command line, found before any data or model is loaded (``main`` reports it in one line, status 2)."""
 
 
 def _default_config() -> dict:
@@ -118,11 +146,8 @@ def build_unet(block_out_channels=(32, 64, 64), layers_per_block: int = 1, atten
     """
     from diffusers import UNet2DModel
 
+    check_architecture(block_out_channels, layers_per_block)
     n = len(block_out_channels)
-    if n < 2:
-        raise ValueError(f"block_out_channels needs at least 2 levels, got {block_out_channels}")
-    if 28 % (2 ** (n - 1)) != 0:
-        raise ValueError(f"{n} levels need 28 divisible by 2**{n - 1}; use 2 or 3 levels for 28x28 images")
     down = ["DownBlock2D"] * n
     up = ["UpBlock2D"] * n
     if attention:
@@ -142,6 +167,23 @@ def build_unet(block_out_channels=(32, 64, 64), layers_per_block: int = 1, atten
         freq_shift=1,
         time_embedding_type="positional",
     )
+
+
+def check_architecture(block_out_channels, layers_per_block: int = 1) -> None:
+    """Raise ``ValueError`` unless :func:`build_unet` can build these levels: 2 or 3 of them (28 must be divisible
+    by ``2**(levels - 1)``), each with a positive multiple of 8 channels (its GroupNorm has 8 groups), and
+    ``layers_per_block >= 1``."""
+    n = len(block_out_channels)
+    if n < 2:
+        raise ValueError(f"block_out_channels needs at least 2 levels, got {list(block_out_channels)}")
+    if 28 % (2 ** (n - 1)) != 0:
+        raise ValueError(f"{n} levels need 28 divisible by 2**{n - 1}; use 2 or 3 levels for 28x28 images")
+    bad = [c for c in block_out_channels if c < 1 or c % NORM_GROUPS]
+    if bad:
+        raise ValueError(f"block_out_channels must be positive multiples of {NORM_GROUPS} (the GroupNorm groups), "
+                         f"got {list(block_out_channels)}")
+    if layers_per_block < 1:
+        raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}")
 
 
 def build_scheduler(cfg: dict | None = None):
@@ -247,14 +289,16 @@ class Trainer:
         torch.save(self.state_dict(), buf)
         return atomic_write_bytes(self.out / CHECKPOINT, buf.getvalue())
 
-    def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
-        """Restore everything from a checkpoint; its model settings must match this run's."""
-        path = Path(path) if path else self.out / CHECKPOINT
-        st = torch.load(path, map_location=self.device, weights_only=False)
-        mismatch = {k: (st["cfg"][k], self.cfg[k]) for k in ("block_out_channels", "layers_per_block", "attention", "seed", "batch_size")
-                    if _norm(st["cfg"][k]) != _norm(self.cfg[k])}
-        if mismatch:
-            raise ValueError(f"checkpoint {path} was made with different settings (checkpoint, now): {mismatch}")
+    def load_checkpoint(self, path: str | os.PathLike | dict | None = None) -> None:
+        """Restore everything from a checkpoint (a path, default ``<out>/checkpoint.pt``, read with
+        :func:`read_checkpoint`, or its already read dict); its model settings must match this run's
+        (:func:`check_checkpoint`)."""
+        if isinstance(path, dict):
+            st, path = path, self.out / CHECKPOINT
+        else:
+            path = Path(path) if path else self.out / CHECKPOINT
+            st = read_checkpoint(path)
+        check_checkpoint(st, self.cfg, path)
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["opt"])
@@ -272,18 +316,7 @@ class Trainer:
         from diffusers import UNet2DModel
 
         folder = Path(folder)
-        state_path = folder / "training_state.json"
-        if not state_path.is_file():
-            raise SystemExit(f"--init-from: {folder} has no training_state.json (not an export of this command)")
-        import json
-
-        state = json.loads(state_path.read_text())
-        mismatch = {k: (state["config"][k], self.cfg[k]) for k in ("block_out_channels", "layers_per_block", "attention")
-                    if _norm(state["config"][k]) != _norm(self.cfg[k])}
-        if mismatch:
-            raise SystemExit(f"--init-from: {folder} was trained with different settings (export, now): {mismatch}")
-        if state["step"] >= self.cfg.steps:
-            raise SystemExit(f"--init-from: {folder} is at step {state['step']}; --steps {self.cfg.steps} must exceed it")
+        state = read_export_state(folder, self.cfg)
         weights = {k: v.to(self.device) for k, v in UNet2DModel.from_pretrained(folder).state_dict().items()}
         self.model.load_state_dict(weights)
         self.ema.load_state_dict(weights)
@@ -370,6 +403,61 @@ def _norm(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
+def read_checkpoint(path) -> dict:
+    """The checkpoint at ``path``, read with ``torch.load(weights_only=True)`` (tensors, numbers, strings and plain
+    containers only: a file that would run code when unpickled is refused); raises :class:`UsageError` for a
+    missing or unreadable file, or one without the entries a checkpoint holds."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors of any type
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{path} is not a checkpoint that can be loaded safely (weights only): {first}") from None
+    need = {"cfg", "step", "elapsed", "model", "ema", "opt", "gen"}
+    if not isinstance(st, dict) or not need <= set(st) or not isinstance(st["cfg"], dict):
+        raise UsageError(f"{path} is not a checkpoint of this command (it needs the entries {sorted(need)})")
+    return st
+
+
+def check_checkpoint(st: dict, cfg: dict, path="checkpoint") -> None:
+    """Raise :class:`UsageError` when the checkpoint ``st`` was made with other network, seed or batch settings
+    than ``cfg`` (resuming it would not continue the same run)."""
+    keys = ("block_out_channels", "layers_per_block", "attention", "seed", "batch_size")
+    mismatch = {k: (st["cfg"].get(k), cfg[k]) for k in keys if _norm(st["cfg"].get(k)) != _norm(cfg[k])}
+    if mismatch:
+        raise UsageError(f"checkpoint {path} was made with different settings (checkpoint, now): {mismatch}")
+
+
+def read_export_state(folder, cfg: dict) -> dict:
+    """The ``training_state.json`` of an export to start from (``--init-from``), after checking the folder's
+    ``SHA256SUMS``, that its network settings are ``cfg``'s and that ``cfg["steps"]`` exceeds its step; raises
+    :class:`UsageError` naming the problem."""
+    import json
+
+    folder = Path(folder)
+    state_path = folder / TRAINING_STATE
+    if not folder.is_dir():
+        raise UsageError(f"--init-from: {folder} does not exist or is not a folder")
+    if not state_path.is_file():
+        raise UsageError(f"--init-from: {folder} has no {TRAINING_STATE} (not an export of this command)")
+    try:
+        verify_sha256sums(folder)
+        state = json.loads(state_path.read_text())
+        config, step = state["config"], int(state["step"])
+        float(state["elapsed_s"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--init-from: {folder}: {err}") from None
+    mismatch = {k: (config.get(k), cfg[k]) for k in ("block_out_channels", "layers_per_block", "attention")
+                if _norm(config.get(k)) != _norm(cfg[k])}
+    if mismatch:
+        raise UsageError(f"--init-from: {folder} was trained with different settings (export, now): {mismatch}")
+    if step >= cfg["steps"]:
+        raise UsageError(f"--init-from: {folder} is at step {step}; --steps {cfg['steps']} must exceed it")
+    return state
+
+
 def truncate_loss_log(path: Path, step: int) -> None:
     """Drop the rows of the loss log logged after ``step`` (those of an interrupted run after its last checkpoint,
     which a resumed run logs again), atomically; the header stays."""
@@ -382,14 +470,30 @@ def truncate_loss_log(path: Path, step: int) -> None:
         atomic_write_text(path, buf.getvalue())
 
 
+def check_export_dest(dest, out=None) -> None:
+    """Raise :class:`UsageError` when ``dest`` is the run folder ``out``, lies inside it or holds it (replacing it
+    would delete the checkpoint), and ``FileExistsError`` unless ``dest`` is new, empty or an earlier export of this
+    command holding nothing else (:func:`~.paths.check_replaceable`)."""
+    dest = Path(dest)
+    if out is not None:
+        d, o = dest.resolve(), Path(out).resolve()
+        if d == o or d.is_relative_to(o) or o.is_relative_to(d):
+            rel = "is" if d == o else "is inside" if d.is_relative_to(o) else "holds"
+            raise UsageError(f"--export {dest} {rel} the run folder --out {out}; export to a folder of its own")
+    check_replaceable(dest, EXPORT_KIND, EXPORT_FILES, LEGACY_EXPORT)
+
+
 def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool = True) -> Path:
     """Save the (EMA) UNet with ``save_pretrained`` (safetensors) and the DDPMScheduler config to ``dest``,
-    plus ``training_state.json`` (step, elapsed seconds, settings), a copy of the loss log for the model card, and
-    ``SHA256SUMS`` of the weights and configs (checked by :func:`accelerated_diffusion.models.load_unet`).  The
-    folder is written beside ``dest`` and swapped in as a whole (:func:`~.paths.replace_folder`): an existing
-    ``dest`` is replaced only by a complete export."""
+    plus ``training_state.json`` (step, elapsed seconds, settings), a copy of the loss log for the model card, the
+    export marker and ``SHA256SUMS`` of the weights and configs (checked by
+    :func:`accelerated_diffusion.models.load_unet`).  The folder is written beside ``dest`` and swapped in as a
+    whole (:func:`~.paths.replace_folder`): ``dest`` must not be the run folder (or hold it, or lie in it), and an
+    existing ``dest`` is replaced only by a complete export and only when it is an earlier export
+    (:func:`check_export_dest`)."""
     dest = Path(dest)
-    with replace_folder(dest) as tmp:
+    check_export_dest(dest, trainer.out)
+    with replace_folder(dest, EXPORT_KIND, files=EXPORT_FILES, legacy=LEGACY_EXPORT) as tmp:
         (trainer.ema if use_ema else trainer.model).save_pretrained(tmp, safe_serialization=True)
         build_scheduler(trainer.cfg).save_pretrained(tmp)
         info = dict(step=trainer.step, elapsed_s=round(trainer.elapsed, 1), weights="ema" if use_ema else "raw",
@@ -397,7 +501,7 @@ def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool
         atomic_write_text(tmp / "training_state.json", dumps_strict(info, indent=2) + "\n")
         if (trainer.out / LOSS_LOG).exists():
             shutil.copyfile(trainer.out / LOSS_LOG, tmp / LOSS_LOG)
-        write_sha256sums(tmp, [f.name for f in tmp.iterdir() if f.suffix in (".safetensors", ".json")])
+        write_sha256sums(tmp, [f.name for f in tmp.iterdir() if f.suffix in CHECKED_SUFFIXES])
     return dest
 
 
@@ -419,8 +523,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=d["log_every"])
     p.add_argument("--max-train-images", type=int, default=None, help="use only the first N training images")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt if it exists")
-    p.add_argument("--export", default=None, help="after training, write the EMA weights in diffusers format here")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt (an error if missing)")
+    p.add_argument("--export", default=None, help="after training, write the EMA weights in diffusers format here "
+                   "(a new folder or an earlier export; never --out)")
     p.add_argument("--export-only", action="store_true", help="only export the checkpoint in --out (no training)")
     p.add_argument("--time-limit-min", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
     p.add_argument("--lr-final", type=float, default=None,
@@ -433,17 +538,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check_config(cfg: dict) -> None:
-    """Check the command's settings before any data is loaded; ``SystemExit`` with a one-line message."""
+    """Check the command's settings before any data is loaded; raises :class:`UsageError` with a one-line message
+    naming every problem."""
     problems = [f"--{k.replace('_', '-')} must be >= 1, got {cfg[k]}"
                 for k in ("steps", "batch_size", "checkpoint_every", "log_every") if cfg[k] < 1]
     if not (math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
         problems.append(f"--lr must be a positive number, got {cfg['lr']}")
     if cfg["warmup"] < 0:
         problems.append(f"--warmup must be >= 0, got {cfg['warmup']}")
+    if not 0 <= cfg["seed"] < 2**62:
+        problems.append(f"--seed must be in [0, 2**62), got {cfg['seed']}")
     if not 0 <= cfg["ema_decay"] < 1:
         problems.append(f"--ema-decay must be in [0, 1), got {cfg['ema_decay']}")
-    if any(c < 1 for c in cfg["block_out_channels"]) or cfg["layers_per_block"] < 1:
-        problems.append("--block-out-channels and --layers-per-block must be >= 1")
+    try:
+        check_architecture(cfg["block_out_channels"], cfg["layers_per_block"])
+    except ValueError as err:
+        problems.append(f"--block-out-channels {' '.join(map(str, cfg['block_out_channels']))} / --layers-per-block "
+                        f"{cfg['layers_per_block']}: {err}")
     if cfg["max_train_images"] is not None and cfg["max_train_images"] < 1:
         problems.append(f"--max-train-images must be >= 1, got {cfg['max_train_images']}")
     if cfg.get("lr_final") is not None and not (math.isfinite(cfg["lr_final"]) and 0 <= cfg["lr_final"] <= cfg["lr"]):
@@ -451,52 +562,86 @@ def check_config(cfg: dict) -> None:
     if cfg["threads"] is not None and cfg["threads"] < 1:
         problems.append(f"--threads must be >= 1, got {cfg['threads']}")
     if problems:
-        raise SystemExit("train: error: " + "; ".join(problems))
+        raise UsageError("; ".join(problems))
+
+
+def _check_command(a: argparse.Namespace, cfg: dict) -> dict | None:
+    """Every check of the command line that needs no data: settings, device, run folder, checkpoint (read here,
+    weights only), ``--init-from`` and ``--export``; returns the checkpoint to resume from (or None)."""
+    check_config(cfg)
+    if a.time_limit_min is not None and not (math.isfinite(a.time_limit_min) and a.time_limit_min > 0):
+        raise UsageError(f"--time-limit-min must be a positive number, got {a.time_limit_min}")
+    if a.init_from and (a.resume or a.export_only):
+        raise UsageError("--init-from starts a new run; it cannot be combined with --resume or --export-only")
+    if a.export_only and not a.export:
+        raise UsageError("--export-only needs --export DIR")
+    try:
+        torch.empty(0, device=a.device)
+    except (RuntimeError, AssertionError) as err:
+        raise UsageError(f"--device {a.device} is not usable here: {str(err).splitlines()[0] if str(err) else err}") from None
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    if a.export:
+        try:
+            check_export_dest(a.export, out)
+        except FileExistsError as err:
+            raise UsageError(f"--export: {err}") from None
+    ck = out / CHECKPOINT
+    st = None
+    if a.resume or a.export_only:
+        if not ck.is_file():
+            raise UsageError(f"{'--export-only' if a.export_only else '--resume'}: no checkpoint at {ck}; "
+                             "start a new run without --resume")
+        st = read_checkpoint(ck)
+        check_checkpoint(st, cfg, ck)
+    elif ck.exists():
+        raise UsageError(f"{ck} exists: pass --resume to continue it, or choose another --out")
+    if a.init_from:
+        read_export_state(a.init_from, cfg)
+    return st
 
 
 def run_command(argv: list[str] | None = None) -> Trainer:
-    """Parse the command line, train (resuming if asked), export if asked; returns the :class:`Trainer`."""
+    """Parse the command line, check it (:class:`UsageError` before any data is loaded), train (resuming if asked)
+    with ``--out`` locked, export if asked; returns the :class:`Trainer`."""
     a = _parser().parse_args(argv)
     cfg = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay, seed=a.seed,
                block_out_channels=list(a.block_out_channels), layers_per_block=a.layers_per_block,
                attention=not a.no_attention, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
                max_train_images=a.max_train_images, threads=a.threads, lr_final=a.lr_final, device=a.device)
-    check_config(cfg)
-    try:
-        torch.empty(0, device=a.device)
-    except (RuntimeError, AssertionError) as err:
-        raise SystemExit(f"train: error: --device {a.device} is not usable here: {err}") from None
-    if a.init_from and (a.resume or a.export_only):
-        raise SystemExit("train: error: --init-from starts a new run; it cannot be combined with --resume or --export-only")
+    st = _check_command(a, cfg)
     if a.threads:
         torch.set_num_threads(a.threads)
-    tr = Trainer(cfg, a.out)
-    ck = Path(a.out) / CHECKPOINT
-    if a.resume or a.export_only:
-        if ck.exists():
-            tr.load_checkpoint(ck)
-            print(f"resumed from {ck} at step {tr.step}")
-        elif a.export_only:
-            raise SystemExit(f"--export-only: no checkpoint at {ck}")
-    elif ck.exists():
-        raise SystemExit(f"{ck} exists: pass --resume to continue it, or choose another --out")
-    if a.init_from:
-        tr.init_from_export(a.init_from)
-        print(f"initialised from {a.init_from} at step {tr.step}")
-    print(f"UNet2DModel with {tr.num_parameters:,} parameters; {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads")
-    if not a.export_only:
-        tr.run(progress=not a.no_progress, time_limit_s=None if a.time_limit_min is None else 60 * a.time_limit_min)
-    if a.export:
-        export_diffusers(tr, a.export)
-        print(f"exported EMA weights at step {tr.step} to {a.export}")
+    with folder_lock(a.out, "train"):
+        if st is None and not a.resume and (Path(a.out) / CHECKPOINT).exists():  # written since the check
+            raise UsageError(f"{Path(a.out) / CHECKPOINT} exists: pass --resume to continue it, or choose another --out")
+        tr = Trainer(cfg, a.out)
+        if st is not None:
+            tr.load_checkpoint(st)
+            print(f"resumed from {Path(a.out) / CHECKPOINT} at step {tr.step}")
+        if a.init_from:
+            tr.init_from_export(a.init_from)
+            print(f"initialised from {a.init_from} at step {tr.step}")
+        print(f"UNet2DModel with {tr.num_parameters:,} parameters; {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads")
+        if not a.export_only:
+            tr.run(progress=not a.no_progress, time_limit_s=None if a.time_limit_min is None else 60 * a.time_limit_min)
+        if a.export:
+            export_diffusers(tr, a.export)
+            print(f"exported EMA weights at step {tr.step} to {a.export}")
     return tr
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m accelerated_diffusion.experiments.train``; ``accelerated-diffusion train``
-    dispatches here); returns the exit status."""
-    run_command(argv)
+    dispatches here); returns the exit status: 0, or 2 with a one-line ``train: error: ...`` on standard error for
+    a bad command line (:class:`UsageError`), a run folder in use or an export folder that may not be replaced."""
+    try:
+        run_command(argv)
+    except (UsageError, FileExistsError, FolderInUseError) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
