@@ -216,3 +216,35 @@ def test_fashion_mnist_download_from_a_prompt_server_completes_and_is_md5_checke
         httpd.shutdown()
         httpd.server_close()
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_fashion_mnist_download_lands_with_the_umask_permissions(tmp_path, monkeypatch):
+    """A completed, MD5-checked download is renamed into place with the permissions of the umask, not the 0o600
+    of its temporary file."""
+    import hashlib
+
+    payload = b"fashion" * 1000
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    monkeypatch.setattr(data, "FILES", {"probe.gz": (hashlib.md5(payload).hexdigest(), "")})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    mask = os.umask(0o022)
+    try:
+        data._download(tmp_path / "cache", timeout=2.0, url=f"http://127.0.0.1:{httpd.server_address[1]}")
+    finally:
+        os.umask(mask)
+        httpd.shutdown()
+        httpd.server_close()
+    f = tmp_path / "cache" / "probe.gz"
+    assert f.read_bytes() == payload and (f.stat().st_mode & 0o777) == 0o644

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import paths
+
 __all__ = ["FILES", "DEBIAN_DIR", "load_fashion_mnist", "fashion_mnist_dir", "CLASSES"]
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -113,6 +115,7 @@ def _download(cache: Path, timeout: float | None = None, url: str | None = None)
             got = hashlib.md5(tmp.read_bytes()).hexdigest()
             if got != md5:
                 raise ValueError(f"Fashion-MNIST: {name} has MD5 {got}, expected {md5} (corrupt download)")
+            os.chmod(tmp, 0o666 & ~paths._umask())  # mkstemp creates 0o600; the final file follows the umask
             os.replace(tmp, dest)
         except OSError as e:
             raise FileNotFoundError(
