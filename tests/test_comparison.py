@@ -143,3 +143,83 @@ def test_pf_reference_from_its_start(one_thread):
     assert C.pf_distance(y, ref["solution"])["value"] < C.pf_distance(
         C.generate(fn, SCHED, "ddim", "quadratic", 10, x), ref["solution"])["value"]
     assert math.isfinite(ref["rms_vs_half"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One generation wrapper, the registry's lists (issue 21)
+# ----------------------------------------------------------------------------------------------------------------
+def _old_comparison_generate(eps_fn, schedule, name, grid, nfe, noise, *, seed=0, batch_size=256, final_noise=False,
+                             timesteps=None):
+    """comparison.generate as it was before the one wrapper (verbatim, on the public run_sampler)."""
+    ts = C.grid_timesteps(schedule, nfe, grid) if timesteps is None else torch.as_tensor(timesteps)
+    gen = torch.Generator(noise.device).manual_seed(int(seed)) if name in ad.samplers.STOCHASTIC else None
+    out = []
+    for i in range(0, len(noise), batch_size):
+        x, used = ad.run_sampler(eps_fn, noise[i:i + batch_size], name, schedule, ts, generator=gen,
+                                 final_noise=final_noise, return_nfe=True)
+        assert used == len(ts)
+        out.append(x.cpu())
+    return torch.cat(out)
+
+
+def _old_generate_run_sampler(eps_fn, noise, sampler, nfe, schedule, *, spacing="leading", generator=None):
+    """generate.run_sampler as it was before the one wrapper (verbatim, on the public run_sampler)."""
+    ts = schedule.subsample(nfe, spacing).tolist()
+    assert len(ts) == nfe
+    x, used = ad.run_sampler(eps_fn, noise, sampler, schedule, ts, generator=generator, return_nfe=True)
+    assert used == nfe
+    return x, ts
+
+
+def test_the_wrappers_give_what_they_gave_before(one_thread):
+    """comparison.generate and generate.run_sampler, now both on samplers.run_grid, give bit for bit what their
+    former implementations gave, for every sampler (stochastic ones from the same seeds, in batches, with and
+    without the last noise); exact_1d.run is checked in test_exact_1d.py."""
+    from accelerated_diffusion.experiments import generate as G
+
+    fn = C.exact_eps_fn(TARGET, SCHED)
+    x64, x32 = C.initial_noise(10, (2,), dtype=torch.float64), C.initial_noise(10, (2,))
+    for name in ad.samplers.SAMPLERS:
+        for grid in ("trailing", "uniform"):
+            if name == "diffusers_unipc_bh2" and grid == "uniform":  # it cannot visit that grid
+                continue
+            x = x32 if name.startswith("diffusers") else x64
+            for final in (False, True):
+                new = C.generate(fn, SCHED, name, grid, 5, x, seed=3, batch_size=4, final_noise=final)
+                old = _old_comparison_generate(fn, SCHED, name, grid, 5, x, seed=3, batch_size=4, final_noise=final)
+                assert new.device.type == "cpu" and torch.equal(new, old), (name, grid, final)
+            new, ts = G.run_sampler(fn, x, name, 5, SCHED, spacing=grid, generator=torch.Generator().manual_seed(1))
+            old, ts_old = _old_generate_run_sampler(fn, x, name, 5, SCHED, spacing=grid,
+                                                    generator=torch.Generator().manual_seed(1))
+            assert ts == ts_old and torch.equal(new, old), (name, grid)
+    ts = ad.schedules.logsnr_timesteps(SCHED.alpha_bars, 6, t_max=700)
+    assert torch.equal(C.generate(fn, SCHED, "dpm_solver_pp_2m", "logsnr", 6, x64, batch_size=3, timesteps=ts),
+                       _old_comparison_generate(fn, SCHED, "dpm_solver_pp_2m", "logsnr", 6, x64, batch_size=3,
+                                                timesteps=ts))
+    with pytest.raises(ValueError, match="divide"):
+        G.run_sampler(fn, x64, "ddim", 7, SCHED, spacing="uniform")
+
+
+def test_unknown_names_raise_before_any_model_call():
+    from accelerated_diffusion.experiments import generate as G
+
+    def never(x, t):
+        raise AssertionError("the model must not be called")
+
+    x = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        C.generate(never, SCHED, "euler", "uniform", 5, x)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        G.run_sampler(never, x, "euler", 5, SCHED)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        C.short_label("euler")
+
+
+def test_compared_samplers_and_labels_derive_from_the_registry():
+    S = ad.samplers
+    assert C.COMPARED == tuple(m for m in S.table_order() if m != "ddim_type")
+    assert C.SHORT_LABELS.items() >= {"accelerated_ode": "acc. ODE", "accelerated_sde": "acc. SDE",
+                                      "dpm_solver_pp_2m": "DPM++2M"}.items()
+    assert all(C.short_label(n) == S.spec(n).short_label for n in S.SAMPLERS)
+    assert C._PEER_PAIRS == tuple((n, s.same_rule_as) for n, s in S.SAMPLERS.items() if s.same_rule_as)
+    assert C._PEER_PAIRS[:2] == (("diffusers_dpm_solver_pp_2m", "dpm_solver_pp_2m"), ("diffusers_unipc_bh2", "unipc_bh2"))

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
     for name in ad.samplers.LIBRARY_SAMPLERS:
         out = ad.run_sampler(eps_fn, x, name, schedule, timesteps, generator=torch.Generator().manual_seed(1))
         assert out.shape == x.shape and torch.isfinite(out).all(), name
-    for cls in (ad.AcceleratedDDIMScheduler, ad.AcceleratedDDPMScheduler, ad.DDIMTypeScheduler, ad.DDPMTypeScheduler):
+    for cls in ad.samplers.scheduler_classes().values():
         sch = cls(num_train_timesteps=1000)
         out = ad.sample_with_scheduler(eps_fn, x, sch, 5, generator=torch.Generator().manual_seed(1))
         assert out.shape == x.shape and torch.isfinite(out).all(), cls.__name__

@@ -123,7 +123,8 @@ def _tensors(n=3, shape=(6,)):
 @pytest.mark.parametrize("method,library", [
     ("ddim", lambda x, e, en, n, t, p: updates.ddim_step(x, e, t, p)),
     ("ddim_type", lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p)),
-    ("accelerated", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),
+    ("accelerated_ode", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),
+    ("accelerated", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),  # the older name
 ])
 def test_deterministic_steps_match_library(method, library):
     f = _lambdify(D.ode_step(method), (D.x, D.eps, D.eps_next, *LEVEL_SYMBOLS), "numpy")
@@ -133,12 +134,12 @@ def test_deterministic_steps_match_library(method, library):
         np.testing.assert_allclose(got, f(xv.numpy(), ev.numpy(), env.numpy(), a_next, a_t, a_prev), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["ddim", "ddim_type", "accelerated"])
+@pytest.mark.parametrize("method", ["ddim", "ddim_type", "accelerated_ode"])
 def test_sigma_form_steps_match_library(method):
     """The y/sigma forms used for the truncation-error series are the library's steps in other variables."""
     lib = {"ddim": lambda x, e, en, n, t, p: updates.ddim_step(x, e, t, p),
            "ddim_type": lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p),
-           "accelerated": lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)}[method]
+           "accelerated_ode": lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)}[method]
     expr = D.ode_step_sigma(method).subs(D.alpha_bar_prev, D.alpha_bar_of_sigma(D.sigma_prev))
     f = _lambdify(expr, (D.y, D.eps, D.eps_next, D.sigma_next, D.sigma_t, D.sigma_prev), "numpy")
     sig = oracles.sigma_of
@@ -224,7 +225,7 @@ def test_local_truncation_error_orders(ratio):
 
 
 def test_accelerated_local_error_symbolic():
-    lead = _coeffs(D.ode_local_error("accelerated", order=4), 4)
+    lead = _coeffs(D.ode_local_error("accelerated_ode", order=4), 4)
     assert lead[2] == 0
     expected = 5 * D.data_var * (3 * D.sigma_t**2 * D.data_var - 4 * D.sigma_t**2 - D.data_var) / (
         12 * D.sigma_t * (D.sigma_t**2 + 1) * (D.sigma_t**2 + D.data_var) ** 3)
@@ -241,8 +242,8 @@ def test_corrections_agree_to_leading_order_and_differ_next():
     comp = D.correction_comparison_series(sp.Rational(1, 4), sp.Integer(2))
     h2 = {k: sp.expand(v).coeff(H, 2) for k, v in comp.items()}
     h3 = {k: sp.expand(v).coeff(H, 3) for k, v in comp.items()}
-    assert len(set(h2.values())) == 1 and h2["accelerated"] != 0
-    assert h3["accelerated"] != h3["dpm_solver_pp_2m"]
+    assert len(set(h2.values())) == 1 and h2["accelerated_ode"] != 0
+    assert h3["accelerated_ode"] != h3["dpm_solver_pp_2m"]
 
 
 def test_stochastic_moment_errors():
@@ -260,6 +261,16 @@ def test_total_injected_variance_matches_ddpm_to_first_order():
     ddpm = (D.ddpm_type_coefficients()[2] ** 2).subs(D.alpha_bar_prev, D.alpha_bar_t / (1 - H))
     diff = sp.series(sp.simplify(total - ddpm), H, 0, 3).removeO()
     assert sp.expand(diff).coeff(H, 1) == 0 and sp.expand(diff).coeff(H, 2) != 0
+
+
+def test_method_lists_use_the_registry_names():
+    """The derived methods that are samplers carry their registry names; the others are the derivation-only
+    relatives; the stochastic ones are the paper's stochastic samplers of the registry."""
+    from accelerated_diffusion import samplers
+
+    assert [m for m in D.ODE_METHODS if m not in samplers.SAMPLERS] == ["lambda", "sigma", "dpm_solver_2"]
+    assert {"ddim", "ddim_type", "accelerated_ode", "dpm_solver_pp_2m"} <= set(D.ODE_METHODS)
+    assert D.STOCHASTIC_METHODS == tuple(m for m in samplers.PAPER_SAMPLERS if samplers.spec(m).stochastic)
 
 
 def test_unknown_names_raise():

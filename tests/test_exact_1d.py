@@ -170,3 +170,53 @@ def test_started_experiment_equals_a_serial_run():
         assert started[key] == serial[key], key
     with pytest.raises(TypeError, match="paper_T"):
         E.start_experiment(E.TARGETS["separated"], paper_T=(10,))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The registry is the only list (issue 21)
+# --------------------------------------------------------------------------------------------------------------
+def test_run_is_the_library_sample_with_the_levels_as_t():
+    """``run`` (kept by name) is the library's ``sample``, identical to the former wrapper that passed the levels
+    ``alpha_bar`` as ``t`` explicitly."""
+    from accelerated_diffusion import samplers
+
+    path = rates.make_path("linear", 8)
+    x = torch.linspace(-3, 3, 11, dtype=torch.float64)[:, None]
+    assert E.run is samplers.sample
+    for m in E.SAMPLERS:
+        old = samplers.sample(NARROW.eps, x, path, m, timesteps=[float(a) for a in path[:-1]],
+                              generator=torch.Generator().manual_seed(2))
+        assert torch.equal(E.run(NARROW.eps, x, path, m, generator=torch.Generator().manual_seed(2)), old), m
+
+
+def test_a_new_stochastic_sampler_gets_its_own_kernels(monkeypatch):
+    """The kernels are the registry's half-steps of the sampler: a new one registered with the DDPM-type
+    half-step has ``ddpm_type``'s kernels (it is not taken for the accelerated SDE), and names that are not
+    stochastic samplers of the library raise."""
+    import accelerated_diffusion as ad
+
+    S = ad.samplers
+    new = S.SamplerSpec("new_sde", "new", True, "test", "peer", "*", transitions=ad.updates.ddpm_type_transitions)
+    monkeypatch.setattr(S, "SAMPLERS", {**S.SAMPLERS, "new_sde": new})
+    path = rates.make_path("linear", 6)
+    y = np.linspace(-3, 3, 41)
+    got, ref = E.transition_kernels(NARROW, path, "new_sde"), E.transition_kernels(NARROW, path, "ddpm_type")
+    assert len(got) == len(ref) == len(path) - 1
+    for a, b in zip(got, ref):
+        assert (a.sigma, a.level_out, a.name) == (b.sigma, b.level_out, b.name)
+        assert all(np.array_equal(u, v) for u, v in zip(a.mean(y), b.mean(y)))
+    assert E.exact_tv(NARROW, path, "new_sde")["tv"] == E.exact_tv(NARROW, path, "ddpm_type")["tv"]
+    for bad, match in (("ddim", "not a stochastic sampler"), ("euler", "unknown sampler 'euler'")):
+        with pytest.raises(ValueError, match=match):
+            E.transition_kernels(NARROW, path, bad)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        E.exact_tv(NARROW, path, "euler")
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        E.flow_map(NARROW, path, "euler", [0.0])
+
+
+def test_sampler_lists_derive_from_the_registry():
+    from accelerated_diffusion import samplers
+
+    assert E.SAMPLERS is rates.SAMPLERS
+    assert E.STOCHASTIC == tuple(m for m in rates.SAMPLERS if m in samplers.STOCHASTIC)

@@ -13,8 +13,8 @@ from accelerated_diffusion.experiments.toy_pipelines import tiny_random_stable_d
 from accelerated_diffusion.models import eps_fn
 from conftest import random_unet
 
-CLASSES = [ad.AcceleratedDDIMScheduler, ad.AcceleratedDDPMScheduler, ad.DDIMTypeScheduler, ad.DDPMTypeScheduler]
-STOCHASTIC = (ad.AcceleratedDDPMScheduler, ad.DDPMTypeScheduler)
+CLASSES = list(ad.samplers.scheduler_classes().values())  # the registry's drop-in schedulers
+STOCHASTIC = tuple(c for n, c in ad.samplers.scheduler_classes().items() if ad.samplers.spec(n).stochastic)
 
 
 class CallRecorder:

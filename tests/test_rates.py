@@ -42,7 +42,7 @@ def test_exact_flow_map_against_a_fine_solver(gauss):
     assert torch.allclose(cov, gauss.marginal_cov(a_out), atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["ddpm_type", "accelerated_sde"])
+@pytest.mark.parametrize("method", sorted(ad.samplers.STOCHASTIC))
 def test_stochastic_law_matches_monte_carlo(gauss, method):
     """The propagated exact law agrees with the real sampling loop (Monte Carlo, 40k samples)."""
     path = rates.make_path("linear", 5)
@@ -164,3 +164,53 @@ def test_gaussian_tv_against_independent_oracles():
     t1 = rates.gaussian_tv(m0, S0, 1e-6 * m1, S0 + 1e-6 * torch.eye(3, dtype=torch.float64))
     t2 = rates.gaussian_tv(m0, S0, 2e-6 * m1, S0 + 2e-6 * torch.eye(3, dtype=torch.float64))
     assert t2 / t1 == pytest.approx(2.0, rel=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The registry is the only list (issue 21)
+# --------------------------------------------------------------------------------------------------------------
+def test_sampler_lists_and_styles_derive_from_the_registry():
+    S = ad.samplers
+    assert rates.SAMPLERS == S.table_order(S.LIBRARY_SAMPLERS) and sorted(rates.SAMPLERS) == sorted(S.LIBRARY_SAMPLERS)
+    assert rates.DETERMINISTIC == tuple(m for m in rates.SAMPLERS if m not in S.STOCHASTIC)
+    # the style of the figures: the colours and markers of the committed figures, one per sampler, for any number
+    assert list(rates.STYLE) == list(rates.SAMPLERS)
+    assert [(m, st["color"], st["marker"]) for m, st in rates.STYLE.items()][:7] == [
+        ("ddim_type", "C0", "o"), ("ddim", "C1", "s"), ("accelerated_ode", "C2", "^"), ("dpm_solver_pp_2m", "C3", "v"),
+        ("unipc_bh2", "C4", "D"), ("ddpm_type", "C5", "x"), ("accelerated_sde", "C6", "P")]
+    assert all(st["marker"] == S.spec(m).marker for m, st in rates.STYLE.items())
+
+
+def test_a_new_stochastic_sampler_gets_its_own_exact_law(gauss, monkeypatch):
+    """A stochastic sampler added to the registry is pushed through its own Gaussian half-steps, not treated as
+    the accelerated SDE: one registered with the DDPM-type half-step has exactly ``ddpm_type``'s law."""
+    S = ad.samplers
+    new = S.SamplerSpec("new_sde", "new", True, "test", "peer", "*", transitions=ad.updates.ddpm_type_transitions)
+    monkeypatch.setattr(S, "SAMPLERS", {**S.SAMPLERS, "new_sde": new})
+    path = rates.make_path("linear", 6)
+    for start in ("exact", "standard"):
+        got = rates.gaussian_output_law(gauss, path, "new_sde", start)
+        ddpm = rates.gaussian_output_law(gauss, path, "ddpm_type", start)
+        sde = rates.gaussian_output_law(gauss, path, "accelerated_sde", start)
+        assert all(torch.equal(a, b) for a, b in zip(got, ddpm))
+        assert not torch.allclose(got[1], sde[1], atol=1e-6)
+    assert rates.gaussian_errors(gauss, path, "new_sde")["kl"] == rates.gaussian_errors(gauss, path, "ddpm_type")["kl"]
+    with pytest.raises(ValueError, match="no Gaussian transitions"):
+        rates._stochastic_law(gauss, path, "ddim", (gauss.mean, gauss.cov))
+
+
+def test_unknown_names_raise_before_any_work(gauss, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("no work before the names are checked")
+
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        rates.gaussian_output_law(gauss, rates.make_path("linear", 5), "euler")
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        rates.gaussian_errors(gauss, rates.make_path("linear", 5), "euler")
+    monkeypatch.setattr(rates, "make_path", no_work)
+    monkeypatch.setattr(rates, "flow_reference", no_work)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        rates.gaussian_rate_sweep(gauss, "linear", [5], methods=("ddim", "euler"), progress=False)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        rates.mixture_rate_sweep(rates.two_d_mixture(), "linear", [5], methods=("ddim", "euler"), progress=False)
+

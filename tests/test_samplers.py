@@ -33,7 +33,7 @@ def test_default_timesteps_are_the_levels():
     assert seen == pytest.approx(PATH[:-1].tolist())
 
 
-@pytest.mark.parametrize("method", ["ddpm_type", "accelerated_sde"])
+@pytest.mark.parametrize("method", sorted(ad.samplers.STOCHASTIC & set(ad.samplers.LIBRARY_SAMPLERS)))
 def test_same_seed_gives_bit_identical_samples(method):
     def run(seed):
         gen = torch.Generator().manual_seed(seed)
@@ -50,7 +50,7 @@ def test_float32_in_float32_out_close_to_float64(method):
     out64 = ad.sample(TARGET.eps, x, PATH, method, generator=torch.Generator().manual_seed(1))
     out32 = ad.sample(TARGET.eps, x.float(), PATH, method, generator=torch.Generator().manual_seed(1))
     assert out32.dtype == torch.float32
-    if method in ("ddim", "ddim_type", "accelerated_ode"):  # noise draws differ by dtype for the stochastic ones
+    if method not in ad.samplers.STOCHASTIC:  # noise draws differ by dtype for the stochastic ones
         assert torch.allclose(out32.double(), out64, atol=1e-4)
 
 
@@ -184,8 +184,174 @@ def test_run_sampler_defaults_to_no_final_noise():
     ts = sched.subsample(4, "uniform")
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     eps = lambda y, t: TARGET.eps(y, float(sched.alpha_bars[t]))  # noqa: E731
-    for method in ("ddpm_type", "accelerated_sde"):
+    for method in sorted(ad.samplers.STOCHASTIC & set(ad.samplers.LIBRARY_SAMPLERS)):
         a = ad.run_sampler(eps, x, method, sched, ts, generator=torch.Generator().manual_seed(3))
         b = ad.sample(eps, x, sched.path(ts), method, timesteps=ts.tolist(),
                       generator=torch.Generator().manual_seed(3), final_noise=False)
         assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The registry is the only list (issue 21)
+# --------------------------------------------------------------------------------------------------------------
+S = ad.samplers
+SCHED = ad.DiscreteSchedule.from_diffusers("linear")
+
+
+def _never(x, t):
+    raise AssertionError("the model must not be called")
+
+
+def test_unknown_sampler_names_raise_in_every_entry_point():
+    """One lookup (``spec``) with one message listing the valid names, before any model call."""
+    msg = r"unknown sampler 'euler'; expected one of \['ddim', 'ddim_type'"
+    noise = torch.zeros(1, 2)
+    calls = [
+        lambda: S.spec("euler"),
+        lambda: S.label("euler"),
+        lambda: ad.sample(_never, noise, PATH, "euler"),
+        lambda: ad.run_sampler(_never, noise, "euler", SCHED, [999, 500]),
+        lambda: S.run_grid(_never, noise, "euler", SCHED, 4),
+        lambda: S.table_order(["ddim", "euler"]),
+        lambda: S.scheduler_class("euler"),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=msg):
+            call()
+
+
+def test_registry_derived_lists():
+    names = list(S.SAMPLERS)
+    assert all(name == s.name for name, s in S.SAMPLERS.items())
+    assert S.LIBRARY_SAMPLERS == tuple(n for n in names if S.spec(n).factory is None)
+    assert S.PAPER_SAMPLERS == ("ddim", "ddim_type", "ddpm_type", "accelerated_ode", "accelerated_sde")
+    assert S.STOCHASTIC == {n for n in names if S.spec(n).stochastic}
+    assert S.DETERMINISTIC == tuple(n for n in S.LIBRARY_SAMPLERS if n not in S.STOCHASTIC)
+    order = S.table_order()
+    assert sorted(order) == sorted(S.LIBRARY_SAMPLERS)
+    # the order of the rate tables and figures (their colours follow it): pinned, the committed results use it
+    # (a new sampler may come anywhere; these keep their order)
+    pinned = ("ddim_type", "ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
+    assert tuple(n for n in order if n in pinned) == pinned
+    markers = [s.marker for s in S.SAMPLERS.values()]
+    assert len(set(markers)) == len(markers) and all(markers)
+    for s in S.SAMPLERS.values():  # each sampler runs exactly one way
+        assert [s.loop is not None, s.transitions is not None, s.factory is not None].count(True) == 1
+        assert (s.transitions is not None) == s.stochastic or s.factory is not None
+        if s.same_rule_as is not None:
+            assert S.spec(s.same_rule_as).runs_on_any_path
+
+
+def test_scheduler_classes_are_the_registry_s_drop_in_schedulers():
+    from diffusers import SchedulerMixin
+
+    exported = [getattr(ad.schedulers, n) for n in ad.schedulers.__all__]
+    ours = {c for c in exported if isinstance(c, type) and issubclass(c, SchedulerMixin)}
+    mapping = S.scheduler_classes()
+    assert set(mapping.values()) == ours and list(mapping) == [n for n in S.SAMPLERS if n in mapping]
+    for n, cls in mapping.items():
+        assert S.scheduler_class(n) is cls
+    assert S.scheduler_class("diffusers_unipc_bh2").__name__ == "UniPCMultistepScheduler"
+    assert S.scheduler_class("ddim") is None
+
+
+def test_sampler_spec_refuses_inconsistent_entries():
+    with pytest.raises(ValueError, match="exactly one of loop, transitions and factory"):
+        S.SamplerSpec("x", "X", False, "", "peer", "o", loop=S._ddim_loop, factory=ad.peers.unipc_bh2_for_timesteps)
+    with pytest.raises(ValueError, match="exactly one of loop, transitions and factory"):
+        S.SamplerSpec("x", "X", True, "", "peer", "o")
+    with pytest.raises(ValueError, match="stochastic exactly when"):
+        S.SamplerSpec("x", "X", True, "", "peer", "o", loop=S._ddim_loop)
+    with pytest.raises(ValueError, match="role"):
+        S.SamplerSpec("x", "X", False, "", "paper", "o", loop=S._ddim_loop)
+
+
+def test_options_are_set_through_sample_and_run_sampler():
+    """DPM-Solver++(2M)'s ``lower_order_final`` (diffusers' rule: the last of fewer than 15 steps is first order
+    unless it is switched off) is set through the public API; an unknown option raises."""
+    path = torch.tensor([0.05, 0.2, 0.5, 0.8, 0.95], dtype=torch.float64)
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    default = ad.sample(TARGET.eps, x, path, "dpm_solver_pp_2m")
+    assert torch.equal(default, ad.sample(TARGET.eps, x, path, "dpm_solver_pp_2m", options={"lower_order_final": True}))
+    second = ad.sample(TARGET.eps, x, path, "dpm_solver_pp_2m", options={"lower_order_final": False})
+    # by hand: every step after the first is second order, the last one included
+    lv, y, x0_next = [float(a) for a in path], x, None
+    for i in range(len(lv) - 1):
+        x0 = ad.updates.eps_to_x0(y, TARGET.eps(y, lv[i]), lv[i])
+        y = ad.updates.dpm_solver_pp_2m_step(y, x0, lv[i], lv[i + 1], x0_next, lv[i - 1] if i else None)
+        x0_next = x0
+    assert torch.equal(second, y) and not torch.equal(second, default)
+    ts = SCHED.subsample(4, "trailing")
+    eps = lambda y, t: TARGET.eps(y, float(SCHED.alpha_bars[t]))  # noqa: E731
+    assert torch.equal(ad.run_sampler(eps, x, "dpm_solver_pp_2m", SCHED, ts, options={"lower_order_final": False},
+                                      final_alpha_bar=0.99),
+                       ad.sample(eps, x, SCHED.path(ts, 0.99), "dpm_solver_pp_2m", timesteps=ts.tolist(),
+                                 options={"lower_order_final": False}))
+    with pytest.raises(ValueError, match=r"'ddim' has no option\(s\) \['lower_order_final'\]"):
+        ad.sample(_never, x, path, "ddim", options={"lower_order_final": False})
+    with pytest.raises(ValueError, match="has no option"):
+        ad.run_sampler(_never, x, "diffusers_dpm_solver_pp_2m", SCHED, ts, options={"lower_order_final": False})
+
+
+def _with_sampler(monkeypatch, spec):
+    """The registry with one more entry (a copy; the module's own is restored after the test)."""
+    monkeypatch.setattr(S, "SAMPLERS", {**S.SAMPLERS, spec.name: spec})
+
+
+def test_a_new_stochastic_sampler_runs_through_its_own_transitions(monkeypatch):
+    """A stochastic sampler is its Gaussian half-steps: a new one given the DDPM-type half-step runs exactly as
+    ``ddpm_type``; one given the accelerated half-steps exactly as ``accelerated_sde``."""
+    x = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for twin, transitions in (("ddpm_type", ad.updates.ddpm_type_transitions),
+                              ("accelerated_sde", ad.updates.accelerated_sde_transitions)):
+        _with_sampler(monkeypatch, S.SamplerSpec("new_sde", "new", True, "test", "peer", "*", transitions=transitions))
+        for final in (True, False):
+            new = ad.sample(TARGET.eps, x, PATH, "new_sde", generator=torch.Generator().manual_seed(1),
+                            final_noise=final)
+            old = ad.sample(TARGET.eps, x, PATH, twin, generator=torch.Generator().manual_seed(1), final_noise=final)
+            assert torch.equal(new, old)
+
+
+def test_run_sampler_dispatches_on_the_spec_not_the_name(monkeypatch):
+    """A diffusers scheduler registered with a factory runs through run_sampler with no code naming it."""
+    from diffusers import DDIMScheduler
+
+    def factory(betas, timesteps):
+        sched = DDIMScheduler(trained_betas=betas.tolist(), num_train_timesteps=len(betas), clip_sample=False,
+                              set_alpha_to_one=True)
+        return sched, {"num_inference_steps": len(timesteps)}
+
+    _with_sampler(monkeypatch, S.SamplerSpec("diffusers_ddim", "DDIM, diffusers", False, "test", "peer", "*",
+                                             factory=factory))
+    ts = SCHED.subsample(5, "leading")
+    eps = lambda y, t: TARGET.eps(y, float(SCHED.alpha_bars[int(t)]))  # noqa: E731
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    theirs, nfe = ad.run_sampler(eps, x, "diffusers_ddim", SCHED, ts, return_nfe=True)
+    ours = ad.run_sampler(eps, x, "ddim", SCHED, ts)
+    assert nfe == 5 and torch.allclose(theirs.double(), ours, atol=1e-5)
+    with pytest.raises(ValueError, match="diffusers' own scheduler"):
+        ad.sample(eps, x, PATH, "diffusers_ddim")
+
+
+def test_run_grid_checks_the_grid_and_batches_like_one_run():
+    eps = lambda y, t: TARGET.eps(y, float(SCHED.alpha_bars[int(t)]))  # noqa: E731
+    x = torch.randn(7, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for name in S.SAMPLERS:
+        if name == "diffusers_unipc_bh2":  # visits only its own grids
+            continue
+        one, ts = S.run_grid(eps, x, name, SCHED, 5, "trailing", generator=torch.Generator().manual_seed(2))
+        assert ts == SCHED.subsample(5, "trailing").tolist()
+        assert torch.equal(one, ad.run_sampler(eps, x, name, SCHED, ts, generator=torch.Generator().manual_seed(2)))
+        # in batches: the batches one after the other, drawing from the one generator in turn
+        batched, _ = S.run_grid(eps, x, name, SCHED, 5, "trailing", batch_size=3, device="cpu",
+                                generator=torch.Generator().manual_seed(2))
+        gen = torch.Generator().manual_seed(2)
+        by_hand = [ad.run_sampler(eps, x[i:i + 3], name, SCHED, ts, generator=gen) for i in (0, 3, 6)]
+        assert torch.equal(batched, torch.cat(by_hand))
+        if name not in S.STOCHASTIC:
+            assert torch.allclose(batched, one, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="divide 1000"):
+        S.run_grid(_never, x, "ddim", SCHED, 7, "uniform")
+    with pytest.raises(ValueError, match="2 timesteps given for nfe=3"):
+        S.run_grid(_never, x, "ddim", SCHED, 3, timesteps=[999, 500])
+

@@ -184,3 +184,36 @@ def test_stochastic_law_check_detects_the_official_cifar_variant():
     mv, Sv = oracles.stochastic_law("accelerated_sde", PATH, MU, SIGMA, phi_times_sqrt_alpha=True)
     tol_S = 5 * np.sqrt((np.outer(np.diag(S), np.diag(S)) + S**2) / 200_000)
     assert np.any(np.abs(Sv - S) > 3 * tol_S)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stochastic samplers' Gaussian half-steps, written once
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("a_t,a_prev", LEVEL_PAIRS)
+def test_transitions_are_the_paper_s_half_steps_in_order(a_t, a_prev, rng):
+    """``accelerated_sde``: Phi_t first (no evaluation, output at abar_t), then Psi_t with eps at the perturbed
+    point; ``ddpm_type``: one evaluating half-step.  Each is affine in (x, eps, z) with ``sigma = rule(0, 0, 1)``."""
+    x, eps, z = (torch.tensor(rng.standard_normal(5)) for _ in range(3))
+    phi, psi = updates.accelerated_sde_transitions(a_t, a_prev)
+    assert (phi.evaluates, phi.level_out, phi.name) == (False, a_t, "perturb")
+    assert (psi.evaluates, psi.level_out, psi.name) == (True, a_prev, "accelerated_sde")
+    assert torch.equal(phi.rule(x, None, z), updates.accelerated_sde_perturb(x, a_t, a_prev, z))
+    assert torch.equal(psi.rule(x, eps, z), updates.accelerated_sde_step(x, eps, a_t, a_prev, z))
+    (ddpm,) = updates.ddpm_type_transitions(a_t, a_prev)
+    assert (ddpm.evaluates, ddpm.level_out) == (True, a_prev)
+    assert torch.equal(ddpm.rule(x, eps, z), updates.ddpm_type_step(x, eps, a_t, a_prev, z))
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    scale = updates.accelerated_sde_noise_scale(a_t, a_prev)
+    assert float(phi.rule(zero, None, one)) == pytest.approx(scale, rel=1e-15)
+    assert float(psi.rule(zero, zero, one)) == pytest.approx(scale, rel=1e-15)
+    assert float(ddpm.rule(zero, zero, one)) == pytest.approx(updates.ddpm_type_coefficients(a_t, a_prev)[2], rel=1e-15)
+
+
+def test_split_at_evaluation():
+    phi, psi = updates.accelerated_sde_transitions(0.3, 0.5)
+    assert updates.split_at_evaluation((phi, psi)) == ((phi,), (psi,))
+    (ddpm,) = updates.ddpm_type_transitions(0.3, 0.5)
+    assert updates.split_at_evaluation([ddpm]) == ((), (ddpm,))
+    for bad in ((phi,), (psi, psi)):
+        with pytest.raises(ValueError, match="exactly one half-step that evaluates"):
+            updates.split_at_evaluation(bad)

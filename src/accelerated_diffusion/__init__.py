@@ -6,6 +6,7 @@ Diffusion Models, Provably*, implemented once and checked.
 * :mod:`.updates` -- one function per update rule (the single source of truth);
 * :mod:`.samplers` -- one loop per sampler, the registry :data:`SAMPLERS` of their names, :func:`sample` and
   the one dispatch :func:`run_sampler`;
+* :mod:`.k_samplers` -- every library sampler as a k-diffusion sampler function (denoiser, sigma schedule);
 * :mod:`.schedulers` -- the paper's samplers as drop-in diffusers schedulers;
 * :mod:`.pipelines` -- a ``DDPMPipeline`` that honours ``init_noise_sigma``;
 * :mod:`.peers` -- diffusers' own DPM-Solver++(2M) and UniPC schedulers, configured for comparison;
@@ -18,7 +19,8 @@ The reproduction (training, metrics, rate measurements, derivations) lives in
 :mod:`accelerated_diffusion.experiments` and needs the ``experiments`` extra.
 """
 
-from . import integrity, metrics, models, peers, pipelines, samplers, schedulers, schedules, targets, updates
+from . import (integrity, k_samplers, metrics, models, peers, pipelines, samplers, schedulers, schedules, targets,
+               updates)
 from .samplers import SAMPLERS, ModelOutputError, run_sampler, sample, sample_with_scheduler
 from .schedulers import AcceleratedDDIMScheduler, AcceleratedDDPMScheduler, DDIMTypeScheduler, DDPMTypeScheduler
 from .schedules import DiscreteSchedule, paper_betas, sampling_path, timestep_subsequence
@@ -47,6 +49,7 @@ __all__ = [
     "peers",
     "pipelines",
     "samplers",
+    "k_samplers",
     "schedulers",
     "schedules",
     "targets",

@@ -15,7 +15,14 @@ from __future__ import annotations
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-__all__ = ["diffusers_dpm_solver_pp_2m", "diffusers_unipc_bh2", "diffusers_path", "unipc_for_timesteps"]
+__all__ = [
+    "diffusers_dpm_solver_pp_2m",
+    "diffusers_unipc_bh2",
+    "diffusers_path",
+    "unipc_for_timesteps",
+    "dpm_solver_pp_2m_for_timesteps",
+    "unipc_bh2_for_timesteps",
+]
 
 
 def _diffusers_kwargs(betas, spacing: str) -> dict:
@@ -74,3 +81,18 @@ def unipc_for_timesteps(scheduler, timesteps) -> UniPCMultistepScheduler:
         f"diffusers' UniPCMultistepScheduler cannot visit the timesteps {ts[:3]}...{ts[-2:]} (no spacing of its own "
         "gives them and it accepts no custom timesteps); use the library's 'unipc_bh2', which takes any grid"
     )
+
+
+# The factories of the registry (:data:`accelerated_diffusion.samplers.SAMPLERS`): ``factory(betas, timesteps)`` ->
+# ``(scheduler, set_timesteps keywords)``, so that :func:`accelerated_diffusion.run_sampler` runs every diffusers
+# peer the same way, without knowing which one it is.
+def dpm_solver_pp_2m_for_timesteps(betas, timesteps) -> tuple[DPMSolverMultistepScheduler, dict]:
+    """:func:`diffusers_dpm_solver_pp_2m` for the training ``betas``, with the keywords of ``set_timesteps`` that
+    visit ``timesteps`` (it takes custom timesteps)."""
+    return diffusers_dpm_solver_pp_2m(betas), {"timesteps": [int(t) for t in timesteps]}
+
+
+def unipc_bh2_for_timesteps(betas, timesteps) -> tuple[UniPCMultistepScheduler, dict]:
+    """:func:`diffusers_unipc_bh2` for the training ``betas``, reconfigured by :func:`unipc_for_timesteps` with
+    the spacing that visits ``timesteps`` (a clear error when none does), and the keywords of ``set_timesteps``."""
+    return unipc_for_timesteps(diffusers_unipc_bh2(betas), timesteps), {"num_inference_steps": len(timesteps)}

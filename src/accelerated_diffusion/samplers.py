@@ -6,19 +6,27 @@ Every loop walks a sampling path ``alpha_bars`` (noisiest level first, output le
 :mod:`accelerated_diffusion.targets` expect), and applies one update rule of :mod:`accelerated_diffusion.updates`.
 So the number of function evaluations (NFE) is ``len(alpha_bars) - 1``.
 
-Every sampler has one name, registered in :data:`SAMPLERS` (with its display label and whether it is
-stochastic); the code, the results files and the book's tables all use these names.  Entry points:
+Every sampler has one name, registered in :data:`SAMPLERS` (a :class:`SamplerSpec`: its display label, whether
+it is stochastic, how it runs, its options); the code, the results files and the book's tables all use these
+names, and every list of samplers in the project derives from the registry (:data:`LIBRARY_SAMPLERS`,
+:func:`table_order`, :func:`scheduler_classes`, ...).  The loops themselves are private: a sampler is run by its
+name through the entry points below, and its options (DPM-Solver++(2M)'s ``lower_order_final``) are passed as
+``options=``.  Adding a sampler touches :mod:`.updates` (its rule; for a stochastic sampler its Gaussian
+half-steps, :class:`~.updates.Transition`), this module (its loop, if deterministic, and its registry entry) and
+their tests.  Entry points:
 
 * :func:`sample` -- a library sampler on any path (exact-score targets, custom grids);
 * :func:`run_sampler` -- any registered sampler, diffusers' own peer schedulers included, on a model's
-  integer timesteps (the one dispatch the experiments use);
+  integer timesteps (the one dispatch the experiments use); :func:`run_grid` -- the same on a named grid of
+  the training schedule, in batches, with its NFE checked (the one generation wrapper);
 * :func:`sample_with_scheduler` -- drive any diffusers scheduler the way a pipeline does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -39,6 +47,12 @@ __all__ = [
     "sample",
     "sample_with_scheduler",
     "run_sampler",
+    "grid_timesteps",
+    "run_grid",
+    "ROLES",
+    "table_order",
+    "scheduler_class",
+    "scheduler_classes",
     "ModelOutputError",
 ]
 
@@ -53,7 +67,7 @@ class _Stepper:
     """Shared bookkeeping of a loop: the path, timesteps, NFE count, noise draws and output checks."""
 
     def __init__(self, eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc,
-                 final_noise=True):
+                 final_noise=True, noise_sampler=None):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not torch.is_floating_point(x):
@@ -75,6 +89,9 @@ class _Stepper:
             raise ValueError(f"timesteps has {len(timesteps)} entries but alpha_bars defines {n} steps")
         self.eps_fn, self.x, self.timesteps = eps_fn, x, list(timesteps)
         self.final_noise = bool(final_noise)
+        if noise_sampler is not None and generator is not None:
+            raise ValueError("give a generator or a noise_sampler, not both")
+        self.noise_sampler, self.step = noise_sampler, 0  # step: the index of the step under way
         self.generator, self.check_finite = generator, check_finite
         self.levels = [float(a) for a in self.path]
         self.nfe = 0
@@ -100,6 +117,8 @@ class _Stepper:
     def noise(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal noise like ``like``; with a list of generators, row ``k`` is drawn from generator ``k``
         (diffusers' ``randn_tensor``), so a sample does not depend on the batch it is drawn in."""
+        if self.noise_sampler is not None:
+            return self.noise_sampler(self.step, like)
         return randn_tensor(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
     def final_step_noise(self, i: int, like: torch.Tensor) -> torch.Tensor:
@@ -111,6 +130,7 @@ class _Stepper:
     def done(self, i: int, x: torch.Tensor) -> None:
         if self.check_finite and not bool(torch.isfinite(x).all()):
             raise ModelOutputError(f"step {i} (t={self.timesteps[i]}): the update produced NaN or Inf")
+        self.step = i + 1
         self.bar.update(1)
 
 
@@ -123,28 +143,40 @@ def _one_evaluation_loop(s: _Stepper, step) -> torch.Tensor:
     return x
 
 
-def sample_ddim(s: _Stepper) -> torch.Tensor:
+def _ddim_loop(s: _Stepper) -> torch.Tensor:
     """Exact DDIM, eta = 0 (:func:`updates.ddim_step`)."""
     return _one_evaluation_loop(s, updates.ddim_step)
 
 
-def sample_ddim_type(s: _Stepper) -> torch.Tensor:
+def _ddim_type_loop(s: _Stepper) -> torch.Tensor:
     """The paper's DDIM-type baseline (:func:`updates.ddim_type_step`)."""
     return _one_evaluation_loop(s, updates.ddim_type_step)
 
 
-def sample_ddpm_type(s: _Stepper) -> torch.Tensor:
-    """The paper's DDPM-type baseline (:func:`updates.ddpm_type_step`); one noise draw per step.  Without
-    ``final_noise`` the last step is the noise-free update (the official code's ``t == 0`` mask)."""
+def _transition_loop(s: _Stepper, transitions) -> torch.Tensor:
+    """The stochastic samplers: at every step the Gaussian half-steps ``transitions(abar_i, abar_{i+1})`` of
+    :mod:`.updates` (:class:`updates.Transition`), in their order, each with one standard normal draw; a half-step
+    that ``evaluates`` calls ``eps_fn`` at its own input (one evaluation per step for both of the paper's
+    samplers).  So the noises are drawn in the order of the half-steps: ``Z_t`` then ``Z_t^+`` for
+    ``accelerated_sde`` (:func:`updates.accelerated_sde_transitions`).  Without ``final_noise`` the last step's
+    noises from the evaluation on are zero (drawn all the same): ``ddpm_type``'s last step adds no noise and
+    ``accelerated_sde``'s last step drops ``Z^+`` and keeps the perturbation ``Z`` before the evaluation, as both
+    official codes do at ``t == 0`` (CIFAR: ``mask`` on the second noise only; ImageNet: ``nonzero_mask`` on the
+    noise after the mean, the perturbation inside ``p_mean_variance`` unmasked)."""
     x = s.x
     for i in range(len(s)):
-        eps = s.eps(x, i)
-        x = updates.ddpm_type_step(x, eps, s.levels[i], s.levels[i + 1], s.final_step_noise(i, x))
+        evaluated = False
+        for tr in transitions(s.levels[i], s.levels[i + 1]):
+            if tr.evaluates:
+                eps, evaluated = s.eps(x, i), True
+            else:
+                eps = None
+            x = tr.rule(x, eps, s.final_step_noise(i, x) if evaluated else s.noise(x))
         s.done(i, x)
     return x
 
 
-def sample_accelerated_ode(s: _Stepper) -> torch.Tensor:
+def _accelerated_ode_loop(s: _Stepper) -> torch.Tensor:
     """Accelerated deterministic sampler (:func:`updates.accelerated_ode_step`), multistep: the first step is
     plain DDIM, every later step reuses the previous model output, so NFE = number of steps."""
     x, eps_next, a_next = s.x, None, None
@@ -157,25 +189,10 @@ def sample_accelerated_ode(s: _Stepper) -> torch.Tensor:
     return x
 
 
-def sample_accelerated_sde(s: _Stepper) -> torch.Tensor:
-    """Accelerated stochastic sampler (:func:`updates.accelerated_sde_perturb` then
-    :func:`updates.accelerated_sde_step`); noise is drawn in the order ``Z_T, Z_T^+, Z_{T-1}, Z_{T-1}^+, ...``.
-    Without ``final_noise`` the last step drops its second noise ``Z^+`` and keeps the perturbation ``Z`` before
-    the evaluation, as both official codes do at ``t == 0`` (CIFAR: ``mask`` on the second noise only; ImageNet:
-    ``nonzero_mask`` on the noise after the mean, the perturbation inside ``p_mean_variance`` unmasked)."""
-    x = s.x
-    for i in range(len(s)):
-        a_t, a_prev = s.levels[i], s.levels[i + 1]
-        x_plus = updates.accelerated_sde_perturb(x, a_t, a_prev, s.noise(x))  # Y_t^+ = Phi_t(Y_t, Z_t)
-        eps = s.eps(x_plus, i)  # one evaluation, at the perturbed point, time index t
-        x = updates.accelerated_sde_step(x_plus, eps, a_t, a_prev, s.final_step_noise(i, x))  # Psi_t(Y_t^+, Z_t^+)
-        s.done(i, x)
-    return x
-
-
-def sample_dpm_solver_pp_2m(s: _Stepper, lower_order_final: bool = True) -> torch.Tensor:
+def _dpm_solver_pp_2m_loop(s: _Stepper, lower_order_final: bool = True) -> torch.Tensor:
     """DPM-Solver++(2M) loop: first step first order; the last step first order when the path ends at
-    ``abar = 1`` or, with ``lower_order_final``, when it has fewer than 15 steps (diffusers' rule)."""
+    ``abar = 1`` or, with the option ``lower_order_final`` (default on), when it has fewer than 15 steps
+    (diffusers' rule).  Set it with ``sample(..., options={"lower_order_final": False})``."""
     x, x0_next, a_next = s.x, None, None
     n = len(s)
     for i in range(n):
@@ -188,7 +205,7 @@ def sample_dpm_solver_pp_2m(s: _Stepper, lower_order_final: bool = True) -> torc
     return x
 
 
-def sample_unipc_bh2(s: _Stepper) -> torch.Tensor:
+def _unipc_bh2_loop(s: _Stepper) -> torch.Tensor:
     """UniPC loop (predictor UniP-2 = DPM-Solver++(2M) step, corrector UniC), diffusers' order schedule: order
     ``min(2, evaluations so far, steps left)`` for the predictor, the corrector at step ``i`` uses the order of the
     predictor of step ``i - 1``; no corrector after the last step."""
@@ -213,54 +230,150 @@ def sample_unipc_bh2(s: _Stepper) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 # The registry: one name per sampler, used by the code, the results files and the book's labels
 # --------------------------------------------------------------------------------------------------------------
+#: What a sampler is for the tables: the paper's first-order ``"baseline"``\ s, its ``"accelerated"`` samplers,
+#: ``"exact"`` DDIM, and the ``"peer"`` solvers of other papers.
+ROLES = ("baseline", "accelerated", "exact", "peer")
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
-    """What the rest of the project needs to know about a sampler.
+    """What the rest of the project needs to know about a sampler: everything about a sampler outside its update
+    rule (:mod:`.updates`) and its loop is here.
 
     ``name`` is the one identifier (results keys, parameters, command line); ``label`` is how tables and figures
-    show it; ``loop`` runs it on any path (``None`` for diffusers' own schedulers, which run through
-    :func:`sample_with_scheduler`); ``scheduler`` names the drop-in diffusers scheduler class of this package
-    (or of diffusers) that implements the same rule; ``factory`` builds diffusers' own scheduler from training
-    betas (only for those, in :mod:`.peers`).
+    show it (``short_label`` in fixed-width text tables, default ``label``); ``stochastic`` whether it draws
+    noise; ``source`` where the rule comes from; ``role`` one of :data:`ROLES`; ``marker`` its matplotlib marker.
+
+    How it runs (exactly one of the three): ``loop(stepper, **options)``, a deterministic loop on any path;
+    ``transitions(abar_t, abar_prev)``, a stochastic sampler's Gaussian half-steps of one step (from
+    :mod:`.updates`), run on any path by the one stochastic loop and read by the exact-law code of the
+    experiments; or ``factory(betas, timesteps) -> (scheduler, set_timesteps keywords)``, diffusers' own scheduler
+    (:mod:`.peers`), run by :func:`run_sampler` through :func:`sample_with_scheduler`.  ``options`` are the loop's
+    keyword options with their defaults (set through ``sample(..., options=...)`` / ``run_sampler``);
+    ``scheduler`` names the drop-in diffusers scheduler class of this package (or of diffusers) that implements
+    the same rule (:func:`scheduler_class`); ``same_rule_as`` names, for diffusers' own schedulers, the library
+    sampler that computes the same rule.
     """
 
     name: str
     label: str
     stochastic: bool
     source: str
-    loop: Callable[[_Stepper], torch.Tensor] | None = None
-    scheduler: str | None = None
+    role: str
+    marker: str
+    loop: Callable[..., torch.Tensor] | None = None
+    transitions: Callable[[float, float], tuple[updates.Transition, ...]] | None = None
     factory: Callable | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+    scheduler: str | None = None
+    same_rule_as: str | None = None
+    short_label: str | None = None
+
+    def __post_init__(self):
+        runners = [f for f in ("loop", "transitions", "factory") if getattr(self, f) is not None]
+        if len(runners) != 1:
+            raise ValueError(f"sampler {self.name!r}: give exactly one of loop, transitions and factory, got {runners}")
+        if self.role not in ROLES:
+            raise ValueError(f"sampler {self.name!r}: role must be one of {ROLES}, got {self.role!r}")
+        if (self.transitions is not None) != self.stochastic and self.factory is None:
+            raise ValueError(f"sampler {self.name!r}: a library sampler is stochastic exactly when it has transitions")
+        if self.short_label is None:
+            object.__setattr__(self, "short_label", self.label)
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def runs_on_any_path(self) -> bool:
+        """Whether :func:`sample` runs it (the library's samplers; diffusers' own schedulers run only through
+        :func:`run_sampler` and :func:`sample_with_scheduler`)."""
+        return self.factory is None
+
+    def check_options(self, options) -> dict:
+        """The loop's options: the defaults updated with ``options``; ``ValueError`` for an unknown one."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"sampler {self.name!r} has no option(s) {unknown}; its options are "
+                             f"{dict(self.options) or 'none'}")
+        return {**self.options, **options}
+
+    def run(self, stepper: _Stepper, options=None) -> torch.Tensor:
+        """Run the loop on a prepared stepper (see :func:`sample`)."""
+        opts = self.check_options(options)
+        if self.transitions is not None:
+            return _transition_loop(stepper, self.transitions)
+        if self.loop is None:
+            raise ValueError(f"{self.name!r} is diffusers' own scheduler: run it with run_sampler or "
+                             f"sample_with_scheduler; sample() runs {list(LIBRARY_SAMPLERS)}")
+        return self.loop(stepper, **opts)
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in (
-        SamplerSpec("ddim", "DDIM", False, "DDIM (Song et al.), exact eta = 0 step", sample_ddim),
-        SamplerSpec("ddim_type", "DDIM-type", False, "the paper's deterministic baseline", sample_ddim_type,
-                    "DDIMTypeScheduler"),
-        SamplerSpec("ddpm_type", "DDPM-type", True, "the paper's stochastic baseline", sample_ddpm_type,
-                    "DDPMTypeScheduler"),
+        SamplerSpec("ddim", "DDIM", False, "DDIM (Song et al.), exact eta = 0 step", "exact", "s",
+                    loop=_ddim_loop),
+        SamplerSpec("ddim_type", "DDIM-type", False, "the paper's deterministic baseline", "baseline", "o",
+                    loop=_ddim_type_loop, scheduler="DDIMTypeScheduler"),
+        SamplerSpec("ddpm_type", "DDPM-type", True, "the paper's stochastic baseline", "baseline", "x",
+                    transitions=updates.ddpm_type_transitions, scheduler="DDPMTypeScheduler"),
         SamplerSpec("accelerated_ode", "accelerated ODE", False, "the paper's accelerated deterministic sampler",
-                    sample_accelerated_ode, "AcceleratedDDIMScheduler"),
+                    "accelerated", "^", loop=_accelerated_ode_loop, scheduler="AcceleratedDDIMScheduler",
+                    short_label="acc. ODE"),
         SamplerSpec("accelerated_sde", "accelerated SDE", True, "the paper's accelerated stochastic sampler",
-                    sample_accelerated_sde, "AcceleratedDDPMScheduler"),
-        SamplerSpec("dpm_solver_pp_2m", "DPM-Solver++(2M)", False, "Lu et al. 2022b, Algorithm 2 (peer)",
-                    sample_dpm_solver_pp_2m),
-        SamplerSpec("unipc_bh2", "UniPC-bh2", False, "Zhao et al. 2023, bh2, order 2 (peer)", sample_unipc_bh2),
+                    "accelerated", "P", transitions=updates.accelerated_sde_transitions,
+                    scheduler="AcceleratedDDPMScheduler", short_label="acc. SDE"),
+        SamplerSpec("dpm_solver_pp_2m", "DPM-Solver++(2M)", False, "Lu et al. 2022b, Algorithm 2 (peer)", "peer", "v",
+                    loop=_dpm_solver_pp_2m_loop, options={"lower_order_final": True}, short_label="DPM++2M"),
+        SamplerSpec("unipc_bh2", "UniPC-bh2", False, "Zhao et al. 2023, bh2, order 2 (peer)", "peer", "D",
+                    loop=_unipc_bh2_loop),
         SamplerSpec("diffusers_dpm_solver_pp_2m", "DPM-Solver++(2M), diffusers", False,
-                    "diffusers' DPMSolverMultistepScheduler", None, "DPMSolverMultistepScheduler",
-                    peers.diffusers_dpm_solver_pp_2m),
-        SamplerSpec("diffusers_unipc_bh2", "UniPC-bh2, diffusers", False, "diffusers' UniPCMultistepScheduler", None,
-                    "UniPCMultistepScheduler", peers.diffusers_unipc_bh2),
+                    "diffusers' DPMSolverMultistepScheduler", "peer", "<",
+                    factory=peers.dpm_solver_pp_2m_for_timesteps, scheduler="DPMSolverMultistepScheduler",
+                    same_rule_as="dpm_solver_pp_2m"),
+        SamplerSpec("diffusers_unipc_bh2", "UniPC-bh2, diffusers", False, "diffusers' UniPCMultistepScheduler",
+                    "peer", ">", factory=peers.unipc_bh2_for_timesteps, scheduler="UniPCMultistepScheduler",
+                    same_rule_as="unipc_bh2"),
     )
 }
 #: The samplers implemented here, which run on any path (:func:`sample`).
-LIBRARY_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if s.loop is not None)
-#: The paper's four samplers and exact DDIM.
-PAPER_SAMPLERS = ("ddim", "ddim_type", "ddpm_type", "accelerated_ode", "accelerated_sde")
+LIBRARY_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if s.runs_on_any_path)
+#: The paper's four samplers and exact DDIM (the library's samplers that are not peers).
+PAPER_SAMPLERS = tuple(n for n in LIBRARY_SAMPLERS if SAMPLERS[n].role != "peer")
 STOCHASTIC = frozenset(n for n, s in SAMPLERS.items() if s.stochastic)
 DETERMINISTIC = tuple(n for n in LIBRARY_SAMPLERS if n not in STOCHASTIC)
+
+
+def table_order(names=None) -> tuple[str, ...]:
+    """``names`` (default :data:`LIBRARY_SAMPLERS`) in the order of the book's tables and figures: the
+    deterministic samplers before the stochastic ones, within each the paper's baseline first, otherwise in the
+    order of :data:`SAMPLERS`.  Unknown names raise."""
+    names = LIBRARY_SAMPLERS if names is None else tuple(names)
+    order = {n: i for i, n in enumerate(SAMPLERS)}
+    return tuple(sorted(names, key=lambda n: (spec(n).stochastic, spec(n).role != "baseline", order[n])))
+
+
+def scheduler_class(name: str) -> type | None:
+    """The drop-in diffusers scheduler class of sampler ``name`` (one of :mod:`.schedulers`, or diffusers' own for
+    the ``diffusers_*`` peers); ``None`` when it has none."""
+    s = spec(name)
+    if s.scheduler is None:
+        return None
+    from . import schedulers  # imported here: schedulers imports this module
+
+    if hasattr(schedulers, s.scheduler):
+        return getattr(schedulers, s.scheduler)
+    import diffusers
+
+    return getattr(diffusers, s.scheduler)
+
+
+def scheduler_classes() -> dict[str, type]:
+    """``{sampler name: scheduler class}`` for the samplers with a drop-in scheduler of this package
+    (:mod:`.schedulers`), in registry order: the one list the scheduler tests iterate over."""
+    from . import schedulers
+
+    return {n: getattr(schedulers, s.scheduler) for n, s in SAMPLERS.items()
+            if s.scheduler is not None and hasattr(schedulers, s.scheduler)}
 
 
 def label(name: str) -> str:
@@ -288,6 +401,8 @@ def sample(
     check_finite: bool = True,
     return_nfe: bool = False,
     final_noise: bool = True,
+    noise_sampler: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    options: Mapping[str, object] | None = None,
 ):
     r"""Run a sampler from ``x`` (the sample at level ``alpha_bars[0]``) along the path ``alpha_bars``.
 
@@ -307,7 +422,8 @@ def sample(
         The path: strictly increasing levels in (0, 1], noisiest first, output level last.
     method:
         A name of :data:`LIBRARY_SAMPLERS`: the paper's ``"ddim_type"``, ``"ddpm_type"``, ``"accelerated_ode"``,
-        ``"accelerated_sde"``, exact ``"ddim"``, and the peers ``"dpm_solver_pp_2m"``, ``"unipc_bh2"``.
+        ``"accelerated_sde"``, exact ``"ddim"``, and the peers ``"dpm_solver_pp_2m"``, ``"unipc_bh2"``
+        (``ValueError`` listing the names for any other).
     timesteps:
         What to pass to ``eps_fn`` at each step (a model's integer timesteps); default ``alpha_bars[:-1]`` as
         floats (exact-score targets only, see above).
@@ -325,29 +441,38 @@ def sample(
     final_noise:
         Stochastic samplers only: add noise at the last step too, as the paper's formulas do (default, used by the
         rate measurements).  ``False`` is the authors' image code: ``ddpm_type``'s last step adds no noise and
-        ``accelerated_sde``'s last step drops ``Z^+`` (see :func:`sample_accelerated_sde`).
+        ``accelerated_sde``'s last step drops ``Z^+`` (see :func:`_transition_loop`).
+    noise_sampler:
+        Instead of ``generator``: ``noise_sampler(i, like)`` returns each standard normal draw of step ``i`` (shape,
+        dtype and device of ``like``), in the loop's order (:mod:`.k_samplers` passes k-diffusion's noise samplers).
+    options:
+        The sampler's own options (:attr:`SamplerSpec.options`, e.g. ``{"lower_order_final": False}`` for
+        ``"dpm_solver_pp_2m"``); an option the sampler does not have raises ``ValueError``.
 
     Returns
     -------
     The sample at level ``alpha_bars[-1]``, or ``(sample, nfe)`` when ``return_nfe``.
     """
     return _run_loop(eps_fn, x, alpha_bars, method, timesteps=timesteps, generator=generator,
-                    progress=progress, check_finite=check_finite, return_nfe=return_nfe, final_noise=final_noise)
+                    progress=progress, check_finite=check_finite, return_nfe=return_nfe, final_noise=final_noise,
+                    noise_sampler=noise_sampler, options=options)
 
 
 def _run_loop(eps_fn, x, alpha_bars, method: str, *, timesteps=None, generator=None, progress=False,
-              check_finite=True, return_nfe=False, final_noise=True):
+              check_finite=True, return_nfe=False, final_noise=True, noise_sampler=None, options=None):
     s = spec(method)
-    if s.loop is None:
+    if not s.runs_on_any_path:
         raise ValueError(f"{method!r} is diffusers' own scheduler: run it with run_sampler or sample_with_scheduler; "
                          f"sample() runs {list(LIBRARY_SAMPLERS)}")
+    opts = s.check_options(options)
     stepper = _Stepper(eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc=method,
-                       final_noise=final_noise)
+                       final_noise=final_noise, noise_sampler=noise_sampler)
     try:
-        out = s.loop(stepper)
+        out = s.run(stepper, opts)
     finally:
         stepper.bar.close()
     return (out, stepper.nfe) if return_nfe else out
+
 
 def sample_with_scheduler(
     eps_fn: EpsFn,
@@ -399,6 +524,7 @@ def run_sampler(
     progress: bool = False,
     return_nfe: bool = False,
     final_noise: bool = False,
+    options: Mapping[str, object] | None = None,
 ):
     r"""The one dispatch for a model with integer timesteps: run sampler ``name`` (any key of :data:`SAMPLERS`)
     from ``noise`` through the training ``schedule``'s ``timesteps`` (noisiest first; a
@@ -407,24 +533,76 @@ def run_sampler(
     in ``[0, schedule.num_train_timesteps)`` (``TypeError`` / ``ValueError`` otherwise, before any model call).
 
     The library's samplers run :func:`sample` on ``schedule.path(timesteps, final_alpha_bar)`` and pass the
-    integer timestep to ``eps_fn``; diffusers' own peer schedulers are configured with the schedule's betas and
-    driven by :func:`sample_with_scheduler` on the same timesteps (``diffusers_unipc_bh2`` accepts no custom
-    timesteps: it raises unless its own spacing gives exactly these). NFE = ``len(timesteps)``.
+    integer timestep to ``eps_fn``; diffusers' own peer schedulers are built by their registry ``factory`` from
+    the schedule's betas and the timesteps and driven by :func:`sample_with_scheduler` (``diffusers_unipc_bh2``
+    accepts no custom timesteps: it raises unless its own spacing gives exactly these). NFE = ``len(timesteps)``.
     ``final_noise`` (stochastic samplers) defaults to ``False`` here, as the authors run them for images: no noise
-    on the last step (see :func:`sample`).
+    on the last step (see :func:`sample`).  ``options``: the sampler's own options, as in :func:`sample`
+    (diffusers' schedulers have none).
     """
     s = spec(name)
     ts = check_timesteps(timesteps, schedule.num_train_timesteps).tolist()
-    if s.loop is not None:
-        path = schedule.path(torch.tensor(ts), final_alpha_bar)
+    path = schedule.path(torch.tensor(ts), final_alpha_bar)  # descending, no repeats: checked for every sampler
+    if s.runs_on_any_path:
         return sample(eps_fn, noise, path, name, timesteps=ts, generator=generator, progress=progress,
-                      return_nfe=return_nfe, final_noise=final_noise)
+                      return_nfe=return_nfe, final_noise=final_noise, options=options)
+    s.check_options(options)
     if final_alpha_bar != 1.0:
         raise ValueError(f"{name} (diffusers' scheduler) always ends at clean data; final_alpha_bar must be 1.0")
-    scheduler = s.factory(schedule.betas)
-    if name == "diffusers_unipc_bh2":
-        scheduler = peers.unipc_for_timesteps(scheduler, ts)
-        out = sample_with_scheduler(eps_fn, noise, scheduler, len(ts), progress=progress, return_nfe=return_nfe)
+    scheduler, set_timesteps_kwargs = s.factory(schedule.betas, ts)
+    return sample_with_scheduler(eps_fn, noise, scheduler, **set_timesteps_kwargs, progress=progress,
+                                 return_nfe=return_nfe)
+
+
+def grid_timesteps(schedule, nfe: int, spacing: str = "leading") -> torch.Tensor:
+    """The ``nfe`` training steps (noisiest first) of the ``spacing`` grid of ``schedule``
+    (:meth:`~accelerated_diffusion.schedules.DiscreteSchedule.subsample`); a clear ``ValueError`` when the grid
+    does not have exactly ``nfe`` entries (``uniform`` = ``range(0, N, N // nfe)`` has more when ``nfe`` does not
+    divide ``N``)."""
+    ts = schedule.subsample(int(nfe), spacing)
+    if len(ts) != int(nfe):
+        raise ValueError(f"the {spacing!r} grid visits {len(ts)} timesteps for nfe={nfe} (for 'uniform' the NFE must "
+                         f"divide {schedule.num_train_timesteps}); pick another NFE or spacing")
+    return ts
+
+
+def run_grid(
+    eps_fn: EpsFn,
+    noise: torch.Tensor,
+    name: str,
+    schedule,
+    nfe: int,
+    spacing: str = "leading",
+    *,
+    timesteps=None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    final_noise: bool = False,
+    progress: bool = False,
+    batch_size: int | None = None,
+    device=None,
+    options: Mapping[str, object] | None = None,
+) -> tuple[torch.Tensor, list[int]]:
+    r"""The one generation wrapper: sampler ``name`` from ``noise`` with ``nfe`` model evaluations on the
+    ``spacing`` grid of the training ``schedule`` (:func:`grid_timesteps`; or on the given ``timesteps``, which must
+    then have ``nfe`` entries), through :func:`run_sampler`, in batches of ``batch_size`` rows of ``noise``
+    (default all at once) that draw one after the other from ``generator``.  Checks that every batch used exactly
+    ``nfe`` evaluations (``RuntimeError``).  ``device``: where the batches are gathered (e.g. ``"cpu"``; default:
+    where they were computed).  Returns ``(samples, timesteps)``."""
+    spec(name)
+    if timesteps is None:
+        ts = grid_timesteps(schedule, nfe, spacing)
     else:
-        out = sample_with_scheduler(eps_fn, noise, scheduler, timesteps=ts, progress=progress, return_nfe=return_nfe)
-    return out
+        ts = torch.as_tensor(timesteps)
+        if len(ts) != int(nfe):
+            raise ValueError(f"{len(ts)} timesteps given for nfe={nfe}")
+    step = max(len(noise), 1) if batch_size is None else int(batch_size)
+    if step < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = []
+    for i in range(0, len(noise), step):
+        x, used = run_sampler(eps_fn, noise[i:i + step], name, schedule, ts, generator=generator, progress=progress,
+                              return_nfe=True, final_noise=final_noise, options=options)
+        if used != len(ts):
+            raise RuntimeError(f"{name} used {used} model evaluations on {len(ts)} timesteps")
+        out.append(x if device is None else x.to(device))
+    return (out[0] if len(out) == 1 else torch.cat(out)), [int(t) for t in ts]

@@ -23,11 +23,19 @@ function               rule                                                     
 ``accelerated_sde_perturb`` ``Phi_t(x, z) = x + sqrt((1 - a_t)/2) z``                       official README
 ``accelerated_sde_step``  ``Psi_t(y, z) = (y + (1 - a_t) s_t(y)) / sqrt(a_t) + sqrt((1 - a_t)/2) z``  official README
 =====================  =================================================================  ==================
+
+A stochastic sampler is a sequence of Gaussian half-steps per step, each affine in the iterate, the noise
+prediction and a standard normal draw (:class:`Transition`); :func:`ddpm_type_transitions` and
+:func:`accelerated_sde_transitions` give them *in order*.  This is the one place where the order of the accelerated
+sampler's half-steps is written: the sampling loop (:mod:`.samplers`), the diffusers scheduler (:mod:`.schedulers`),
+the exact Gaussian output laws (``experiments.rates``) and the one-dimensional transition kernels
+(``experiments.exact_1d``) all take it from here.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -44,6 +52,10 @@ __all__ = [
     "accelerated_sde_noise_scale",
     "accelerated_sde_perturb",
     "accelerated_sde_step",
+    "Transition",
+    "ddpm_type_transitions",
+    "accelerated_sde_transitions",
+    "split_at_evaluation",
     "eps_to_score",
     "eps_to_x0",
     "half_log_snr",
@@ -54,8 +66,8 @@ __all__ = [
 
 def _level(a, name: str) -> float:
     v = float(a)
-    if not 0.0 < v <= 1.0 or math.isnan(v):
-        raise ValueError(f"{name} must lie in (0, 1], got {v!r}")
+    if not 0.0 < v <= 1.0:  # also refuses NaN (every comparison with NaN is false); no math.isnan, which
+        raise ValueError(f"{name} must lie in (0, 1], got {v!r}")  # torch.compile cannot trace on a symbolic float
     return v
 
 
@@ -290,6 +302,63 @@ def accelerated_sde_step(
     c_x, c_eps, _ = ddpm_type_coefficients(alpha_bar_t, alpha_bar_prev)
     scale = accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev)
     return c_x * x_plus + c_eps * eps + scale * noise
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stochastic samplers as Gaussian half-steps, in order
+# --------------------------------------------------------------------------------------------------------------
+class Transition(NamedTuple):
+    r"""One Gaussian half-step ``x' = rule(x, eps, z)`` of a stochastic sampler, ``z ~ N(0, I)``.
+
+    ``rule`` is affine in ``x``, ``eps`` and ``z`` (so the law of ``x'`` given ``x`` is ``N(mu(x), sigma^2 I)``
+    with ``mu(x) = rule(x, eps(x), 0)`` and ``sigma = rule(0, 0, 1)``); ``evaluates`` says whether it needs the
+    model's noise prediction at its own input, ``eps = eps_theta(x, t)`` (otherwise ``eps`` is ``None``);
+    ``level_out`` is the level whose marginal its output approximates and ``name`` a short name.
+    """
+
+    rule: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+    evaluates: bool
+    level_out: float
+    name: str
+
+
+def ddpm_type_transitions(alpha_bar_t, alpha_bar_prev) -> tuple[Transition]:
+    r"""The DDPM-type step as one Gaussian half-step (:func:`ddpm_type_step`, the model evaluated at ``Y_t``):
+
+    .. math:: Y_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(Y_t + (1 - \alpha_t) s_t(Y_t) + \sqrt{1 - \alpha_t}\, Z_t\Big).
+    """
+    a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
+    return (Transition(lambda x, eps, z: ddpm_type_step(x, eps, a_t, a_prev, z), True, a_prev, "ddpm_type"),)
+
+
+def accelerated_sde_transitions(alpha_bar_t, alpha_bar_prev) -> tuple[Transition, Transition]:
+    r"""The accelerated stochastic step as two Gaussian half-steps, in the order of the official README:
+
+    .. math::
+        Y_t^+ = \Phi_t(Y_t, Z_t) = Y_t + \sqrt{(1 - \alpha_t)/2}\, Z_t, \qquad
+        Y_{t-1} = \Psi_t(Y_t^+, Z_t^+)
+                = \frac{Y_t^+ + (1 - \alpha_t) s_t(Y_t^+)}{\sqrt{\alpha_t}} + \sqrt{(1 - \alpha_t)/2}\, Z_t^+:
+
+    first the perturbation (:func:`accelerated_sde_perturb`, no model evaluation, output still at level
+    ``abar_t``), then the update (:func:`accelerated_sde_step`) with the model evaluated once, at the perturbed
+    point ``Y_t^+`` and the time index ``t``.  The noises are drawn in this order: ``Z_t``, then ``Z_t^+``.
+    """
+    a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
+    return (
+        Transition(lambda x, eps, z: accelerated_sde_perturb(x, a_t, a_prev, z), False, a_t, "perturb"),
+        Transition(lambda x, eps, z: accelerated_sde_step(x, eps, a_t, a_prev, z), True, a_prev, "accelerated_sde"),
+    )
+
+
+def split_at_evaluation(transitions) -> tuple[tuple[Transition, ...], tuple[Transition, ...]]:
+    """``(before, after)``: the half-steps of one step before the model evaluation and from it on (``after[0]``
+    is the one that evaluates), for code that cuts a step at the evaluation, as a diffusers scheduler's ``step``
+    does.  ``ValueError`` unless exactly one half-step evaluates."""
+    transitions = tuple(transitions)
+    k = [j for j, tr in enumerate(transitions) if tr.evaluates]
+    if len(k) != 1:
+        raise ValueError(f"expected exactly one half-step that evaluates the model, got {len(k)}")
+    return transitions[: k[0]], transitions[k[0]:]
 
 
 # --------------------------------------------------------------------------------------------------------------

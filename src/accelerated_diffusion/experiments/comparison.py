@@ -70,22 +70,23 @@ __all__ = [
 
 #: The grids compared: the official code's ``uniform`` and ``quadratic``, diffusers' ``trailing`` and ``logsnr``.
 GRIDS = ("uniform", "quadratic", "trailing", "logsnr")
-#: The samplers compared (registry names): four deterministic, then the paper's two stochastic ones.
-COMPARED = ("ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
-#: Short labels for the fixed-width text tables (figures and prose use the registry's :func:`samplers.label`).
-SHORT_LABELS = {"accelerated_ode": "acc. ODE", "accelerated_sde": "acc. SDE", "dpm_solver_pp_2m": "DPM++2M"}
+#: The samplers compared (registry names): the library's samplers in the order of the tables
+#: (:func:`accelerated_diffusion.samplers.table_order`) without the deterministic baseline (DDIM-type, which costs
+#: what exact DDIM costs): four deterministic, then the paper's two stochastic ones.
+COMPARED = tuple(n for n in samplers.table_order()
+                 if samplers.spec(n).stochastic or samplers.spec(n).role != "baseline")
+#: Short labels for the fixed-width text tables, from the registry (``SamplerSpec.short_label``; figures and prose
+#: use the registry's :func:`samplers.label`).
+SHORT_LABELS = {n: s.short_label for n, s in samplers.SAMPLERS.items() if s.short_label != s.label}
 #: Width of the text outputs: the book's code column holds 76 characters.
 TEXT_WIDTH = 76
 
 
 def grid_timesteps(schedule, nfe: int, grid: str) -> torch.Tensor:
     """The ``nfe`` training steps of ``grid`` (noisiest first); a clear error when the grid does not have exactly
-    ``nfe`` entries (``uniform`` = ``range(0, N, N // nfe)`` has more when ``nfe`` does not divide ``N``)."""
-    ts = schedule.subsample(int(nfe), grid)
-    if len(ts) != int(nfe):
-        raise ValueError(f"the {grid!r} grid visits {len(ts)} timesteps for nfe={nfe} (for 'uniform' the NFE must "
-                         f"divide {schedule.num_train_timesteps}); pick another NFE")
-    return ts
+    ``nfe`` entries (``uniform`` = ``range(0, N, N // nfe)`` has more when ``nfe`` does not divide ``N``):
+    :func:`accelerated_diffusion.samplers.grid_timesteps`."""
+    return samplers.grid_timesteps(schedule, nfe, grid)
 
 
 def initial_noise(n: int, shape, seed: int = 0, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -103,20 +104,14 @@ def initial_noise(n: int, shape, seed: int = 0, *, dtype: torch.dtype = torch.fl
 
 def generate(eps_fn, schedule, name: str, grid: str, nfe: int, noise: torch.Tensor, *, seed: int = 0,
              batch_size: int = 256, final_noise: bool = False, timesteps=None) -> torch.Tensor:
-    """Sampler ``name`` from every noise (batches of ``batch_size``) on ``grid`` at ``nfe``, through
-    :func:`accelerated_diffusion.run_sampler`; the stochastic samplers draw from one generator seeded with
-    ``seed`` (the same stream for every stochastic sampler).  Returns a CPU tensor in ``noise``'s dtype."""
-    samplers.spec(name)
-    ts = grid_timesteps(schedule, nfe, grid) if timesteps is None else torch.as_tensor(timesteps)
-    gen = torch.Generator(noise.device).manual_seed(int(seed)) if name in samplers.STOCHASTIC else None
-    out = []
-    for i in range(0, len(noise), batch_size):
-        x, used = samplers.run_sampler(eps_fn, noise[i:i + batch_size], name, schedule, ts, generator=gen,
-                                       final_noise=final_noise, return_nfe=True)
-        if used != len(ts):
-            raise RuntimeError(f"{name} used {used} model evaluations on {len(ts)} timesteps")
-        out.append(x.cpu())
-    return torch.cat(out)
+    """Sampler ``name`` from every noise (batches of ``batch_size``) on ``grid`` at ``nfe`` (or on
+    ``timesteps``), through the library's generation wrapper :func:`accelerated_diffusion.samplers.run_grid`; the
+    stochastic samplers draw from one generator seeded with ``seed`` (the same stream for every stochastic
+    sampler).  Returns a CPU tensor in ``noise``'s dtype."""
+    gen = torch.Generator(noise.device).manual_seed(int(seed)) if samplers.spec(name).stochastic else None
+    x, _ = samplers.run_grid(eps_fn, noise, name, schedule, nfe, grid, timesteps=timesteps, generator=gen,
+                             final_noise=final_noise, batch_size=batch_size, device="cpu")
+    return x
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,6 +360,10 @@ def exact_score_control(target, schedule, noise: torch.Tensor, *, grids=GRIDS, n
 # ----------------------------------------------------------------------------------------------------------------
 # diffusers' own peers against the library
 # ----------------------------------------------------------------------------------------------------------------
+#: diffusers' own schedulers and the library samplers that compute the same rules (the registry's ``same_rule_as``).
+_PEER_PAIRS = tuple((n, s.same_rule_as) for n, s in samplers.SAMPLERS.items() if s.same_rule_as is not None)
+
+
 def peer_agreement(eps_fn, schedule, noise: torch.Tensor, *, grids=GRIDS, nfes=(5, 10)) -> dict:
     """Max abs difference between diffusers' ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler`` (float32
     noise, the schedulers' own arithmetic) and the library's ``dpm_solver_pp_2m`` / ``unipc_bh2`` run in float64,
@@ -375,8 +374,7 @@ def peer_agreement(eps_fn, schedule, noise: torch.Tensor, *, grids=GRIDS, nfes=(
         for k in nfes:
             ts = grid_timesteps(schedule, k, g)
             row = {}
-            for peer, ours in (("diffusers_dpm_solver_pp_2m", "dpm_solver_pp_2m"),
-                               ("diffusers_unipc_bh2", "unipc_bh2")):
+            for peer, ours in _PEER_PAIRS:
                 try:
                     theirs = samplers.run_sampler(eps_fn, noise.float(), peer, schedule, ts)
                 except ValueError:

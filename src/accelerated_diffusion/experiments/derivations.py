@@ -40,6 +40,8 @@ from functools import lru_cache
 import sympy as sp
 import torch
 
+from .. import samplers
+
 __all__ = [
     # symbols
     "alpha_bar", "alpha_bar_t", "alpha_bar_prev", "alpha_bar_next", "alpha_t", "h", "r",
@@ -409,8 +411,9 @@ def ode_step(method: str):
     r"""A whole deterministic step as an expression in ``x``, ``eps`` (:math:`\varepsilon_t`), ``eps_next``
     (:math:`\varepsilon_{t+1}`) and the levels.
 
-    ``"ddim"``: exact DDIM; ``"ddim_type"``: the paper's DDIM-type update; ``"accelerated"``, ``"lambda"``,
-    ``"sigma"``: exact DDIM plus :func:`extrapolated_correction` for that variable (in ``alpha_bar`` levels).
+    ``"ddim"``: exact DDIM; ``"ddim_type"``: the paper's DDIM-type update; ``"accelerated_ode"`` (also accepted
+    as ``"accelerated"``), ``"lambda"``, ``"sigma"``: exact DDIM plus :func:`extrapolated_correction` for that
+    variable (in ``alpha_bar`` levels).
     """
     if method == "ddim_type":
         c_x, c_eps = ddim_type_coefficients()
@@ -419,21 +422,27 @@ def ode_step(method: str):
     base = c_x * x + c_eps * eps
     if method == "ddim":
         return base
-    variable = {"accelerated": "alpha_bar", "lambda": "lambda", "sigma": "sigma"}.get(method)
+    variable = _EXTRAPOLATED.get(method)
     if variable is None:
-        raise ValueError(f"unknown method {method!r}")
+        raise ValueError(f"unknown method {method!r}; expected one of {ODE_METHODS[:5]}")
     c = accelerated_ode_coefficient() if variable == "alpha_bar" else in_alpha_bar(extrapolated_correction(variable))
     return base + c * (eps_next - eps)
 
 
-ODE_METHODS = ("ddim", "ddim_type", "accelerated", "lambda", "sigma", "dpm_solver_2", "dpm_solver_pp_2m")
+#: The deterministic steps derived here: the library's samplers by their registry names
+#: (:data:`accelerated_diffusion.samplers.SAMPLERS`) and the relatives that are derived only: ``"lambda"`` and
+#: ``"sigma"`` (the accelerated correction with ``eps`` extrapolated in another variable) and ``"dpm_solver_2"``.
+ODE_METHODS = ("ddim", "ddim_type", "accelerated_ode", "lambda", "sigma", "dpm_solver_2", "dpm_solver_pp_2m")
+#: The extrapolation variable of each multistep correction; ``"accelerated"`` is the older name of
+#: ``"accelerated_ode"``, still accepted.
+_EXTRAPOLATED = {"accelerated_ode": "alpha_bar", "accelerated": "alpha_bar", "lambda": "lambda", "sigma": "sigma"}
 
 
 def ode_step_sigma(method: str):
     r"""A whole deterministic step in the ODE's own variables: :math:`y_{t-1}` as an expression in ``y``
     (:math:`y_t = x_t/\sqrt{\bar\alpha_t}`), ``eps``, ``eps_next`` and the sigma symbols.
 
-    ``"ddim"``: :math:`y_t + \varepsilon_t(\sigma_{t-1}-\sigma_t)` (eq. ``deriv-ddim-exact``); ``"accelerated"``,
+    ``"ddim"``: :math:`y_t + \varepsilon_t(\sigma_{t-1}-\sigma_t)` (eq. ``deriv-ddim-exact``); ``"accelerated_ode"``,
     ``"lambda"``, ``"sigma"``: plus :func:`extrapolated_correction` divided by :math:`\sqrt{\bar\alpha_{t-1}}`;
     ``"ddim_type"``: the DDIM-type update with :math:`\bar\alpha = 1/(1+\sigma^2)` substituted.  The same steps as
     :func:`ode_step` (checked in the tests), written where series are cheap.  The two DPM-Solver methods need
@@ -447,9 +456,9 @@ def ode_step_sigma(method: str):
     if method in ("ddim", "ddim_type"):
         out = (step_x / sp.sqrt(alpha_bar_prev)).subs(x, y * sp.sqrt(alpha_bar_t)).subs(to_sigma)
         return sp.simplify(out) if method == "ddim" else out
-    variable = {"accelerated": "alpha_bar", "lambda": "lambda", "sigma": "sigma"}.get(method)
+    variable = _EXTRAPOLATED.get(method)
     if variable is None:
-        raise ValueError(f"unknown method {method!r}; expected one of ddim, ddim_type, accelerated, lambda, sigma")
+        raise ValueError(f"unknown method {method!r}; expected one of {ODE_METHODS[:5]}")
     base = y + eps * sp.integrate(1, (sigma_, sigma_t, sigma_prev))
     return base + extrapolated_correction(variable) / sp.sqrt(alpha_bar_prev) * (eps_next - eps)
 
@@ -542,13 +551,13 @@ def correction_coefficient_series(ratio=r, order: int = 3) -> dict:
 
 def correction_comparison_series(v=data_var, s=sigma_t, ratio=1, order: int = 4) -> dict:
     r"""The corrections of the multistep methods over DDIM on :func:`gaussian_ode_problem`: series of
-    (method step - DDIM step) in :math:`h_\sigma`, for ``accelerated``, ``lambda``, ``sigma`` and
+    (method step - DDIM step) in :math:`h_\sigma`, for ``accelerated_ode``, ``lambda``, ``sigma`` and
     ``dpm_solver_pp_2m``.  All start with the same :math:`h_\sigma^2` term (which cancels DDIM's local error) and
     differ at :math:`h_\sigma^3`.
     """
     ddim = ode_local_error("ddim", v, s, ratio, order)
     return {m: sp.collect(sp.expand(ode_local_error(m, v, s, ratio, order) - ddim), h, sp.factor)
-            for m in ("accelerated", "lambda", "sigma", "dpm_solver_pp_2m")}
+            for m in ("accelerated_ode", "lambda", "sigma", "dpm_solver_pp_2m")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -576,7 +585,8 @@ def ddpm_type_step_score_form(y=x, score_at_y=score, noise=z):
     return exponential_euler_step(1, 1).subs({score: score_at_y, z: noise, x: y}, simultaneous=True)
 
 
-STOCHASTIC_METHODS = ("ddpm_type", "accelerated_sde")
+#: The paper's stochastic samplers (registry names, in registry order), whose one-step moments are derived here.
+STOCHASTIC_METHODS = tuple(n for n in samplers.PAPER_SAMPLERS if samplers.spec(n).stochastic)
 
 
 def _affine_gaussian_push(expr_of_y, y_mean, y_var, noises):

@@ -53,7 +53,7 @@ import torch
 from scipy import special
 from scipy.interpolate import PchipInterpolator
 
-from .. import samplers, updates
+from .. import samplers
 from ..targets import Gaussian, GaussianMixture
 from .paths import check_params, save_results
 from .rates import SAMPLERS, fit_slope, gaussian_output_law, gaussian_tv, make_path
@@ -93,7 +93,12 @@ __all__ = [
     "run_jobs",
 ]
 
-STOCHASTIC = tuple(m for m in SAMPLERS if m in samplers.STOCHASTIC)  # ("ddpm_type", "accelerated_sde")
+STOCHASTIC = tuple(m for m in SAMPLERS if samplers.spec(m).stochastic)  # ("ddpm_type", "accelerated_sde")
+
+
+def _stochastic(method: str) -> bool:
+    """Whether ``method`` is a stochastic sampler (the registry's word; ``ValueError`` for an unknown name)."""
+    return samplers.spec(method).stochastic
 
 #: One-dimensional test targets (``weights``, ``means``, ``variances``).
 TARGETS = {
@@ -197,11 +202,9 @@ def eps_derivative(target: GaussianMixture, x: torch.Tensor, alpha_bar: float) -
 # --------------------------------------------------------------------------------------------------------------
 # Running the library's samplers (one dispatch)
 # --------------------------------------------------------------------------------------------------------------
-def run(eps_fn, x: torch.Tensor, path: torch.Tensor, method: str, *, generator=None) -> torch.Tensor:
-    """Run one of :data:`SAMPLERS` with the library's loop (:func:`accelerated_diffusion.sample`), passing the
-    level ``alpha_bar`` as ``t`` to ``eps_fn`` (what the exact-score targets expect)."""
-    ts = [float(a) for a in path[:-1]]
-    return samplers.sample(eps_fn, x, path, method, timesteps=ts, generator=generator)
+#: Run one of :data:`SAMPLERS` on a path: the library's own :func:`accelerated_diffusion.sample` (kept under this
+#: name), which passes the level ``alpha_bar`` as ``t`` to ``eps_fn`` (what the exact-score targets expect).
+run = samplers.sample
 
 
 def flow_map(target: GaussianMixture, path, method: str, x) -> dict:
@@ -211,7 +214,7 @@ def flow_map(target: GaussianMixture, path, method: str, x) -> dict:
     Because every update rule is linear in its tensor arguments, the second half of the output is ``Phi'(x)``.
     Also returns ``tangent_min``: the smallest ``d x_i / d x`` over the start points at the input of every step
     (and, last, at the output): where it first becomes ``<= 0`` the map from the start to that level folds."""
-    if method in STOCHASTIC:
+    if _stochastic(method):
         raise ValueError(f"{method} is stochastic: it has no flow map")
     x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, 1)
     n = x.shape[0]
@@ -222,7 +225,8 @@ def flow_map(target: GaussianMixture, path, method: str, x) -> dict:
         mins.append(float(dy.min()))
         return torch.cat([target.eps(y, float(t)), eps_derivative(target, y, float(t)) * dy])
 
-    out = run(eps_fn, torch.cat([x, torch.ones_like(x)]), torch.as_tensor(path, dtype=torch.float64), method)
+    out = samplers.sample(eps_fn, torch.cat([x, torch.ones_like(x)]), torch.as_tensor(path, dtype=torch.float64),
+                          method)
     phi, dphi = out[:n, 0].numpy(), out[n:, 0].numpy()
     mins.append(float(dphi.min()))
     return {"phi": phi, "dphi": dphi, "tangent_min": mins}
@@ -380,45 +384,33 @@ class _Kernel:
 
 
 def transition_kernels(target: GaussianMixture, path, method: str) -> list[_Kernel]:
-    r"""The Gaussian transition kernels of a stochastic sampler on ``path``, in order, each read off the library's
-    update rule by linearity: ``mu(y) = rule(y, eps, noise=0)``, ``mu'(y) = rule(1, eps'(y), noise=0)``,
-    ``sigma = rule(0, 0, noise=1)``.  ``ddpm_type``: one kernel per step (:func:`updates.ddpm_type_step`).
-    ``accelerated_sde``: two per step, the perturbation (:func:`updates.accelerated_sde_perturb`, ``mu(y) = y``)
-    and the update with ``eps`` taken at the perturbed point (:func:`updates.accelerated_sde_step`); the loop of
-    :func:`accelerated_diffusion.sample` draws its noises in the same order (checked in the tests)."""
+    r"""The Gaussian transition kernels of a stochastic sampler on ``path``, in order: its half-steps of the
+    registry (``transitions``, :class:`accelerated_diffusion.updates.Transition`, the ones the sampling loop
+    runs, in the same order), each read off by linearity: ``mu(y) = rule(y, eps(y), noise=0)``,
+    ``mu'(y) = rule(1, eps'(y), noise=0)``, ``sigma = rule(0, 0, noise=1)`` (``eps`` only for a half-step that
+    evaluates the model, at its own input).  ``ddpm_type``: one kernel per step (:func:`updates.ddpm_type_step`).
+    ``accelerated_sde``: two per step (:func:`updates.accelerated_sde_transitions`), the perturbation
+    (``mu(y) = y``) and the update with ``eps`` taken at the perturbed point.  ``ValueError`` for a sampler that
+    is not a stochastic one of the library."""
+    transitions = samplers.spec(method).transitions
+    if transitions is None:
+        raise ValueError(f"{method!r} is not a stochastic sampler of the library; expected one of {STOCHASTIC}")
     levels = [float(a) for a in torch.as_tensor(path, dtype=torch.float64)]
     one = torch.ones(1, 1, dtype=torch.float64)
     zero = torch.zeros(1, 1, dtype=torch.float64)
     out = []
     for a_t, a_prev in zip(levels[:-1], levels[1:]):
-        if method == "ddpm_type":
-            rule = updates.ddpm_type_step
-
-            def mean_fn(y, a_t=a_t, a_prev=a_prev, rule=rule):
+        for tr in transitions(a_t, a_prev):
+            def mean_fn(y, a_t=a_t, tr=tr):
                 z = torch.zeros_like(y)
-                mu = rule(y, target.eps(y, a_t), a_t, a_prev, z)
-                dmu = rule(torch.ones_like(y), eps_derivative(target, y, a_t), a_t, a_prev, z)
+                if not tr.evaluates:
+                    return tr.rule(y, None, z), tr.rule(torch.ones_like(y), None, z)
+                mu = tr.rule(y, target.eps(y, a_t), z)
+                dmu = tr.rule(torch.ones_like(y), eps_derivative(target, y, a_t), z)
                 return mu, dmu
 
-            out.append(_Kernel(mean_fn, float(rule(zero, zero, a_t, a_prev, one)), a_prev, f"ddpm_type {a_t:.4g}"))
-        elif method == "accelerated_sde":
-            def perturb_mean(y, a_t=a_t, a_prev=a_prev):
-                z = torch.zeros_like(y)
-                return (updates.accelerated_sde_perturb(y, a_t, a_prev, z),
-                        updates.accelerated_sde_perturb(torch.ones_like(y), a_t, a_prev, z))
-
-            def step_mean(y, a_t=a_t, a_prev=a_prev):
-                z = torch.zeros_like(y)
-                mu = updates.accelerated_sde_step(y, target.eps(y, a_t), a_t, a_prev, z)
-                dmu = updates.accelerated_sde_step(torch.ones_like(y), eps_derivative(target, y, a_t), a_t, a_prev, z)
-                return mu, dmu
-
-            s1 = float(updates.accelerated_sde_perturb(zero, a_t, a_prev, one))
-            s2 = float(updates.accelerated_sde_step(zero, zero, a_t, a_prev, one))
-            out.append(_Kernel(perturb_mean, s1, a_t, f"perturb {a_t:.4g}"))
-            out.append(_Kernel(step_mean, s2, a_prev, f"accelerated_sde {a_t:.4g}"))
-        else:
-            raise ValueError(f"unknown stochastic sampler {method!r}; expected one of {STOCHASTIC}")
+            sigma = float(tr.rule(zero, zero if tr.evaluates else None, one))
+            out.append(_Kernel(mean_fn, sigma, tr.level_out, f"{tr.name} {a_t:.4g}"))
     return out
 
 
@@ -656,7 +648,7 @@ def stochastic_tv(target: GaussianMixture, path, method: str, *, h_frac: float =
 
 def exact_tv(target: GaussianMixture, path, method: str, **kw) -> dict:
     """:func:`stochastic_tv` or :func:`deterministic_tv`, by sampler."""
-    return (stochastic_tv if method in STOCHASTIC else deterministic_tv)(target, path, method, **kw)
+    return (stochastic_tv if _stochastic(method) else deterministic_tv)(target, path, method, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -709,7 +701,7 @@ def gaussian_reference_tv(target: Gaussian, path, method: str, *, with_rates: bo
 
 def refinement_check(target: GaussianMixture, path, method: str, *, factor: int = 2, **kw) -> dict:
     """TV at the default grid and at a grid ``factor`` times finer; returns both and their relative change."""
-    if method in STOCHASTIC:
+    if _stochastic(method):
         base = stochastic_tv(target, path, method, **kw)
         fine = stochastic_tv(target, path, method, **{**kw, "h_frac": kw.get("h_frac", 0.25) / factor})
     else:
@@ -750,7 +742,8 @@ def _job(job: tuple):
 def _job_cost(job: tuple) -> float:
     # rough relative cost, to start the longest jobs first: stochastic runs grow faster than T
     kind, _, _, T, _, method, *extra = job
-    cost = float(T) * (4.0 if method in STOCHASTIC else 1.0) * (1.0 + T / 300.0 if method in STOCHASTIC else 1.0)
+    stochastic = _stochastic(method)
+    cost = float(T) * (4.0 if stochastic else 1.0) * (1.0 + T / 300.0 if stochastic else 1.0)
     return cost * (4.0 if kind == "refine" else 1.0)
 
 
@@ -800,10 +793,10 @@ def _sweep_results(jobs: list, outs: list, methods) -> dict:
         res[m]["tv"].append(r["tv"])
         if r.get("folded"):
             res[m]["folds"].append({"T": int(T), **r["fold"]})
-        if m in STOCHASTIC:
+        if _stochastic(m):
             res[m]["mean_map_folds"].append(r["mean_map_folds"])
     for m in methods:
-        if m not in STOCHASTIC:
+        if not _stochastic(m):
             del res[m]["mean_map_folds"]
     return res
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import metrics, updates
-from ..samplers import LIBRARY_SAMPLERS, STOCHASTIC, sample
+from .. import metrics, samplers, updates
+from ..samplers import LIBRARY_SAMPLERS, sample
 from ..schedules import DiscreteSchedule, validate_path
 from ..targets import Gaussian, GaussianMixture
 from .data import load_fashion_mnist
@@ -35,6 +35,7 @@ from .data import load_fashion_mnist
 __all__ = [
     "SAMPLERS",
     "DETERMINISTIC",
+    "STYLE",
     "LINEAR_SCHEDULE",
     "make_path",
     "gaussian_target",
@@ -53,10 +54,13 @@ __all__ = [
     "fit_fashion_mnist_mixture",
 ]
 
-#: The order in which the rate tables list the samplers (all of the library's samplers).
-SAMPLERS = ("ddim_type", "ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
-assert sorted(SAMPLERS) == sorted(LIBRARY_SAMPLERS)
-DETERMINISTIC = tuple(m for m in SAMPLERS if m not in STOCHASTIC)
+#: All of the library's samplers, in the order the rate tables list them (:func:`accelerated_diffusion.samplers.
+#: table_order`: deterministic first, each kind's baseline first).
+SAMPLERS = samplers.table_order(LIBRARY_SAMPLERS)
+DETERMINISTIC = tuple(m for m in SAMPLERS if not samplers.spec(m).stochastic)
+#: The matplotlib style of each sampler in the rate figures: colour by position (``C0``, ``C1``, ...) and the
+#: registry's marker (:attr:`~accelerated_diffusion.samplers.SamplerSpec.marker`), for any number of samplers.
+STYLE = {m: dict(color=f"C{i}", marker=samplers.spec(m).marker) for i, m in enumerate(SAMPLERS)}
 LINEAR_SCHEDULE = dict(schedule="linear", num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
 
 
@@ -177,17 +181,19 @@ def _push(law, K, N, b):
 
 
 def _stochastic_law(target: Gaussian, path: torch.Tensor, method: str, law):
-    """Exact law of ``ddpm_type`` / ``accelerated_sde`` outputs: each half-step is affine in (iterate, noise), so
-    the Gaussian law is pushed through it exactly (same order of operations as the loops in
-    :mod:`accelerated_diffusion.samplers`, calling the same update functions)."""
+    """Exact law of a stochastic sampler's output: each of its Gaussian half-steps (the registry's
+    ``transitions``, :class:`accelerated_diffusion.updates.Transition`, the ones the sampling loop runs, in the
+    same order) is affine in (iterate, noise), so the Gaussian law is pushed through it exactly.  ``ValueError``
+    for a sampler that is not a stochastic one of the library."""
+    transitions = samplers.spec(method).transitions
+    if transitions is None:
+        raise ValueError(f"{method!r} has no Gaussian transitions (not a stochastic sampler of the library)")
     d, levels = target.dim, [float(a) for a in path]
     for a_t, a_prev in zip(levels[:-1], levels[1:]):
-        if method == "ddpm_type":
-            steps = [lambda x, z: updates.ddpm_type_step(x, target.eps(x, a_t), a_t, a_prev, z)]
-        else:
-            steps = [lambda x, z: updates.accelerated_sde_perturb(x, a_t, a_prev, z),
-                     lambda x, z: updates.accelerated_sde_step(x, target.eps(x, a_t), a_t, a_prev, z)]
-        for fn in steps:
+        for tr in transitions(a_t, a_prev):
+            def fn(x, z, tr=tr, a_t=a_t):
+                return tr.rule(x, target.eps(x, a_t) if tr.evaluates else None, z)
+
             law = _push(law, *_joint_affine(fn, d))
     return law
 
@@ -208,7 +214,7 @@ def gaussian_output_law(target: Gaussian, path, method: str, start: str = "exact
         law = (torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64))
     else:
         raise ValueError(f"start must be 'exact' or 'standard', got {start!r}")
-    if method in STOCHASTIC:
+    if samplers.spec(method).stochastic:
         return _stochastic_law(target, path, method, law)
     A, b = _sampler_map(target, path, method) if affine is None else affine
     return A @ law[0] + b, A @ law[1] @ A.T
@@ -235,7 +241,7 @@ def gaussian_errors(target: Gaussian, path, method: str, *, exact_tv: bool = Fal
     path = validate_path(path)
     a_T, a_out, d = float(path[0]), float(path[-1]), target.dim
     mq, Cq = target.marginal_mean(a_out), target.marginal_cov(a_out)
-    affine = None if method in STOCHASTIC else _sampler_map(target, path, method)
+    affine = None if samplers.spec(method).stochastic else _sampler_map(target, path, method)
     mp, Cp = gaussian_output_law(target, path, method, "exact", affine=affine)
     ms, Cs = gaussian_output_law(target, path, method, "standard", affine=affine)
     mT, CT = target.marginal_mean(a_T), target.marginal_cov(a_T)
@@ -261,6 +267,8 @@ def gaussian_rate_sweep(target: Gaussian, schedule: str, Ts, methods=SAMPLERS, *
                         exact_tv: bool = False, **path_kw) -> dict:
     """Errors of :func:`gaussian_errors` for every ``T`` in ``Ts`` and sampler: ``{method: {"T", "nfe", metric:
     [...]}}``."""
+    for m in methods:
+        samplers.spec(m)  # unknown names raise before any work
     res = {m: {"T": [], "nfe": []} for m in methods}
     for T in tqdm(list(Ts), desc=f"gaussian d={target.dim} {schedule}", disable=not progress, leave=False):
         path = make_path(schedule, int(T), **path_kw)
@@ -414,6 +422,7 @@ def mixture_rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPL
     :func:`flow_reference`, root-mean-square and median over the samples) and ``mmd2``
     (all samplers), each ``{"value", "ci"}``; also ``ref_check``, the RMS difference between the reference
     with ``ref_steps`` and with ``2 ref_steps`` steps (its own accuracy)."""
+    stochastic = {m: samplers.spec(m).stochastic for m in methods}  # unknown names raise before any work
     res = {m: {"T": [], "nfe": [], "rms_flow": [], "median_flow": [], "mmd2": []} for m in methods}
     res["ref_check"] = []
     refs: dict = {}  # (a_T, a_out) -> (x, reference): paths with the same end points share the reference
@@ -431,8 +440,8 @@ def mixture_rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPL
             y = sample(target.eps, x, path, m, generator=torch.Generator().manual_seed(seed + 1 + i))
             res[m]["T"].append(int(T))
             res[m]["nfe"].append(int(path.numel() - 1))
-            res[m]["rms_flow"].append(None if m in STOCHASTIC else rms_with_ci(y, ref))
-            res[m]["median_flow"].append(None if m in STOCHASTIC else median_with_ci(y, ref))
+            res[m]["rms_flow"].append(None if stochastic[m] else rms_with_ci(y, ref))
+            res[m]["median_flow"].append(None if stochastic[m] else median_with_ci(y, ref))
             res[m]["mmd2"].append(mmd2_with_ci(y, _target_at(target, a_out), ell, num_batches=num_batches))
     return res
 
