@@ -5,13 +5,16 @@ Used by ``tests/test_browser.py`` (``make test``) and runnable on its own, for a
     .venv/bin/python tests/browser_report.py                 # build into a temporary folder, then measure
     .venv/bin/python tests/browser_report.py --html _build/html --findings findings.txt
 
-Per page it counts, at a 1280 px window:
+Per page it counts, at a 1280 px window (and, where said, at a 390x844 phone screen too):
 
 * display equations, code blocks, cell outputs and tables wider than the text column (or scrolling inside it);
 * formulas MathJax did not typeset (raw TeX left in the text) and MathJax error nodes;
 * images that did not load, have no alt text (or a file name as alt text), are not inside a numbered figure
   with a caption, or are shown below 60 % of their natural width;
-* internal links whose file or anchor does not exist.
+* internal links whose file or anchor does not exist;
+* at 390x844 (a phone): content cut off, i.e. an element reaching beyond the screen or beyond a box that clips
+  it, without a box of its own that scrolls sideways (equations, code, outputs and tables may scroll in theirs);
+* at both sizes: errors in the browser console, and the number of search boxes shown (one).
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` and the PyPI package ``selenium``
 (``apt-get install chromium chromium-driver``; selenium is in the ``test`` extra).
@@ -34,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = (1280, 1000)
+PHONE = (390, 844)  # CSS pixels of a phone screen (iPhone 12-15)
 SMALL_FIGURE = 0.6  # a figure shown below this fraction of its natural width is too small to read
 CHROMIUM_CANDIDATES = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
 DRIVER_CANDIDATES = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
@@ -117,6 +121,7 @@ def make_driver():
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for a browser online
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read back per page
     profile = tempfile.mkdtemp(prefix="book-chromium-")
     for flag in [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -134,6 +139,20 @@ def make_driver():
     return drv
 
 
+def set_screen(drv, size: tuple[int, int] | None) -> None:
+    """Emulate a screen of ``size`` CSS pixels (the page's viewport, whatever the window); None: the window."""
+    if size is None:
+        drv.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    else:
+        drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False})
+
+
+def console_errors(drv) -> list[str]:
+    """The console's errors since the last call (uncaught exceptions, failed scripts, console.error)."""
+    return [e.get("message", "")[:300] for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+
+
 def close_driver(drv) -> None:
     profile = getattr(drv, "_book_profile", None)
     try:
@@ -148,7 +167,8 @@ MEASURE_JS = r"""
 const done = arguments[arguments.length - 1];
 (async () => {
   const t0 = Date.now();
-  while (!(window.MathJax && MathJax.startup && MathJax.startup.promise) && Date.now() - t0 < 15000)
+  const wantsMathJax = !!document.querySelector('script[src*="mathjax"]');  // Sphinx loads it only where there is maths
+  while (wantsMathJax && !(window.MathJax && MathJax.startup && MathJax.startup.promise) && Date.now() - t0 < 15000)
     await new Promise(r => setTimeout(r, 50));
   const mathjax = !!(window.MathJax && MathJax.startup && MathJax.startup.promise);
   if (mathjax) { try { await MathJax.startup.promise; } catch (e) {} }
@@ -269,12 +289,88 @@ const done = arguments[arguments.length - 1];
     if (m) out.rawTex.push(n.textContent.trim().slice(0, 120));
   }
   out.mjErrors = document.querySelectorAll('mjx-merror, [data-mjx-error]').length;
+  out.hasMath = !!article.querySelector('.math, mjx-container');
   document.querySelectorAll('script[src]').forEach(s => out.scripts.push(s.src));
   document.querySelectorAll('link[rel=stylesheet][href], link[rel=preload][href]').forEach(l => out.scripts.push(l.href));
   out.elapsed_ms = Date.now() - t0;
   return out;
 })().then(done, e => done({error: String(e && e.stack || e)}));
 """
+
+
+# Runs in the page at any size: content cut off without its own scroll box, and the search boxes shown.
+LAYOUT_JS = r"""
+const done = arguments[arguments.length - 1];
+(async () => {
+  const t0 = Date.now();
+  const wantsMathJax = !!document.querySelector('script[src*="mathjax"]');  // Sphinx loads it only where there is maths
+  while (wantsMathJax && !(window.MathJax && MathJax.startup && MathJax.startup.promise) && Date.now() - t0 < 15000)
+    await new Promise(r => setTimeout(r, 50));
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { try { await MathJax.startup.promise; } catch (e) {} }
+  document.querySelectorAll('details').forEach(d => d.open = true);
+  document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+  await new Promise(r => setTimeout(r, 100));
+  const vw = document.documentElement.clientWidth;
+  const kindOf = el => {
+    if (el.closest('div.math')) return el.closest('.cell_output') ? 'output maths' : 'equation';
+    if (el.closest('span.math, mjx-container')) return 'inline maths';
+    if (el.closest('table')) return 'table';
+    if (el.closest('.cell_output, .output')) return 'output';
+    if (el.closest('div.highlight, pre')) return 'code';
+    if (el.closest('figure, img')) return 'figure';
+    return el.tagName.toLowerCase() === 'code' ? 'inline code' : 'text';
+  };
+  const section = el => {
+    const sec = el.closest('section');
+    const h = sec ? sec.querySelector('h1, h2, h3, h4') : null;
+    return h ? h.textContent.replace('#', '').trim().slice(0, 60) : '';
+  };
+  const clipped = [], seen = new Set();
+  const report = (el, r, box) => {
+    const top = el.closest('div.math, table, div.highlight, .cell_output, figure, p, li, dd, dt, h1, h2, h3, h4') || el;
+    if (seen.has(top)) return;  // one finding per construct
+    seen.add(top);
+    clipped.push({kind: kindOf(el), section: section(el), width: Math.round(r.width), right: Math.round(r.right),
+                  box: Math.round(box.right), by: box.el ? box.el.tagName.toLowerCase() + '.' + String(box.el.className).split(' ')[0] : 'screen',
+                  text: (el.textContent || '').trim().replace(/\s+/g, ' ').slice(0, 80)});
+  };
+  // Walk the page carrying the nearest box that scrolls sideways (overflow-x auto/scroll: anything inside is
+  // reachable) or clips (hidden/clip, or the screen itself): an element beyond a clipping box is cut off.
+  const walk = (el, clip) => {
+    for (const child of el.children) {
+      const cs = getComputedStyle(child);
+      if (cs.display === 'none' || cs.visibility === 'hidden' || cs.position === 'fixed') continue;
+      if (child.matches('mjx-assistive-mml, .visually-hidden, .sr-only, script, style, dialog:not([open])')) continue;
+      const r = child.getBoundingClientRect();
+      if (r.width > 0 && r.height > 0 && clip.mode === 'clip' && (r.right > clip.right + 1 || r.left < clip.left - 1)) {
+        report(child, r, clip);
+        continue;
+      }
+      if (child.matches('mjx-container, svg, img, video, canvas, iframe')) continue;  // measured as a whole
+      const ox = cs.overflowX;
+      let next = clip;
+      if (ox === 'auto' || ox === 'scroll') next = {mode: 'scroll', left: r.left, right: r.right, el: child};
+      else if ((ox === 'hidden' || ox === 'clip') && r.right <= clip.right + 1 && r.left >= clip.left - 1)
+        next = {mode: 'clip', left: r.left, right: r.right, el: child};
+      walk(child, next);
+    }
+  };
+  walk(document.body, {mode: 'clip', left: 0, right: vw, el: null});
+  // search boxes a reader sees (the search dialog itself excluded)
+  const searches = [...document.querySelectorAll('.search-button__button, form.bd-search, input[type=search]')]
+    .filter(el => !el.closest('.search-button__wrapper, dialog') && el.getClientRects().length
+            && getComputedStyle(el).visibility !== 'hidden'
+            && el.getBoundingClientRect().width > 0).length;
+  return {vw, docWidth: document.documentElement.scrollWidth, clipped, searches, ms: Date.now() - t0};
+})().then(done, e => done({error: String(e && e.stack || e)}));
+"""
+
+
+def measure_layout(drv) -> dict:
+    res = drv.execute_async_script(LAYOUT_JS)
+    if isinstance(res, dict) and res.get("error"):
+        raise RuntimeError(res["error"])
+    return res
 
 
 def measure_page(drv, page: Path) -> dict:
@@ -365,7 +461,8 @@ class PageReport:
         if what == "raw_tex":
             return len(r["rawTex"]), len(r["rawTex"])
         if what == "mathjax_errors":
-            return r["mjErrors"] + (0 if r["mathjax"] else 1), r["mjErrors"]
+            # +1 when MathJax did not load on a page with maths (Sphinx loads it only where there is some)
+            return r["mjErrors"] + (0 if r["mathjax"] or not r.get("hasMath", True) else 1), r["mjErrors"]
         imgs = r["images"]
         if what == "images_broken":
             return sum(not i["loaded"] for i in imgs), len(imgs)
@@ -377,6 +474,15 @@ class PageReport:
             return sum(bool(i["natural"]) and i["shown"] < SMALL_FIGURE * i["natural"] for i in imgs), len(imgs)
         if what == "links":
             return len(self.broken), len(r["links"])
+        if what == "clipped":
+            ph = r.get("phone", {})
+            return len(ph.get("clipped", [])), len(ph.get("clipped", []))
+        if what == "console":
+            n = len(r.get("console", [])) + len(r.get("phone", {}).get("console", []))
+            return n, n
+        if what == "search":
+            counts = [r.get("layout", {}).get("searches"), r.get("phone", {}).get("searches")]
+            return sum(c != 1 for c in counts), len(counts)
         raise KeyError(what)
 
 
@@ -388,12 +494,15 @@ CHECKS = {
     "outputs": ("out", "cell outputs (text or maths) wider than the text column"),
     "tables": ("tab", "tables wider than the text column"),
     "raw_tex": ("tex", "text nodes with raw TeX left (MathJax did not typeset them)"),
-    "mathjax_errors": ("mjerr", "MathJax error nodes (+1 when MathJax did not load)"),
+    "mathjax_errors": ("mjerr", "MathJax error nodes (+1 when MathJax did not load on a page with maths)"),
     "images_broken": ("img!", "images that did not load"),
     "images_alt": ("alt", "images without alt text (or with a file name as alt text)"),
     "images_caption": ("cap", "images not inside a numbered figure with a caption"),
     "images_small": ("small", f"images shown below {SMALL_FIGURE:.0%} of their natural width"),
     "links": ("link", "internal links whose file or anchor is missing"),
+    "clipped": ("cut", f"constructs cut off at {PHONE[0]}x{PHONE[1]} without a sideways-scrolling box of their own"),
+    "console": ("js!", "errors in the browser console (both sizes)"),
+    "search": ("srch", "sizes (1280 px, phone) at which the page does not show exactly one search box"),
 }
 
 
@@ -475,6 +584,15 @@ def findings(reports: list[PageReport]) -> str:
             if probs:
                 items.append(f"  image {Path(i['src'] or '').name[:12]}... {', '.join(probs)}{_where(i)}"
                              + (f"; caption {i['caption'][:60]!r}" if i["caption"] else ""))
+        for c in r.get("phone", {}).get("clipped", []):
+            items.append(f"  clipped at {PHONE[0]} px: {c['kind']} {c['width']} px reaching {c['right']} px, cut by "
+                         f"{c['by']} at {c['box']} px [section {c['section']!r}]: {c['text'][:70]!r}")
+        for where, key in (("1280 px", r), ("phone", r.get("phone", {}))):
+            for m in key.get("console", []):
+                items.append(f"  console error ({where}): {m[:160]}")
+        for where, key in (("1280 px", r.get("layout", {})), ("phone", r.get("phone", {}))):
+            if key.get("searches") not in (None, 1):
+                items.append(f"  search boxes ({where}): {key.get('searches')}, not 1")
         for t in r["rawTex"]:
             items.append(f"  raw TeX: {t[:110]!r}")
         if r["mjErrors"]:
@@ -487,22 +605,34 @@ def findings(reports: list[PageReport]) -> str:
     return "\n".join(out)
 
 
-def measure_book(html_dir: Path) -> tuple[list[PageReport], dict]:
-    """Open every page; return the per-page reports and the layout metrics (column width, code capacity)."""
+def measure_book(html_dir: Path, phone: bool = True) -> tuple[list[PageReport], dict]:
+    """Open every page (at 1280 px, then, with ``phone``, at 390x844); return the per-page reports and the layout
+    metrics (column width, code capacity)."""
     html_dir = Path(html_dir)
     drv = make_driver()
     reports, metrics = [], {}
     try:
+        console_errors(drv)  # start with an empty log
         for page in book_pages(html_dir):
             raw = measure_page(drv, page)
+            raw["layout"] = measure_layout(drv)
+            raw["console"] = console_errors(drv)
             rel = page.relative_to(html_dir).as_posix()
             reports.append(PageReport(rel, raw, broken_links(page, raw["links"], html_dir)))
             if raw.get("code_metrics") and "code" not in metrics:
                 metrics["code"] = raw["code_metrics"]
             metrics.setdefault("column_px", raw["colWidth"])
-            metrics.setdefault("mathjax", raw["mathjaxVersion"])
+            if raw["mathjaxVersion"]:
+                metrics.setdefault("mathjax", raw["mathjaxVersion"])
             metrics.setdefault("scripts", [])
             metrics["scripts"] = sorted(set(metrics["scripts"]) | set(raw["scripts"]))
+        if phone:
+            set_screen(drv, PHONE)
+            for rep in reports:
+                drv.get((html_dir / rep.page).as_uri())
+                rep.raw["phone"] = measure_layout(drv)
+                rep.raw["phone"]["console"] = console_errors(drv)
+            metrics["phone"] = {"viewport": reports[0].raw["phone"]["vw"] if reports else None}
     finally:
         close_driver(drv)
     return reports, metrics
@@ -510,6 +640,8 @@ def measure_book(html_dir: Path) -> tuple[list[PageReport], dict]:
 
 def describe_metrics(metrics: dict) -> str:
     lines = [f"window {WINDOW[0]} px: text column {metrics.get('column_px')} px; MathJax {metrics.get('mathjax')}"]
+    if metrics.get("phone"):
+        lines.append(f"phone: {PHONE[0]}x{PHONE[1]} CSS px (viewport {metrics['phone']['viewport']} px wide)")
     c = metrics.get("code")
     if c:
         lines.append(f"code blocks: {c['innerWidth']:.0f} px inside the padding, {c['fontSize']} {c['font'].split(',')[0]}, "

@@ -1,4 +1,5 @@
-"""The built book, as a reader sees it: every page opened in headless Chromium at a 1280 px window.
+"""The built book, as a reader sees it: every page opened in headless Chromium at a 1280 px window, then on a
+390x844 phone screen.
 
 One build (from the committed notebook outputs, no execution) into a temporary folder, one visit per page;
 each test below is one check, and a failure prints the per-page table of that check and the constructs at
@@ -48,7 +49,8 @@ def _failures(book, check: str) -> str:
         "equations": ("equation ",), "code": ("code block",), "code_lines": ("code block",), "outputs": ("output ",), "tables": ("table ",),
         "raw_tex": ("raw TeX",), "mathjax_errors": ("MathJax error",), "images_broken": ("not loaded",),
         "images_alt": ("alt text",), "images_caption": ("no numbered caption",), "images_small": ("shown at",),
-        "links": ("broken link",),
+        "links": ("broken link",), "clipped": ("clipped at",), "console": ("console error",),
+        "search": ("search boxes",),
     }[check]
     lines = []
     for line in br.findings(book["reports"]).splitlines():
@@ -141,3 +143,54 @@ def test_no_figure_shown_below_60_percent_of_its_size(book):
 
 def test_every_internal_link_and_anchor_resolves(book):
     _assert_clean(book, "links")
+
+
+def test_nothing_is_cut_off_on_a_phone(book):
+    """At 390x844 every construct fits the screen or scrolls sideways inside a box of its own (equations, code,
+    outputs, tables); nothing reaches beyond the screen or a clipping box."""
+    _assert_clean(book, "clipped")
+
+
+def test_no_console_errors(book):
+    """No error in the browser console on any page, at either size (a script declared twice, a missing file)."""
+    _assert_clean(book, "console")
+
+
+def test_one_search_box(book):
+    _assert_clean(book, "search")
+
+
+def test_footer_carries_licence_and_citation():
+    """The licence (the LICENSE file's) and the citation are in the footer of every page (`html.extra_footer`)."""
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    footer = cfg["html"]["extra_footer"]
+    licence = (ROOT / "LICENSE").read_text().split()[0]  # "MIT"
+    assert f"{licence} licence" in footer, footer
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["license"] == licence
+    assert "Cite as" in footer and str(cff["version"]) in footer, footer
+
+
+def test_repository_address_is_written_once():
+    """`repository.url` in _config.yml is the book's only repository address (set explicitly: Jupyter Book's
+    default is its own); CITATION.cff names the same one, or none while it is unset."""
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert "url" in (cfg.get("repository") or {}), "set repository.url explicitly (Jupyter Book defaults to its own)"
+    url = cfg["repository"]["url"] or ""
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert (cff.get("repository-code") or "") == url, (cff.get("repository-code"), url)
+
+
+def test_footer_and_buttons_on_the_built_pages(book):
+    """Every page shows the licence in its footer; without a repository address no page shows a repository or
+    launch button."""
+    url = (yaml.safe_load((ROOT / "_config.yml").read_text()).get("repository") or {}).get("url") or ""
+    bad = []
+    for r in book["reports"]:
+        text = (book["html"] / r.page).read_text()
+        if "MIT licence" not in text:
+            bad.append(f"{r.page}: no licence in the footer")
+        if not url and any(k in text for k in ("mybinder.org/v2", "colab.research.google.com/github",
+                                                  "Source repository")):
+            bad.append(f"{r.page}: a repository or launch button without an address")
+    assert not bad, bad
