@@ -20,7 +20,7 @@ from diffusers.utils.dummy_pt_objects import DummyObject
 
 import accelerated_diffusion as ad
 
-CLASSES = [ad.AcceleratedDDIMScheduler, ad.AcceleratedDDPMScheduler, ad.DDIMTypeScheduler, ad.DDPMTypeScheduler]
+CLASSES = list(ad.samplers.scheduler_classes().values())  # the registry's drop-in schedulers
 NUM_INFERENCE_STEPS = 10
 
 

@@ -12,6 +12,7 @@ Oracles used here:
 """
 
 import math
+import tempfile
 
 import numpy as np
 import pytest
@@ -29,13 +30,10 @@ from accelerated_diffusion.schedulers import (
     DDPMTypeScheduler,
 )
 
-SCHEDULERS = {
-    "accelerated_ode": AcceleratedDDIMScheduler,
-    "accelerated_sde": AcceleratedDDPMScheduler,
-    "ddim_type": DDIMTypeScheduler,
-    "ddpm_type": DDPMTypeScheduler,
-}
-STOCHASTIC = {"accelerated_sde", "ddpm_type"}
+SCHEDULERS = ad.samplers.scheduler_classes()  # {sampler name: drop-in scheduler class}, from the registry
+STOCHASTIC = {n for n in SCHEDULERS if ad.samplers.spec(n).stochastic}
+# the paper's formulas: noise at the last step too (the core sample() default; the schedulers' is False)
+PAPER = {n: {"final_noise": True} if n in STOCHASTIC else {} for n in SCHEDULERS}
 CHURCH = data_dir() / "reference" / "ddpm-church-256.scheduler_config.json"  # the google/ddpm-church-256 config
 
 # A diagonal Gaussian target N(MEAN, diag(VAR)) in 3 coordinates: exact eps in closed form.
@@ -129,9 +127,10 @@ def test_linspace_steps_to_the_next_listed_timestep_unlike_diffusers_ddim():
 # 2. The schedulers == the core sample() for the same noise and path
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
-@pytest.mark.parametrize("spacing,n,alpha_to_one", [("leading", 10, True), ("linspace", 7, False), ("trailing", 4, True)])
+@pytest.mark.parametrize("spacing,n,alpha_to_one",
+                         [("leading", 10, True), ("linspace", 7, False), ("trailing", 4, True), ("logsnr", 8, True)])
 def test_equals_core_sample(method, spacing, n, alpha_to_one):
-    s = SCHEDULERS[method](clip_sample=False, timestep_spacing=spacing, set_alpha_to_one=alpha_to_one)
+    s = SCHEDULERS[method](clip_sample=False, timestep_spacing=spacing, set_alpha_to_one=alpha_to_one, **PAPER[method])
     s.set_timesteps(n)
     ts = s.timesteps.tolist()
     if alpha_to_one:
@@ -152,7 +151,7 @@ def test_equals_core_sample(method, spacing, n, alpha_to_one):
 
 
 def test_float32_matches_core_sample_too():
-    s = AcceleratedDDPMScheduler(clip_sample=False)
+    s = AcceleratedDDPMScheduler(clip_sample=False, final_noise=True)
     s.set_timesteps(6)
     path = schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)
     model = toy_model(s.alphas_cumprod)
@@ -188,7 +187,7 @@ def test_gaussian_deterministic_law_is_closed_form(method):
 @pytest.mark.parametrize("method", ["accelerated_sde", "ddpm_type"])
 def test_gaussian_stochastic_law_is_closed_form(method):
     n = 100_000
-    s = SCHEDULERS[method](clip_sample=False)
+    s = SCHEDULERS[method](clip_sample=False, final_noise=True)  # the oracle adds noise at every step
     s.set_timesteps(8)
     levels = [float(a) for a in schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)]
     m_or, S_or = (torch.from_numpy(v) for v in oracles.stochastic_law(method, levels, MEAN, torch.diag(VAR)))
@@ -275,14 +274,16 @@ def test_state_does_not_leak_between_runs(method):
     run(s, model, x * 3, torch.Generator().manual_seed(9), n=9)  # a different run in between
     again, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
     assert torch.equal(first, again)
-    # restarting at the first timestep without set_timesteps also starts afresh
-    s.set_timesteps(6)
+    # after the last step of a run the next run starts at the first timestep, without set_timesteps
     y, gen = x, torch.Generator().manual_seed(0)
-    t0 = s.timesteps[0]
-    s.step(model(y, t0), t0, y * 2, generator=torch.Generator().manual_seed(3))
     for t in s.timesteps:
         y = s.step(model(y, t), t, y, generator=gen).prev_sample
     assert torch.equal(y, first)
+    # an aborted run is not restarted silently: the counter expects the next position
+    t0 = s.timesteps[0]
+    s.step(model(y, t0), t0, y * 2, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match=r"called at timestep .* \(position 0\) where the run is at position 1"):
+        s.step(model(y, t0), t0, y)
 
 
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
@@ -333,8 +334,8 @@ def test_bad_input_raises_clearly(cls):
         s.step(torch.zeros(1, 2, 4, 4), s.timesteps[0], x)
 
 
-def test_out_of_order_steps_raise_for_stateful_schedulers():
-    for cls in (AcceleratedDDIMScheduler, AcceleratedDDPMScheduler):
+def test_out_of_order_steps_raise():
+    for cls in SCHEDULERS.values():
         s = cls()
         s.set_timesteps(5)
         x = torch.zeros(1, 1, 4, 4)
@@ -421,12 +422,13 @@ def test_prediction_types_agree_on_the_same_model():
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
 def test_no_host_device_synchronisation_per_step(method):
     """Reading a meta tensor's data raises, so a whole run on the meta device shows that ``step`` never reads a
-    device value on the host (no per-step synchronisation on an accelerator); only the finite-check flag is read,
-    once, at the last step."""
+    device value on the host (no per-step synchronisation on an accelerator): none at all with host timesteps and
+    ``check_finite=False``; with device timesteps the timestep and finite-check flags are read once, at the last
+    step."""
     s = SCHEDULERS[method](check_finite=False, thresholding=True)
-    s.set_timesteps(5, device="meta")
+    s.set_timesteps(5)
     x = torch.empty(2, 3, 4, 4, device="meta")
-    for t in s.timesteps:
+    for t in s.timesteps.tolist():
         x = s.step(torch.empty_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
     assert x.device.type == "meta" and x.shape == (2, 3, 4, 4)
     s = SCHEDULERS[method]()
@@ -443,18 +445,28 @@ def test_no_host_device_synchronisation_per_step(method):
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
 def test_aborted_run_then_fresh_run_on_the_meta_device(method):
-    """On an accelerator the position of an element of ``scheduler.timesteps`` is read from host metadata, not
-    counted: after a run aborted at its second step, a fresh run starts at position 0 and its last step is the one
-    that reads the finite-values flag (reading a meta tensor raises, so that read shows where the run ends)."""
+    """On an accelerator the position comes from the step counter, never from a device value: after a run aborted
+    at its second step and ``set_timesteps``, a fresh run starts at position 0 and its last step is the one that
+    reads the flags (reading a meta tensor raises, so that read shows where the run ends); without
+    ``set_timesteps`` the run goes on from position 2 and reads them two steps earlier."""
     s = SCHEDULERS[method]()
     s.set_timesteps(5, device="meta")
     x = torch.empty(2, 3, 4, 4, device="meta")
     for t in s.timesteps[:2]:  # aborted run
         x = s.step(torch.empty_like(x), t, x).prev_sample
+    s.set_timesteps(5, device="meta")
     for t in s.timesteps[:-1]:  # fresh run: four steps without any host read
         x = s.step(torch.empty_like(x), t, x).prev_sample
     with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
         s.step(torch.empty_like(x), s.timesteps[-1], x)
+    s.set_timesteps(5, device="meta")
+    for t in s.timesteps[:2]:  # aborted run, then a restart without set_timesteps: positions 2, 3, 4
+        x = s.step(torch.empty_like(x), t, x).prev_sample
+    for t in s.timesteps[:2]:
+        x = s.step(torch.empty_like(x), t, x).prev_sample
+    assert s.step_index == 4
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        s.step(torch.empty_like(x), s.timesteps[2], x)
 
 
 @pytest.fixture
@@ -466,18 +478,35 @@ def as_on_an_accelerator(monkeypatch):
 
 
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
-def test_aborted_run_then_fresh_run_gives_the_right_result(method, as_on_an_accelerator):
+@pytest.mark.parametrize("device", ["host", "accelerator"])
+def test_aborted_run_then_fresh_run(method, device, monkeypatch):
+    """The same on every device: after an aborted run, ``set_timesteps`` starts a fresh run that gives the right
+    result; a restart without it is refused (at once on the host, at the run's last step on an accelerator)."""
+    if device == "accelerator":  # CPU tensors take the path of accelerator tensors
+        from accelerated_diffusion import schedulers
+
+        monkeypatch.setattr(schedulers, "_host_readable", lambda t: False)
     s = SCHEDULERS[method](clip_sample=False)
     model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
     ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
+
+    def aborted_then_full():
+        y = x
+        for t in s.timesteps[:3]:  # aborted run
+            y = s.step(model(y, t), t, y, generator=torch.Generator().manual_seed(3)).prev_sample
+        s.set_timesteps(6)
+        y, gen = x, torch.Generator().manual_seed(0)
+        for t in s.timesteps:
+            y = s.step(model(y, t), t, y, generator=gen).prev_sample
+        return y
+
     s.set_timesteps(6)
-    y = x
-    for t in s.timesteps[:3]:  # aborted run
-        y = s.step(model(y, t), t, y, generator=torch.Generator().manual_seed(3)).prev_sample
-    y, gen = x, torch.Generator().manual_seed(0)
-    for t in s.timesteps:  # fresh run, without set_timesteps
-        y = s.step(model(y, t), t, y, generator=gen).prev_sample
-    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    torch.testing.assert_close(aborted_then_full(), ref, rtol=0, atol=0)
+    for t in s.timesteps[:3]:
+        s.step(model(x, t), t, x)
+    with pytest.raises(ValueError, match="position 3"):
+        for t in s.timesteps:
+            s.step(model(x, t), t, x)
 
 
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
@@ -542,9 +571,10 @@ def test_ddim_pipeline_keywords(cls):
             s.step(x, s.timesteps[0], x, use_clipped_model_output=False)
 
 
-@pytest.mark.parametrize("method", ["accelerated_ode", "accelerated_sde"])
-def test_a_run_from_begin_index_starts_afresh(method):
-    """img2img pipelines start at ``begin_index``: a run started there forgets an earlier (aborted) run."""
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_a_run_from_begin_index(method):
+    """img2img pipelines start at ``begin_index``: a run starts there (afresh: the accelerated ODE's first step is
+    plain DDIM), and so does the next run after its last step; the counter follows."""
     s = SCHEDULERS[method](clip_sample=False)
     model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
 
@@ -556,6 +586,239 @@ def test_a_run_from_begin_index_starts_afresh(method):
 
     s.set_timesteps(6)
     s.set_begin_index(2)
+    assert (s.begin_index, s.step_index) == (2, None)
     ref = from_position_2(4)
+    assert s.step_index == 6
+    torch.testing.assert_close(from_position_2(4), ref, rtol=0, atol=0)  # the next run starts at 2 again
     from_position_2(2)  # aborted
+    with pytest.raises(ValueError, match="in order"):
+        from_position_2(4)
+    s.set_timesteps(6)
+    s.set_begin_index(2)
     torch.testing.assert_close(from_position_2(4), ref, rtol=0, atol=0)
+    # the same as the core sampler on the path from position 2
+    path = schedules.sampling_path(s.alphas_cumprod, s.timesteps[2:], 1.0)
+    if method in STOCHASTIC:
+        return
+    core = ad.sample(model, x, path, method, timesteps=s.timesteps[2:].tolist())
+    torch.testing.assert_close(ref, core, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 7. Strict configuration: unknown keywords, foreign configs, Karras sigmas, logsnr, the last step's noise
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_unknown_keywords_raise(method):
+    cls = SCHEDULERS[method]
+    with pytest.raises(TypeError, match="beta_strat"):
+        cls(beta_strat=0.5)
+    if method in STOCHASTIC:
+        assert cls().config.final_noise is False and cls(final_noise=True).config.final_noise is True
+    else:
+        with pytest.raises(TypeError, match="final_noise"):
+            cls(final_noise=True)
+
+
+def _vp_sources():
+    from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler,
+                           UniPCMultistepScheduler)
+
+    return [DDPMScheduler, DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler,
+            EulerDiscreteScheduler]
+
+
+@pytest.mark.parametrize("source", _vp_sources(), ids=lambda c: c.__name__)
+def test_from_config_of_variance_preserving_schedulers(source):
+    """The configs of diffusers' DDPM, DDIM, PNDM, DPM-Solver, UniPC and Euler schedulers load (their solvers'
+    own keys dropped), with the same training levels."""
+    ref = source(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction")
+    for cls in SCHEDULERS.values():
+        s = cls.from_config(ref.config)
+        assert s.config.prediction_type == "v_prediction" and s.config.use_karras_sigmas is False
+        torch.testing.assert_close(s.alphas_cumprod, ref.alphas_cumprod, rtol=0, atol=0)
+        s.set_timesteps(5)
+        assert len(s.timesteps) == 5
+
+
+REFUSED = [
+    ("FlowMatchEulerDiscreteScheduler", dict(shift=3.0), "flow matching"),  # Stable Diffusion 3
+    ("FlowMatchEulerDiscreteScheduler", dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15), "flow"),  # Flux
+    ("FlowMatchEulerDiscreteScheduler", {}, "flow matching"),
+    ("EDMEulerScheduler", {}, "sigma space"),
+    ("DPMSolverMultistepScheduler", dict(use_exponential_sigmas=True), "use_exponential_sigmas"),
+    ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True), "use_beta_sigmas"),
+    ("DPMSolverMultistepScheduler", dict(use_lu_lambdas=True), "use_lu_lambdas"),
+    ("DPMSolverMultistepScheduler", dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0),
+     "flow"),
+    ("EulerDiscreteScheduler", dict(timestep_type="continuous", prediction_type="v_prediction"), "timestep_type"),
+    ("EulerDiscreteScheduler", dict(use_karras_sigmas=True, sigma_min=0.1), "sigma_min"),
+]
+
+
+@pytest.mark.parametrize("source,kwargs,match", REFUSED, ids=[f"{s}-{','.join(k)}" for s, k, _ in REFUSED])
+def test_from_config_refuses_what_it_cannot_run(source, kwargs, match):
+    import diffusers
+
+    if source == "DPMSolverMultistepScheduler" and kwargs.get("use_beta_sigmas"):
+        pytest.importorskip("scipy")
+    source_scheduler = getattr(diffusers, source)(**kwargs)
+    with tempfile.TemporaryDirectory() as folder:  # as loaded from the hub: with its _class_name
+        source_scheduler.save_config(folder)
+        loaded = type(source_scheduler).load_config(folder)
+    for cfg in (source_scheduler.config, loaded):
+        for cls in SCHEDULERS.values():
+            with pytest.raises(ValueError, match=match):
+                cls.from_config(cfg)
+    with pytest.raises(ValueError, match="shift=3.0"):  # a refused value given as a keyword
+        AcceleratedDDIMScheduler.from_config(DDPMScheduler().config, shift=3.0)
+
+
+def test_every_config_key_of_a_compatible_scheduler_is_classified():
+    """Each config key of diffusers' compatible schedulers (and of the flow-matching one) is ours, dropped as
+    harmless (IGNORED_CONFIG_KEYS) or refused unless off (REFUSED_CONFIG): none is dropped unexamined."""
+    import inspect
+
+    import diffusers
+    from accelerated_diffusion import schedulers
+
+    ours = set().union(*(inspect.signature(c.__init__).parameters for c in SCHEDULERS.values()))
+    known = ours | schedulers.IGNORED_CONFIG_KEYS | set(schedulers.REFUSED_CONFIG) | set(schedulers.OTHER_PROCESS_KEYS)
+    known.add("self")
+    classes = [c for c in AcceleratedDDIMScheduler().compatibles if c.__name__ in dir(diffusers)]
+    classes.append(diffusers.FlowMatchEulerDiscreteScheduler)
+    for c in classes:
+        unknown = set(inspect.signature(c.__init__).parameters) - known
+        assert not unknown, (c.__name__, unknown)
+
+
+KARRAS = [dict(), dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+          dict(beta_schedule="squaredcos_cap_v2")]
+
+
+@pytest.mark.parametrize("n", [5, 10, 25])
+@pytest.mark.parametrize("cfg", KARRAS, ids=["linear", "scaled_linear", "cosine"])
+def test_karras_timesteps_equal_dpm_solver(cfg, n):
+    from diffusers import DPMSolverMultistepScheduler
+
+    ref = DPMSolverMultistepScheduler(use_karras_sigmas=True, **cfg)
+    ref.set_timesteps(n)
+    for cls in SCHEDULERS.values():
+        s = cls.from_config(ref.config)
+        assert s.config.use_karras_sigmas is True
+        if len(set(ref.timesteps.tolist())) < n:  # repeated timesteps (cosine: its capped last betas)
+            with pytest.raises(ValueError, match="same training timestep"):
+                s.set_timesteps(n)
+            continue
+        s.set_timesteps(n)
+        assert torch.equal(s.timesteps, ref.timesteps), (s.timesteps, ref.timesteps)
+        s.set_timesteps(sigmas=ref.sigmas.tolist())  # k-diffusion style: the Karras sigmas and a final 0
+        assert torch.equal(s.timesteps, ref.timesteps)
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_karras_sigmas_run_end_to_end(method):
+    s = SCHEDULERS[method](clip_sample=False, use_karras_sigmas=True, **PAPER[method])
+    s.set_timesteps(6)
+    path = schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)
+    model = toy_model(s.alphas_cumprod)
+    y_T = _start((2, 1, 4, 4), 2, torch.float64)
+    core = ad.sample(model, y_T, path, method, timesteps=s.timesteps.tolist(), generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    start = y_T
+    if method == "accelerated_sde":
+        start = y_T + ad.updates.accelerated_sde_noise_scale(path[0], path[1]) * torch.randn(y_T.shape, generator=gen, dtype=y_T.dtype)
+    y, _, _ = run(s, model, start, generator=gen, n=6)
+    torch.testing.assert_close(y, core, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="use_karras_sigmas"):
+        s.set_timesteps(timesteps=[999, 500])
+    with pytest.raises(ValueError, match="same training timestep"):
+        s.set_timesteps(sigmas=[80.0, 0.01, 0.0099999])
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        s.set_timesteps(sigmas=[0.5, 1.0])
+
+
+def test_logsnr_timesteps_are_the_schedules():
+    for cls in SCHEDULERS.values():
+        s = cls(timestep_spacing="logsnr")
+        s.set_timesteps(8)
+        assert s.timesteps.tolist() == schedules.logsnr_timesteps(s.alphas_cumprod, 8).tolist()
+        assert s.timesteps.tolist()[0] == 999 and s.timesteps.tolist()[-1] == 0
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_scheduler_loop_equals_run_sampler(method):
+    """With the defaults (no noise on the last step: run_sampler's final_noise=False), a scheduler loop and
+    run_sampler give the same sample for the same generator; final_noise=True gives another."""
+    s = SCHEDULERS[method](clip_sample=False)
+    s.set_timesteps(6)
+    a = s.alphas_cumprod.double()
+    schedule = ad.DiscreteSchedule(torch.cat([1 - a[:1], 1 - a[1:] / a[:-1]]))  # the scheduler's levels in float64
+    model = toy_model(s.alphas_cumprod)
+    y_T = _start((2, 1, 4, 4), 7, torch.float64)
+    ref = ad.run_sampler(model, y_T, method, schedule, s.timesteps.tolist(), generator=torch.Generator().manual_seed(5))
+
+    def scheduler_loop(sched):
+        gen, start = torch.Generator().manual_seed(5), y_T
+        if method == "accelerated_sde":  # Y_T^+ from the first draw, as the core loop does
+            start = y_T + (sched.init_noise_sigma**2 - 1) ** 0.5 * torch.randn(y_T.shape, generator=gen, dtype=y_T.dtype)
+        return run(sched, model, start, generator=gen, n=6)[0]
+
+    torch.testing.assert_close(scheduler_loop(s), ref, rtol=1e-12, atol=1e-12)
+    if method in STOCHASTIC:
+        other = scheduler_loop(SCHEDULERS[method](clip_sample=False, final_noise=True))
+        assert (other - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_step_index_and_begin_index(method):
+    s = SCHEDULERS[method](clip_sample=False)
+    x = _start((1, 1, 2, 2), 0)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        s.set_begin_index(1)
+    s.set_timesteps(4)
+    assert s.step_index is None and s.begin_index is None
+    for k, t in enumerate(s.timesteps):
+        x = s.step(0.1 * x, t, x).prev_sample
+        assert s.step_index == s._step_index == k + 1
+    s.set_timesteps(4)
+    assert s.step_index is None
+    s.set_begin_index(1)
+    assert s.begin_index == 1 and s.step_index is None
+    s.step(0.1 * x, s.timesteps[1], x)
+    assert s.step_index == 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 8. torch.compile: no graph break, at most one recompilation for a 10-step loop
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", sorted(SCHEDULERS))
+def test_compiled_loop_compiles_at_most_twice(method):
+    """A compiled 10-step loop (fullgraph: a graph break raises) compiles the first step and then one graph for
+    all the others (``unique_graphs <= 2``, i.e. at most one recompilation), in two runs; and gives the eager
+    result.  The stochastic schedulers draw from the global generator here (a torch.Generator argument is a graph
+    break of PyTorch's)."""
+    from torch._dynamo.utils import counters
+
+    s = SCHEDULERS[method](clip_sample=False)
+
+    def one_step(x, t):
+        return s.step(0.1 * x + 0.05 * torch.tanh(3 * x), t, x).prev_sample
+
+    def loop(step_fn):
+        s.set_timesteps(10)
+        torch.manual_seed(0)
+        x = _start((2, 3, 4, 4), 0)
+        for t in s.timesteps:
+            x = step_fn(x, t)
+        return x
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(one_step, backend="eager", fullgraph=True)
+    first, second = loop(compiled), loop(compiled)
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert torch.equal(first, second) and torch.equal(first, loop(one_step))
+    s.set_timesteps(10)  # while compiling, a wrong timestep fails a device-side assertion
+    with pytest.raises(RuntimeError, match="timestep other than"):
+        compiled(_start((2, 3, 4, 4), 0), s.timesteps[1])
+    torch._dynamo.reset()
