@@ -141,6 +141,11 @@ def test_sweep_and_results_schema(tmp_path):
             r = obj["results"][s][m]
             assert {"T", "nfe", "tv", "slope"} <= set(r) and set(r["slope"]) >= {"value", "ci"}
             assert all(0 < v < 1 for v in r["tv"]) and r["slope"]["value"] < 0
+            # local orders (experiments.orders): one local slope per neighbouring pair, a verdict on the claim
+            assert len(r["local_slopes"]["slope"]) == len(r["local_slopes"]["nfe"]) == len(r["tv"]) - 1
+            assert {"claimed", "local_slope_at_max_T", "settled", "verdict"} <= set(r["verdict"])
+            assert r["verdict"]["local_slope_at_max_T"] == r["local_slopes"]["slope"][-1]
+            assert ("local_slope_at_max_T_vs_T_over_logT" in r["verdict"]) == (s == "paper")
     assert (tmp_path / "rates_exact_1d_test.json").exists()
 
 

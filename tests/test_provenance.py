@@ -175,10 +175,12 @@ def test_metrics_command_records_its_arguments(tmp_path, monkeypatch):
 def test_model_quality_command_records_its_arguments(tmp_path, monkeypatch):
     monkeypatch.setattr(model_quality, "measure", lambda checkpoints, **k: {"checkpoints": sorted(checkpoints)})
     monkeypatch.setenv(paths.RESULTS_ENV, str(tmp_path))
-    argv = ["--model", "100=a", "--model", "200=b", "--nfe", "50", "--name", "mq_probe", "--cache", str(tmp_path)]
+    folder = str(paths.data_dir() / "fmnist-ddpm")  # arguments are checked before any work: a real model folder
+    argv = ["--model", f"100={folder}", "--model", f"200={folder}", "--nfe", "50", "--name", "mq_probe",
+            "--cache", str(tmp_path)]
     assert model_quality.main(argv) == 0
     saved = paths.load_results("mq_probe")
     assert saved["checkpoints"] == [100, 200]
     par = saved["provenance"]["parameters"]
-    assert par["model"] == [[100, "a"], [200, "b"]] and par["nfe"] == 50
+    assert par["model"] == [[100, folder], [200, folder]] and par["nfe"] == 50
     assert not {"cache", "name", "features_only"} & set(par)  # where things are kept does not decide the numbers

@@ -55,6 +55,7 @@ from scipy.interpolate import PchipInterpolator
 
 from .. import samplers
 from ..targets import Gaussian, GaussianMixture
+from . import orders
 from .paths import check_params, save_results
 from .rates import SAMPLERS, fit_slope, gaussian_output_law, gaussian_tv, make_path
 
@@ -838,12 +839,15 @@ def _rates_results(jobs: list, outs: list, methods, x_min: dict) -> dict:
         sel = [i for i, j in enumerate(jobs) if j[2] == schedule]
         res = _sweep_results([jobs[i] for i in sel], [outs[i] for i in sel], methods)
         out[schedule] = fit_rates(res, x_min[schedule], log_factor=schedule == "paper")
+        orders.annotate(out[schedule], "tv", log_factor=schedule == "paper")
     return out
 
 
 def exact_rates(target: GaussianMixture, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, methods=SAMPLERS,
                 c0: float = 2.0, c1: float = 4.0, x_min: dict | None = None, workers: int = 1) -> dict:
-    """Both schedules, all samplers, fitted slopes: ``{schedule: {sampler: {"T", "nfe", "tv", "slope", ...}}}``."""
+    """Both schedules, all samplers, fitted slopes and local orders: ``{schedule: {sampler: {"T", "nfe", "tv",
+    "slope", "local_slopes", "window_fits", "verdict", "practical", ...}}}`` (:func:`fit_rates`,
+    :func:`orders.annotate`)."""
     x_min = {**FIT_MIN_NFE, **(x_min or {})}
     jobs = _rates_jobs(target_params(target), paper_Ts, linear_Ts, methods, c0, c1)
     return _rates_results(jobs, run_jobs(jobs, workers), methods, x_min)
@@ -978,6 +982,7 @@ class _Experiment:
                                    "nfe = T - 1"},
             },
             "fit": {"x": "nfe", "x_min": self.x_min, "level": 0.95},
+            "orders_criterion": orders.CRITERION,
             "accuracy": accuracy,
             "exploration": exploration,
             "timing": {"cpu_seconds": _cpu_seconds() - self.t0_cpu,
