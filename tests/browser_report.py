@@ -91,7 +91,9 @@ def build_book(out_dir: Path, root: Path = ROOT) -> Path:
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     html_dir = out_dir / "_build" / "html"
     if proc.returncode != 0 or not (html_dir / "index.html").exists():
-        raise RuntimeError(f"jupyter-book build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"jupyter-book build failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return html_dir
 
 
@@ -124,10 +126,19 @@ def make_driver():
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read back per page
     profile = tempfile.mkdtemp(prefix="book-chromium-")
     for flag in [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--user-data-dir={profile}",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--user-data-dir={profile}",
         "--allow-file-access-from-files",
     ]:
         opts.add_argument(flag)
@@ -144,8 +155,10 @@ def set_screen(drv, size: tuple[int, int] | None) -> None:
     if size is None:
         drv.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     else:
-        drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                            {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False})
+        drv.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False},
+        )
 
 
 def console_errors(drv) -> list[str]:
@@ -528,8 +541,13 @@ def table(reports: list[PageReport], checks=CHECKS) -> str:
             totals[c][1] += tot
             row.append(f"{bad}" if c in ("raw_tex", "mathjax_errors") else f"{bad}/{tot}")
         rows.append(row)
-    rows.append(["TOTAL"] + [f"{totals[c][0]}" if c in ("raw_tex", "mathjax_errors") else f"{totals[c][0]}/{totals[c][1]}"
-                             for c in checks])
+    rows.append(
+        ["TOTAL"]
+        + [
+            f"{totals[c][0]}" if c in ("raw_tex", "mathjax_errors") else f"{totals[c][0]}/{totals[c][1]}"
+            for c in checks
+        ]
+    )
     widths = [max(len(str(r[i])) for r in rows + [heads]) for i in range(len(heads))]
     fmt = lambda r: "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
     lines = [fmt(heads), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
@@ -555,19 +573,25 @@ def findings(reports: list[PageReport]) -> str:
         for e in r["equations"]:
             if e["over"]:
                 tex = " ".join(e["tex"].split())
-                items.append(f"  equation {e['eqno'] or '(unnumbered)'} #{e['id']}: {e['width']} px > {r['colWidth']} px"
-                             f"{_where(e)}: {tex[:110]}")
+                items.append(
+                    f"  equation {e['eqno'] or '(unnumbered)'} #{e['id']}: {e['width']} px > {r['colWidth']} px"
+                    f"{_where(e)}: {tex[:110]}"
+                )
         for o in r["outputs"]:
             if o["over"]:
                 if o["kind"] == "math":
                     items.append(f"  output maths {o['width']} px{_where(o)}: {' '.join(o['tex'].split())[:100]}")
                 else:
-                    items.append(f"  output text, longest line {o['longest']} chars ({o['width']} px){_where(o)}: "
-                                 f"{o['first'][:70]!r}")
+                    items.append(
+                        f"  output text, longest line {o['longest']} chars ({o['width']} px){_where(o)}: "
+                        f"{o['first'][:70]!r}"
+                    )
         for c in r["code"]:
             if c["over"]:
-                items.append(f"  code block, longest line {c['longest']} chars ({c['width']} px), {c['long']} of {c['lines']} "
-                             f"lines too long{_where(c)}: {c['first'][:70]!r}")
+                items.append(
+                    f"  code block, longest line {c['longest']} chars ({c['width']} px), {c['long']} of {c['lines']} "
+                    f"lines too long{_where(c)}: {c['first'][:70]!r}"
+                )
         for t in r["tables"]:
             if t["over"]:
                 items.append(f"  table ({t['where']}) {t['width']} px{_where(t)}: {t['head'][:80]!r}")
@@ -582,11 +606,15 @@ def findings(reports: list[PageReport]) -> str:
             if i["natural"] and i["shown"] < SMALL_FIGURE * i["natural"]:
                 probs.append(f"shown at {i['shown'] / i['natural']:.0%} ({i['shown']} of {i['natural']} px)")
             if probs:
-                items.append(f"  image {Path(i['src'] or '').name[:12]}... {', '.join(probs)}{_where(i)}"
-                             + (f"; caption {i['caption'][:60]!r}" if i["caption"] else ""))
+                items.append(
+                    f"  image {Path(i['src'] or '').name[:12]}... {', '.join(probs)}{_where(i)}"
+                    + (f"; caption {i['caption'][:60]!r}" if i["caption"] else "")
+                )
         for c in r.get("phone", {}).get("clipped", []):
-            items.append(f"  clipped at {PHONE[0]} px: {c['kind']} {c['width']} px reaching {c['right']} px, cut by "
-                         f"{c['by']} at {c['box']} px [section {c['section']!r}]: {c['text'][:70]!r}")
+            items.append(
+                f"  clipped at {PHONE[0]} px: {c['kind']} {c['width']} px reaching {c['right']} px, cut by "
+                f"{c['by']} at {c['box']} px [section {c['section']!r}]: {c['text'][:70]!r}"
+            )
         for where, key in (("1280 px", r), ("phone", r.get("phone", {}))):
             for m in key.get("console", []):
                 items.append(f"  console error ({where}): {m[:160]}")
@@ -644,8 +672,10 @@ def describe_metrics(metrics: dict) -> str:
         lines.append(f"phone: {PHONE[0]}x{PHONE[1]} CSS px (viewport {metrics['phone']['viewport']} px wide)")
     c = metrics.get("code")
     if c:
-        lines.append(f"code blocks: {c['innerWidth']:.0f} px inside the padding, {c['fontSize']} {c['font'].split(',')[0]}, "
-                     f"{c['charWidth']:.2f} px a character: {c['chars']} characters fit on a line")
+        lines.append(
+            f"code blocks: {c['innerWidth']:.0f} px inside the padding, {c['fontSize']} {c['font'].split(',')[0]}, "
+            f"{c['charWidth']:.2f} px a character: {c['chars']} characters fit on a line"
+        )
     return "\n".join(lines)
 
 
@@ -669,8 +699,12 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     reports, metrics = measure_book(html_dir)
     t2 = time.perf_counter()
-    text = table(reports) + "\n\n" + describe_metrics(metrics) + (
-        f"\nbuild {t1 - t0:.1f} s, browser {t2 - t1:.1f} s for {len(reports)} pages\n")
+    text = (
+        table(reports)
+        + "\n\n"
+        + describe_metrics(metrics)
+        + (f"\nbuild {t1 - t0:.1f} s, browser {t2 - t1:.1f} s for {len(reports)} pages\n")
+    )
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -113,6 +113,7 @@ def install(item) -> None:
                     into.append(s)
                     return NUMBER.sub("<number>", s)
                 return s
+
             return placeholder
 
         try:

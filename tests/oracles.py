@@ -39,8 +39,9 @@ def flow_integrate(x, a_from: float, a_to: float, eps_of_a) -> np.ndarray:
         return eps_of_a(1.0 / (1.0 + sigma * sigma))
 
     x = np.asarray(x, dtype=np.float64)
-    sol = solve_ivp(rhs, (sigma_of(a_from), sigma_of(a_to)), x / math.sqrt(a_from), rtol=1e-12, atol=1e-13,
-                    method="DOP853")
+    sol = solve_ivp(
+        rhs, (sigma_of(a_from), sigma_of(a_to)), x / math.sqrt(a_from), rtol=1e-12, atol=1e-13, method="DOP853"
+    )
     return math.sqrt(a_to) * sol.y[:, -1]
 
 
@@ -62,8 +63,10 @@ def gaussian_flow_map(mean, cov, a0: float, a1: float) -> tuple[np.ndarray, np.n
 
 def accelerated_coefficient(a_next: float, a: float, a_prev: float) -> float:
     """The official README's arcsin coefficient of the accelerated ODE correction ``c (eps_{t+1} - eps_t)``."""
-    return math.sqrt(a_prev) / (a - a_next) * (
-        a * sigma_of(a_prev) + math.asin(math.sqrt(a_prev)) - a * sigma_of(a) - math.asin(math.sqrt(a))
+    return (
+        math.sqrt(a_prev)
+        / (a - a_next)
+        * (a * sigma_of(a_prev) + math.asin(math.sqrt(a_prev)) - a * sigma_of(a) - math.asin(math.sqrt(a)))
     )
 
 
@@ -83,8 +86,10 @@ def deterministic_affine(method: str, levels, mean, cov) -> tuple[np.ndarray, np
             al = a / ap
             K, b = ((u - (1 - al) / 2 * v / math.sqrt(1 - a)) / math.sqrt(al) for u, v in ((K, eK), (b, eb)))
         elif method in ("ddim", "accelerated_ode"):
-            nK, nb = (math.sqrt(ap) * (u - math.sqrt(1 - a) * v) / math.sqrt(a) + math.sqrt(1 - ap) * v
-                      for u, v in ((K, eK), (b, eb)))
+            nK, nb = (
+                math.sqrt(ap) * (u - math.sqrt(1 - a) * v) / math.sqrt(a) + math.sqrt(1 - ap) * v
+                for u, v in ((K, eK), (b, eb))
+            )
             if method == "accelerated_ode" and prev is not None:
                 c = accelerated_coefficient(levels[i - 1], a, ap)
                 nK, nb = nK + c * (prev[0] - eK), nb + c * (prev[1] - eb)
@@ -110,10 +115,14 @@ def deterministic_by_integration(method: str, x, levels, mean, cov) -> np.ndarra
         elif method == "ddim" or (method == "accelerated_ode" and eps_prev is None):
             x = np.stack([flow_integrate(xi, a_t, a_prev, lambda a, ei=ei: ei) for xi, ei in zip(x, eps)])
         elif method == "accelerated_ode":
-            x = np.stack([
-                flow_integrate(xi, a_t, a_prev, lambda a, ei=ei, slope=(ei - pi) / (a_t - a_next): ei + (a - a_t) * slope)
-                for xi, ei, pi in zip(x, eps, eps_prev)
-            ])
+            x = np.stack(
+                [
+                    flow_integrate(
+                        xi, a_t, a_prev, lambda a, ei=ei, slope=(ei - pi) / (a_t - a_next): ei + (a - a_t) * slope
+                    )
+                    for xi, ei, pi in zip(x, eps, eps_prev)
+                ]
+            )
         else:
             raise ValueError(f"no deterministic oracle for {method!r}")
         eps_prev, a_next = eps, a_t

@@ -34,8 +34,12 @@ def book(tmp_path_factory):
     t1 = time.perf_counter()
     reports, metrics = br.measure_book(html_dir)
     t2 = time.perf_counter()
-    summary = (br.table(reports) + "\n\n" + br.describe_metrics(metrics)
-               + f"\nbuild {t1 - t0:.1f} s, browser {t2 - t1:.1f} s for {len(reports)} pages\n")
+    summary = (
+        br.table(reports)
+        + "\n\n"
+        + br.describe_metrics(metrics)
+        + f"\nbuild {t1 - t0:.1f} s, browser {t2 - t1:.1f} s for {len(reports)} pages\n"
+    )
     (out / "browser_report.txt").write_text(summary)
     (out / "browser_findings.txt").write_text(br.findings(reports))
     return {"reports": reports, "metrics": metrics, "html": html_dir, "summary": summary}
@@ -46,10 +50,20 @@ def _failures(book, check: str) -> str:
     head, what = br.CHECKS[check]
     rows = [f"{r.page}: {r.count(check)[0]} of {r.count(check)[1]}" for r in book["reports"] if r.count(check)[0]]
     keys = {
-        "equations": ("equation ",), "code": ("code block",), "code_lines": ("code block",), "outputs": ("output ",), "tables": ("table ",),
-        "raw_tex": ("raw TeX",), "mathjax_errors": ("MathJax error",), "images_broken": ("not loaded",),
-        "images_alt": ("alt text",), "images_caption": ("no numbered caption",), "images_small": ("shown at",),
-        "links": ("broken link",), "clipped": ("clipped at",), "console": ("console error",),
+        "equations": ("equation ",),
+        "code": ("code block",),
+        "code_lines": ("code block",),
+        "outputs": ("output ",),
+        "tables": ("table ",),
+        "raw_tex": ("raw TeX",),
+        "mathjax_errors": ("MathJax error",),
+        "images_broken": ("not loaded",),
+        "images_alt": ("alt text",),
+        "images_caption": ("no numbered caption",),
+        "images_small": ("shown at",),
+        "links": ("broken link",),
+        "clipped": ("clipped at",),
+        "console": ("console error",),
         "search": ("search boxes",),
     }[check]
     lines = []
@@ -58,8 +72,15 @@ def _failures(book, check: str) -> str:
             page = line.split(":")[0]
         elif any(k in line for k in keys):
             lines.append(f"{page}:{line}")
-    return (f"{what} ({head}), per page:\n  " + "\n  ".join(rows) + "\n\n" + "\n".join(lines[:60])
-            + ("\n..." if len(lines) > 60 else "") + "\n\nall checks:\n" + book["summary"])
+    return (
+        f"{what} ({head}), per page:\n  "
+        + "\n  ".join(rows)
+        + "\n\n"
+        + "\n".join(lines[:60])
+        + ("\n..." if len(lines) > 60 else "")
+        + "\n\nall checks:\n"
+        + book["summary"]
+    )
 
 
 # Pages exempted from a check, with the check's name: none. test_known_defects_are_still_there keeps any entry
@@ -74,8 +95,14 @@ def _assert_clean(book, check):
 
 
 def test_known_defects_are_still_there(book):
-    fixed = [(page, check) for r in book["reports"] for page, checks in KNOWN_DEFECTS.items() if r.page == page
-             for check in sorted(checks) if not r.count(check)[0]]
+    fixed = [
+        (page, check)
+        for r in book["reports"]
+        for page, checks in KNOWN_DEFECTS.items()
+        if r.page == page
+        for check in sorted(checks)
+        if not r.count(check)[0]
+    ]
     assert not fixed, f"fixed, remove from KNOWN_DEFECTS: {fixed}"
 
 
@@ -190,7 +217,8 @@ def test_footer_and_buttons_on_the_built_pages(book):
         text = (book["html"] / r.page).read_text()
         if "MIT licence" not in text:
             bad.append(f"{r.page}: no licence in the footer")
-        if not url and any(k in text for k in ("mybinder.org/v2", "colab.research.google.com/github",
-                                                  "Source repository")):
+        if not url and any(
+            k in text for k in ("mybinder.org/v2", "colab.research.google.com/github", "Source repository")
+        ):
             bad.append(f"{r.page}: a repository or launch button without an address")
     assert not bad, bad

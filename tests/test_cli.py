@@ -50,17 +50,20 @@ def test_console_script():
     assert res.returncode == 0 and "train-classifier" in res.stdout
 
 
-@pytest.mark.parametrize("case,match", [
-    ("missing-folder", "does not exist"),
-    ("no-loss-log", "loss.csv not found"),
-    ("bad-loss-log", "every row needs numbers"),
-    ("--n 0", "--n must be >= 1"),
-    ("--nfe 0", "--nfe must be >= 1"),
-    ("--seed -1", "--seed must be >= 0"),
-    ("--nfe 3000", "num_steps must be in"),
-    ("--sampler diffusers_unipc_bh2 --spacing logsnr", "UniPCMultistepScheduler cannot"),
-    ("bad-training-state", "not a training state"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing-folder", "does not exist"),
+        ("no-loss-log", "loss.csv not found"),
+        ("bad-loss-log", "every row needs numbers"),
+        ("--n 0", "--n must be >= 1"),
+        ("--nfe 0", "--nfe must be >= 1"),
+        ("--seed -1", "--seed must be >= 0"),
+        ("--nfe 3000", "num_steps must be in"),
+        ("--sampler diffusers_unipc_bh2 --spacing logsnr", "UniPCMultistepScheduler cannot"),
+        ("bad-training-state", "not a training state"),
+    ],
+)
 def test_model_card_bad_input_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys, case, match):
     """Every bad input of model-card ends in a one-line error with exit status 2 (no traceback), before the
     model is loaded and before anything is written."""

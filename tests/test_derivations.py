@@ -60,11 +60,15 @@ def test_exact_ddim_coefficients_match_library():
 
 
 def test_ddim_type_coefficients_match_library():
-    _assert_coefficients_match(_derived(D.ddim_type_coefficients()), lambda n, t, p: updates.ddim_type_coefficients(t, p))
+    _assert_coefficients_match(
+        _derived(D.ddim_type_coefficients()), lambda n, t, p: updates.ddim_type_coefficients(t, p)
+    )
 
 
 def test_ddpm_type_coefficients_match_library():
-    _assert_coefficients_match(_derived(D.ddpm_type_coefficients()), lambda n, t, p: updates.ddpm_type_coefficients(t, p))
+    _assert_coefficients_match(
+        _derived(D.ddpm_type_coefficients()), lambda n, t, p: updates.ddpm_type_coefficients(t, p)
+    )
 
 
 def test_accelerated_ode_coefficient_matches_library():
@@ -84,7 +88,9 @@ def test_conversions_match_library(rng):
     score_of_eps = _lambdify(conv["score_of_eps"], (D.eps, D.alpha_bar), "numpy")
     for a in rng.uniform(0.01, 0.99, 5):
         xv, ev = torch.from_numpy(rng.standard_normal(4)), torch.from_numpy(rng.standard_normal(4))
-        np.testing.assert_allclose(updates.eps_to_x0(xv, ev, a).numpy(), x0_of_eps(xv.numpy(), ev.numpy(), a), rtol=1e-12)
+        np.testing.assert_allclose(
+            updates.eps_to_x0(xv, ev, a).numpy(), x0_of_eps(xv.numpy(), ev.numpy(), a), rtol=1e-12
+        )
         np.testing.assert_allclose(updates.eps_to_score(ev, a).numpy(), score_of_eps(ev.numpy(), a), rtol=1e-12)
 
 
@@ -120,33 +126,42 @@ def _tensors(n=3, shape=(6,)):
     return [torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(k)) for k in range(n)]
 
 
-@pytest.mark.parametrize("method,library", [
-    ("ddim", lambda x, e, en, n, t, p: updates.ddim_step(x, e, t, p)),
-    ("ddim_type", lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p)),
-    ("accelerated_ode", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),
-    ("accelerated", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),  # the older name
-])
+@pytest.mark.parametrize(
+    "method,library",
+    [
+        ("ddim", lambda x, e, en, n, t, p: updates.ddim_step(x, e, t, p)),
+        ("ddim_type", lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p)),
+        ("accelerated_ode", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),
+        ("accelerated", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),  # the older name
+    ],
+)
 def test_deterministic_steps_match_library(method, library):
     f = _lambdify(D.ode_step(method), (D.x, D.eps, D.eps_next, *LEVEL_SYMBOLS), "numpy")
     xv, ev, env = _tensors()
     for a_next, a_t, a_prev in LEVELS[:8]:
         got = library(xv, ev, env, a_next, a_t, a_prev).numpy()
-        np.testing.assert_allclose(got, f(xv.numpy(), ev.numpy(), env.numpy(), a_next, a_t, a_prev), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            got, f(xv.numpy(), ev.numpy(), env.numpy(), a_next, a_t, a_prev), rtol=1e-10, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("method", ["ddim", "ddim_type", "accelerated_ode"])
 def test_sigma_form_steps_match_library(method):
     """The y/sigma forms used for the truncation-error series are the library's steps in other variables."""
-    lib = {"ddim": lambda x, e, en, n, t, p: updates.ddim_step(x, e, t, p),
-           "ddim_type": lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p),
-           "accelerated_ode": lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)}[method]
+    lib = {
+        "ddim": lambda x, e, en, n, t, p: updates.ddim_step(x, e, t, p),
+        "ddim_type": lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p),
+        "accelerated_ode": lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n),
+    }[method]
     expr = D.ode_step_sigma(method).subs(D.alpha_bar_prev, D.alpha_bar_of_sigma(D.sigma_prev))
     f = _lambdify(expr, (D.y, D.eps, D.eps_next, D.sigma_next, D.sigma_t, D.sigma_prev), "numpy")
     sig = oracles.sigma_of
     xv, ev, env = _tensors()
     for a_next, a_t, a_prev in LEVELS[:8]:
         y_prev = f(xv.numpy() / math.sqrt(a_t), ev.numpy(), env.numpy(), sig(a_next), sig(a_t), sig(a_prev))
-        np.testing.assert_allclose(math.sqrt(a_prev) * y_prev, lib(xv, ev, env, a_next, a_t, a_prev).numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            math.sqrt(a_prev) * y_prev, lib(xv, ev, env, a_next, a_t, a_prev).numpy(), rtol=1e-10, atol=1e-12
+        )
 
 
 def _eps_form(expr):
@@ -155,15 +170,25 @@ def _eps_form(expr):
 
 
 def test_stochastic_steps_match_library():
-    ddpm = _lambdify(_eps_form(D.ddpm_type_step_score_form()), (D.x, D.eps, D.z, D.alpha_bar_t, D.alpha_bar_prev), "numpy")
+    ddpm = _lambdify(
+        _eps_form(D.ddpm_type_step_score_form()), (D.x, D.eps, D.z, D.alpha_bar_t, D.alpha_bar_prev), "numpy"
+    )
     phi = _lambdify(_eps_form(D.accelerated_sde_perturb()), (D.x, D.z, D.alpha_bar_t, D.alpha_bar_prev), "numpy")
-    psi = _lambdify(_eps_form(D.accelerated_sde_step()), (D.x, D.eps, D.z_plus, D.alpha_bar_t, D.alpha_bar_prev), "numpy")
+    psi = _lambdify(
+        _eps_form(D.accelerated_sde_step()), (D.x, D.eps, D.z_plus, D.alpha_bar_t, D.alpha_bar_prev), "numpy"
+    )
     xv, ev, zv = _tensors()
     for _, a_t, a_prev in LEVELS[:8]:
         n = (xv.numpy(), ev.numpy(), zv.numpy())
-        np.testing.assert_allclose(updates.ddpm_type_step(xv, ev, a_t, a_prev, zv).numpy(), ddpm(*n, a_t, a_prev), rtol=1e-10)
-        np.testing.assert_allclose(updates.accelerated_sde_perturb(xv, a_t, a_prev, zv).numpy(), phi(n[0], n[2], a_t, a_prev), rtol=1e-10)
-        np.testing.assert_allclose(updates.accelerated_sde_step(xv, ev, a_t, a_prev, zv).numpy(), psi(*n, a_t, a_prev), rtol=1e-10)
+        np.testing.assert_allclose(
+            updates.ddpm_type_step(xv, ev, a_t, a_prev, zv).numpy(), ddpm(*n, a_t, a_prev), rtol=1e-10
+        )
+        np.testing.assert_allclose(
+            updates.accelerated_sde_perturb(xv, a_t, a_prev, zv).numpy(), phi(n[0], n[2], a_t, a_prev), rtol=1e-10
+        )
+        np.testing.assert_allclose(
+            updates.accelerated_sde_step(xv, ev, a_t, a_prev, zv).numpy(), psi(*n, a_t, a_prev), rtol=1e-10
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,8 +210,7 @@ def test_probability_flow_from_fokker_planck():
     assert fp["gaussian_fp_residual"] == 0
     assert fp["residual"] == 0
     # the same ODE as the chain-rule form of dy = eps d sigma
-    assert sp.simplify(fp["dx_dalpha_bar"]
-                       - D.probability_flow_ode()["dx_dalpha_bar"]) == 0
+    assert sp.simplify(fp["dx_dalpha_bar"] - D.probability_flow_ode()["dx_dalpha_bar"]) == 0
     # a wrong velocity (no score) does not satisfy the continuity equation
     q = fp["fokker_planck"].atoms(sp.Function).pop()
     wrong = fp["fokker_planck"] + sp.diff(-D.x / 2 * q, D.x)
@@ -227,8 +251,12 @@ def test_local_truncation_error_orders(ratio):
 def test_accelerated_local_error_symbolic():
     lead = _coeffs(D.ode_local_error("accelerated_ode", order=4), 4)
     assert lead[2] == 0
-    expected = 5 * D.data_var * (3 * D.sigma_t**2 * D.data_var - 4 * D.sigma_t**2 - D.data_var) / (
-        12 * D.sigma_t * (D.sigma_t**2 + 1) * (D.sigma_t**2 + D.data_var) ** 3)
+    expected = (
+        5
+        * D.data_var
+        * (3 * D.sigma_t**2 * D.data_var - 4 * D.sigma_t**2 - D.data_var)
+        / (12 * D.sigma_t * (D.sigma_t**2 + 1) * (D.sigma_t**2 + D.data_var) ** 3)
+    )
     assert sp.simplify(lead[3] - expected) == 0
 
 
@@ -257,7 +285,9 @@ def test_stochastic_moment_errors():
 
 
 def test_total_injected_variance_matches_ddpm_to_first_order():
-    total = (D.accelerated_sde_noise_scale() ** 2 / D.alpha_t + D.accelerated_sde_noise_scale() ** 2).subs(D.alpha_t, 1 - H)
+    total = (D.accelerated_sde_noise_scale() ** 2 / D.alpha_t + D.accelerated_sde_noise_scale() ** 2).subs(
+        D.alpha_t, 1 - H
+    )
     ddpm = (D.ddpm_type_coefficients()[2] ** 2).subs(D.alpha_bar_prev, D.alpha_bar_t / (1 - H))
     diff = sp.series(sp.simplify(total - ddpm), H, 0, 3).removeO()
     assert sp.expand(diff).coeff(H, 1) == 0 and sp.expand(diff).coeff(H, 2) != 0
@@ -301,8 +331,11 @@ def test_lambda_extrapolation_is_multistep_dpm_solver_2(rng):
         xv, e, en = rng.standard_normal(3)
         h = _half_log_snr(a_prev) - _half_log_snr(a_t)
         r0 = (_half_log_snr(a_t) - _half_log_snr(a_next)) / h
-        ref = (math.sqrt(a_prev / a_t) * xv - math.sqrt(1 - a_prev) * math.expm1(h) * e
-               - math.sqrt(1 - a_prev) * (math.expm1(h) / h - 1) * (e - en) / r0)
+        ref = (
+            math.sqrt(a_prev / a_t) * xv
+            - math.sqrt(1 - a_prev) * math.expm1(h) * e
+            - math.sqrt(1 - a_prev) * (math.expm1(h) / h - 1) * (e - en) / r0
+        )
         assert f(xv, e, en, a_next, a_t, a_prev) == pytest.approx(ref, rel=1e-10, abs=1e-12)
 
 

@@ -26,7 +26,9 @@ def test_closed_forms_of_the_mixture():
     assert np.allclose(E.density(NARROW, x[:, 0].numpy(), a), NARROW.log_prob(x, a).exp().numpy(), rtol=1e-13)
     # the CDF integrates the density; sf = 1 - cdf without cancellation
     y = np.linspace(-6, 6, 20001)
-    cum = np.concatenate([[0], np.cumsum(0.5 * (y[1] - y[0]) * (E.density(NARROW, y, a)[1:] + E.density(NARROW, y, a)[:-1]))])
+    cum = np.concatenate(
+        [[0], np.cumsum(0.5 * (y[1] - y[0]) * (E.density(NARROW, y, a)[1:] + E.density(NARROW, y, a)[:-1]))]
+    )
     assert np.allclose(E.cdf(NARROW, y, a) - E.cdf(NARROW, y[0], a), cum, atol=1e-8)
     assert np.allclose(E.cdf(NARROW, y, a) + E.sf(NARROW, y, a), 1.0, atol=1e-15)
 
@@ -103,7 +105,9 @@ def test_wrong_kernel_std_fails_the_gaussian_check(gauss):
 def test_grid_refinement_on_a_mixture():
     """Doubling the resolution changes TV by < 1e-6 relative; where the map folds (the accelerated ODE here), by
     < 1e-4 (the branch CDFs are interpolated)."""
-    table = E.refinement_table(NARROW, [("linear", 40)], methods=("ddim", "accelerated_ode", "ddpm_type", "accelerated_sde"))
+    table = E.refinement_table(
+        NARROW, [("linear", 40)], methods=("ddim", "accelerated_ode", "ddpm_type", "accelerated_sde")
+    )
     assert table["max_rel_change"] < 1e-6, table["rows"]
     assert table["max_rel_change_folded"] < 1e-4, table["rows"]
 
@@ -132,8 +136,13 @@ def test_folding_is_detected_and_its_tv_matches_a_histogram():
 
 
 def test_sweep_and_results_schema(tmp_path):
-    res = E.exact_rates(NARROW, paper_Ts=(10, 12, 15), linear_Ts=(5, 8, 10), methods=("ddim", "ddpm_type"),
-                        x_min={"paper": 5, "linear": 4})
+    res = E.exact_rates(
+        NARROW,
+        paper_Ts=(10, 12, 15),
+        linear_Ts=(5, 8, 10),
+        methods=("ddim", "ddpm_type"),
+        x_min={"paper": 5, "linear": 4},
+    )
     obj = E.results_json(NARROW, res, name="rates_exact_1d_test.json", folder=tmp_path)
     assert set(obj["target"]) == {"weights", "means", "variances"}
     for s in ("paper", "linear"):
@@ -151,9 +160,15 @@ def test_sweep_and_results_schema(tmp_path):
 
 def test_run_experiment_in_two_processes_equals_one():
     """The sweeps' runs are independent: two worker processes give exactly the serial results, in order."""
-    kw = dict(paper_Ts=(10, 15, 20), linear_Ts=(5, 8, 10), x_min={"paper": 9, "linear": 4},
-              gaussian_cases=(("linear", 5),),
-              refinement_cases=(), explore_targets=[E.TARGETS["separated"]], explore_Ts=(5, 8, 10))
+    kw = dict(
+        paper_Ts=(10, 15, 20),
+        linear_Ts=(5, 8, 10),
+        x_min={"paper": 9, "linear": 4},
+        gaussian_cases=(("linear", 5),),
+        refinement_cases=(),
+        explore_targets=[E.TARGETS["separated"]],
+        explore_Ts=(5, 8, 10),
+    )
     serial = E.run_experiment(E.TARGETS["unequal_narrow"], **kw)
     parallel = E.run_experiment(E.TARGETS["unequal_narrow"], workers=2, **kw)
     for key in ("results", "accuracy", "exploration"):
@@ -166,8 +181,14 @@ def test_run_experiment_in_two_processes_equals_one():
 
 def test_started_experiment_equals_a_serial_run():
     """start_experiment runs in the background and .result() gives the serial run's object."""
-    kw = dict(paper_Ts=(10, 15, 20), linear_Ts=(5, 8, 10), x_min={"paper": 9, "linear": 4},
-              gaussian_cases=(("paper", 10),), refinement_cases=(("linear", 5),), explore_targets=())
+    kw = dict(
+        paper_Ts=(10, 15, 20),
+        linear_Ts=(5, 8, 10),
+        x_min={"paper": 9, "linear": 4},
+        gaussian_cases=(("paper", 10),),
+        refinement_cases=(("linear", 5),),
+        explore_targets=(),
+    )
     pending = E.start_experiment(E.TARGETS["separated"], workers=2, **kw)
     serial = E.run_experiment(E.TARGETS["separated"], **kw)
     started = pending.result()
@@ -189,8 +210,9 @@ def test_run_is_the_library_sample_with_the_levels_as_t():
     x = torch.linspace(-3, 3, 11, dtype=torch.float64)[:, None]
     assert E.run is samplers.sample
     for m in E.SAMPLERS:
-        old = samplers.sample(NARROW.eps, x, path, m, timesteps=[float(a) for a in path[:-1]],
-                              generator=torch.Generator().manual_seed(2))
+        old = samplers.sample(
+            NARROW.eps, x, path, m, timesteps=[float(a) for a in path[:-1]], generator=torch.Generator().manual_seed(2)
+        )
         assert torch.equal(E.run(NARROW.eps, x, path, m, generator=torch.Generator().manual_seed(2)), old), m
 
 

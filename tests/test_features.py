@@ -160,8 +160,10 @@ def test_batched_w2_equals_one_at_a_time_and_the_bootstrap_is_unchanged():
     f = rng.standard_normal((40, d)) + 0.2
     value, boot = features.bootstrap_frechet_distances(f, ref, num_boot=25, seed=9)
     r = np.random.default_rng(9)
-    loop = [features.frechet_distance_from_stats(*features.feature_statistics(f[r.integers(0, 40, 40)]), *ref)
-            for _ in range(25)]
+    loop = [
+        features.frechet_distance_from_stats(*features.feature_statistics(f[r.integers(0, 40, 40)]), *ref)
+        for _ in range(25)
+    ]
     np.testing.assert_allclose(boot, loop, rtol=1e-10)
     assert value == features.frechet_distance_from_stats(*features.feature_statistics(f), *ref)
 

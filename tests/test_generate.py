@@ -26,11 +26,23 @@ def tiny_model(folder):
     """A randomly initialised 1-channel 28x28 UNet (a few thousand parameters) with the DDPM linear schedule."""
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        sample_size=28,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
     )
     unet.save_pretrained(folder)
-    cfg = {"_class_name": "DDPMScheduler", "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}
+    cfg = {
+        "_class_name": "DDPMScheduler",
+        "beta_schedule": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "num_train_timesteps": 1000,
+    }
     (folder / "scheduler_config.json").write_text(json.dumps(cfg))
     return folder
 
@@ -49,7 +61,10 @@ def single(tiny, tmp_path_factory):
 
 def _images(folder):
     m = json.loads((folder / "manifest.json").read_text())
-    return m, {(r["sampler"], r["nfe"]): generate.load_images(folder, [f for b in r["batches"] for f in b["files"]]) for r in m["runs"]}
+    return m, {
+        (r["sampler"], r["nfe"]): generate.load_images(folder, [f for b in r["batches"] for f in b["files"]])
+        for r in m["runs"]
+    }
 
 
 def test_seed_batches_and_shards_partition_the_seeds():
@@ -110,9 +125,29 @@ def test_two_processes_with_accelerate_equal_one_process_bit_for_bit(tiny, singl
         port = sock.getsockname()[1]
     # on a machine without CUDA, --multi_gpu starts 2 processes with torchrun and they form a gloo (CPU) group;
     # `--cpu --num_processes 2` would start a single process in accelerate 1.x (it needs MPI for several)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "accelerated_diffusion.experiments.generate",
-           "--model", str(tiny), *ARGS, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(port),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "accelerated_diffusion.experiments.generate",
+        "--model",
+        str(tiny),
+        *ARGS,
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -145,6 +180,9 @@ def test_metrics_step(single, tmp_path):
     assert np.isfinite(fds).all() and floor > 0
     # a random UNet makes noise, not clothes: much further from the data than 5 real images are
     assert fds.min() > 2 * floor
-    assert generate.metrics_main([str(single / "manifest.json"), "--out", str(tmp_path / "m.json"), "--no-real-baseline"]) == 0
+    assert (
+        generate.metrics_main([str(single / "manifest.json"), "--out", str(tmp_path / "m.json"), "--no-real-baseline"])
+        == 0
+    )
     saved = json.loads((tmp_path / "m.json").read_text())
     assert [r["fd"] for r in saved["results"]] == pytest.approx(fds.tolist(), rel=1e-9)

@@ -73,8 +73,14 @@ def test_k_function_computes_the_loop_on_the_alpha_bar_path(name, schedule):
     kw = {"noise_sampler": seeded_noise(7, x)} if stochastic else {}
     calls, seen = [], []
     out = ks.K_SAMPLERS[name](exact_denoiser(calls=calls), x, sigmas, callback=seen.append, disable=True, **kw)
-    ref = ad.sample(TARGET.eps, x * torch.sqrt(path[0]), path, name, final_noise=False,
-                    generator=torch.Generator().manual_seed(7) if stochastic else None)
+    ref = ad.sample(
+        TARGET.eps,
+        x * torch.sqrt(path[0]),
+        path,
+        name,
+        final_noise=False,
+        generator=torch.Generator().manual_seed(7) if stochastic else None,
+    )
     assert out.dtype == F64 and out.shape == x.shape
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
     n = len(sigmas) - 1
@@ -139,15 +145,22 @@ def test_the_loops_noise_hook():
     ad.sample(TARGET.eps, torch.zeros(2, 3, dtype=F64), path, "accelerated_sde", noise_sampler=hook)
     assert steps == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="not both"):
-        ad.sample(TARGET.eps, torch.zeros(2, 3, dtype=F64), path, "ddpm_type", noise_sampler=hook,
-                  generator=torch.Generator().manual_seed(0))
+        ad.sample(
+            TARGET.eps,
+            torch.zeros(2, 3, dtype=F64),
+            path,
+            "ddpm_type",
+            noise_sampler=hook,
+            generator=torch.Generator().manual_seed(0),
+        )
 
 
 def test_extra_args_reach_the_model():
     sigmas = SCHEDULES["karras"]
     calls = []
-    ks.sample_accelerated_ode(exact_denoiser(calls=calls), start(sigmas), sigmas, extra_args={"cond": "a"},
-                              disable=True)
+    ks.sample_accelerated_ode(
+        exact_denoiser(calls=calls), start(sigmas), sigmas, extra_args={"cond": "a"}, disable=True
+    )
     assert [c[1] for c in calls] == [{"cond": "a"}] * (len(sigmas) - 1)
 
 
@@ -229,10 +242,18 @@ def test_runs_with_k_diffusions_wrappers(kd):
         out = fn(model, x, sigmas, callback=seen.append, **extra, **kw)
         assert out.shape == x.shape and bool(torch.isfinite(out).all()), name
         assert len(seen) == len(sigmas) - 1, name
-    torch.testing.assert_close(ks.sample_ddim(model, x, sigmas, **extra),
-                               sampling.sample_euler(model, x, sigmas, **extra), rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(ks.sample_dpm_solver_pp_2m(model, x, sigmas, **extra),
-                               sampling.sample_dpmpp_2m(model, x, sigmas, **extra), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        ks.sample_ddim(model, x, sigmas, **extra),
+        sampling.sample_euler(model, x, sigmas, **extra),
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    torch.testing.assert_close(
+        ks.sample_dpm_solver_pp_2m(model, x, sigmas, **extra),
+        sampling.sample_dpmpp_2m(model, x, sigmas, **extra),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,5 +310,6 @@ def test_bad_x_and_model_output_raise():
     with pytest.raises(ad.ModelOutputError, match="step 0.*denoiser returned"):
         ks.sample_ddim(lambda x, s: x[0], start(sigmas), sigmas, disable=True)
     with pytest.raises(ValueError, match="noise_sampler returned"):
-        ks.sample_ddpm_type(exact_denoiser(), start(sigmas), sigmas, disable=True,
-                            noise_sampler=lambda s, sn: torch.zeros(3))
+        ks.sample_ddpm_type(
+            exact_denoiser(), start(sigmas), sigmas, disable=True, noise_sampler=lambda s, sn: torch.zeros(3)
+        )

@@ -23,8 +23,9 @@ from conftest import save_random_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "chapters" / "learned_scores.ipynb"
-NOTHING_ELSE = dict(figure1_nfes=[], pf_num_samples=0, fd_num_samples=0, peer_check_samples=0,
-                    control_num_samples=0, results_name=None)
+NOTHING_ELSE = dict(
+    figure1_nfes=[], pf_num_samples=0, fd_num_samples=0, peer_check_samples=0, control_num_samples=0, results_name=None
+)
 
 
 @pytest.fixture
@@ -35,8 +36,14 @@ def offline_hub(tmp_path, monkeypatch):
 
 def _execute(tmp_path, **parameters):
     out = tmp_path / "out.ipynb"
-    papermill.execute_notebook(str(CHAPTER), str(out), parameters=parameters, cwd=str(CHAPTER.parent),
-                               kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(
+        str(CHAPTER),
+        str(out),
+        parameters=parameters,
+        cwd=str(CHAPTER.parent),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     return nbformat.read(out, 4)
 
 
@@ -60,8 +67,15 @@ def test_paper_checkpoint_offline_stops_at_once(tmp_path, offline_hub, model_id)
 @pytest.mark.slow
 def test_church_architecture_random_weights_one_image(tmp_path, offline_hub):
     folder = save_random_model(tmp_path / "ddpm-church-256-random", "ddpm-church-256", seed=0)
-    nb = _execute(tmp_path, model_id=str(folder), figure2_nfe=5, figure2_num_samples=1, grids=["uniform"],
-                  figure_samplers=["accelerated_ode"], **NOTHING_ELSE)
+    nb = _execute(
+        tmp_path,
+        model_id=str(folder),
+        figure2_nfe=5,
+        figure2_num_samples=1,
+        grids=["uniform"],
+        figure_samplers=["accelerated_ode"],
+        **NOTHING_ELSE,
+    )
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "images (3, 256, 256)" in text
     # the authors' default grid

@@ -38,8 +38,15 @@ def test_a_local_looking_path_that_does_not_exist_is_named_as_such(tmp_path, mon
     (tmp_path / "data" / "fmnist-ddpm").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert models.looks_local("data/fmnist-ddpn") and not models.looks_local("google/ddpm-church-256")
-    for name in ("data/fmnist-ddpn", "./fmnist-ddpm", "../nowhere", "/no/such/folder", "~/no-such-model",
-                 "a/b/c", tmp_path / "does" / "not-exist"):
+    for name in (
+        "data/fmnist-ddpn",
+        "./fmnist-ddpm",
+        "../nowhere",
+        "/no/such/folder",
+        "~/no-such-model",
+        "a/b/c",
+        tmp_path / "does" / "not-exist",
+    ):
         for load in (models.load_unet, models.load_scheduler_config):
             with pytest.raises(FileNotFoundError, match=r"local model folder .* does not exist") as err:
                 load(name)
@@ -89,8 +96,16 @@ def test_schedule_from_config():
 def test_pipeline_layout_and_eps_fn_dtype(tmp_path):
     from diffusers import UNet2DModel
 
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 8),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    )
     unet.save_pretrained(tmp_path / "unet")
     (tmp_path / "scheduler").mkdir()
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "linear"}))
@@ -111,7 +126,14 @@ def test_church_architecture_is_the_papers(tmp_path):
 
     ref = reference_config("google/ddpm-church-256", "unet")
     unet = random_unet(ref, seed=0)
-    for k in ("block_out_channels", "down_block_types", "up_block_types", "layers_per_block", "sample_size", "in_channels"):
+    for k in (
+        "block_out_channels",
+        "down_block_types",
+        "up_block_types",
+        "layers_per_block",
+        "sample_size",
+        "in_channels",
+    ):
         assert list(unet.config[k]) == list(ref[k]) if isinstance(ref[k], list) else unet.config[k] == ref[k]
     n_params = sum(p.numel() for p in unet.parameters())
     assert 113e6 < n_params < 115e6  # google/ddpm-church-256 has 113.7 M parameters
@@ -122,9 +144,19 @@ def test_church_architecture_is_the_papers(tmp_path):
 def _tiny_unet():
     from conftest import random_unet
 
-    return random_unet(dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
-                            layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                            up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4), seed=0)
+    return random_unet(
+        dict(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(8, 8),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            norm_num_groups=4,
+        ),
+        seed=0,
+    )
 
 
 def test_eps_fn_takes_integer_timesteps_only():

@@ -17,26 +17,32 @@ import nbval_tolerance as tol
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("ref, test", [
-    ("11.2", "11.1"),          # the rounding boundary that failed a fresh clone (committed 11.2, re-executed 11.1)
-    ("1.03e+03", "1.04e+03"),  # one unit of the last digit in scientific notation (10)
-    ("58", "57.9"),            # %.3g drops the fraction at an integer value
-    ("-0.70", "-0.71"),
-    ("7316", "7317"),
-    ("2.070e+00", "2.0702e+00"),
-])
+@pytest.mark.parametrize(
+    "ref, test",
+    [
+        ("11.2", "11.1"),  # the rounding boundary that failed a fresh clone (committed 11.2, re-executed 11.1)
+        ("1.03e+03", "1.04e+03"),  # one unit of the last digit in scientific notation (10)
+        ("58", "57.9"),  # %.3g drops the fraction at an integer value
+        ("-0.70", "-0.71"),
+        ("7316", "7317"),
+        ("2.070e+00", "2.0702e+00"),
+    ],
+)
 def test_numbers_one_unit_of_the_last_digit_apart_agree(ref, test):
     assert tol.numbers_agree(ref, test)
 
 
-@pytest.mark.parametrize("ref, test", [
-    ("11.2", "11.4"),
-    ("301", "305"),            # a changed Fréchet distance
-    ("-0.70", "-0.80"),        # a changed slope
-    ("1.03e+03", "1.05e+03"),
-    ("0.0", "nan"),
-    ("5.31", "-5.31"),
-])
+@pytest.mark.parametrize(
+    "ref, test",
+    [
+        ("11.2", "11.4"),
+        ("301", "305"),  # a changed Fréchet distance
+        ("-0.70", "-0.80"),  # a changed slope
+        ("1.03e+03", "1.05e+03"),
+        ("0.0", "nan"),
+        ("5.31", "-5.31"),
+    ],
+)
 def test_numbers_further_apart_do_not(ref, test):
     assert not tol.numbers_agree(ref, test)
 
@@ -45,8 +51,8 @@ def test_text_between_numbers_must_match_exactly():
     ref = "acc. ODE    77.2 [46.1, 139]*   better"
     assert tol.first_difference(ref, "acc. ODE    77.3 [46.1, 139]*   better") is None
     assert tol.first_difference(ref, "acc. ODE    77.2 [46.1, 139]    better")  # a lost "not separated" mark
-    assert tol.first_difference(ref, "acc. ODE    77.2 [46.1, 139]*   worse")   # a changed verdict
-    assert tol.first_difference(ref, "acc. ODE    77.2 [46.1]*   better")       # a lost number
+    assert tol.first_difference(ref, "acc. ODE    77.2 [46.1, 139]*   worse")  # a changed verdict
+    assert tol.first_difference(ref, "acc. ODE    77.2 [46.1]*   better")  # a lost number
     assert tol.outputs_agree(["a 1.00", {"text/plain": "b 2.0"}], ["a 1.01", {"text/plain": "b 2.1"}]) is None
     assert tol.outputs_agree(["a 1.00"], ["a 1.00", "extra"])
 
@@ -74,8 +80,23 @@ def test_nbval_compares_tagged_cells_with_tolerance_and_the_rest_exactly():
     folder.mkdir()
     try:
         nbformat.write(nb, folder / "probe.ipynb")
-        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "-rA",
-                              str(folder / "probe.ipynb")], cwd=ROOT, capture_output=True, text=True, timeout=240)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--nbval-lax",
+                "-rA",
+                str(folder / "probe.ipynb"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     out = res.stdout

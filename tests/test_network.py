@@ -31,8 +31,14 @@ class DripServer:
     meets the drip in the download.  Bounded: a response drips for at most ``drip_s``
     seconds and the server shuts itself down after ``lifetime_s`` seconds (or at :meth:`close`)."""
 
-    def __init__(self, *, answer_prefix: str | None = None, interval_s: float = 0.5, drip_s: float = 60.0,
-                 lifetime_s: float = 90.0):
+    def __init__(
+        self,
+        *,
+        answer_prefix: str | None = None,
+        interval_s: float = 0.5,
+        drip_s: float = 60.0,
+        lifetime_s: float = 90.0,
+    ):
         stop = self.stop = threading.Event()
         self.requests: list[str] = []
         outer = self
@@ -54,7 +60,7 @@ class DripServer:
                     if stop.is_set() or time.monotonic() > t_end:
                         return
                     try:
-                        self.wfile.write(body[i:i + 1])
+                        self.wfile.write(body[i : i + 1])
                     except OSError:
                         return
                     stop.wait(interval_s)
@@ -174,10 +180,10 @@ def test_load_from_a_drip_hub_fails_within_the_deadlines(drip, tmp_path):
     the download drips), not after minutes."""
     server = drip(answer_prefix="/api/models/fast/")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-    env.update(HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1",
-               HF_HUB_DISABLE_TELEMETRY="1")
-    res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=150, env=env,
-                         cwd=tmp_path)
+    env.update(HF_ENDPOINT=server.url, HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1", HF_HUB_DISABLE_TELEMETRY="1")
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert len(out) == 4

@@ -88,8 +88,10 @@ def test_annotate_and_claims():
     with pytest.raises(ValueError):
         orders.claim("no_such_sampler")
     T = [n + 1 for n in NFE]
-    res = {"ddim": {"T": T, "nfe": NFE, "tv": (N**-1.0).tolist()},
-           "ddpm_type": {"T": T, "nfe": NFE, "tv": (N**-0.5 * (1 + N / 300.0) ** -0.5).tolist()}}
+    res = {
+        "ddim": {"T": T, "nfe": NFE, "tv": (N**-1.0).tolist()},
+        "ddpm_type": {"T": T, "nfe": NFE, "tv": (N**-0.5 * (1 + N / 300.0) ** -0.5).tolist()},
+    }
     orders.annotate(res, "tv")
     assert res["ddim"]["verdict"]["verdict"] == "agrees" and res["ddim"]["verdict"]["claimed"] == -1.0
     assert set(res["ddim"]["local_slopes"]) >= {"nfe", "slope"}
@@ -120,10 +122,18 @@ def test_report_tables_and_order_figure():
     from accelerated_diffusion.experiments import report
 
     T = [n + 1 for n in NFE]
-    seqs = {"accelerated_ode": N**-2.0, "ddim_type": N**-1.0, "accelerated_sde": N**-1.0,
-            "ddpm_type": N**-0.5 * (1 + N / 300.0) ** -0.5}
-    res = {s: orders.annotate({m: {"T": T, "nfe": NFE, "tv": e.tolist()} for m, e in seqs.items()}, "tv",
-                              log_factor=s == "paper") for s in ("paper", "linear")}
+    seqs = {
+        "accelerated_ode": N**-2.0,
+        "ddim_type": N**-1.0,
+        "accelerated_sde": N**-1.0,
+        "ddpm_type": N**-0.5 * (1 + N / 300.0) ** -0.5,
+    }
+    res = {
+        s: orders.annotate(
+            {m: {"T": T, "nfe": NFE, "tv": e.tolist()} for m, e in seqs.items()}, "tv", log_factor=s == "paper"
+        )
+        for s in ("paper", "linear")
+    }
     rows = report.verdict_rows({"synthetic": res})
     assert len(rows) == 8 and rows[0]["sampler"] == "accelerated_ode"
     text = report.format_verdicts(rows)
@@ -133,7 +143,10 @@ def test_report_tables_and_order_figure():
     assert report.format_window_fits(res["linear"]).splitlines()[1].split()[-1] == "-2.00"
     fig = report.order_figure(res, style=rates.STYLE, title="synthetic")
     ax = fig.axes[0]
-    assert [round(y, 2) for y in sorted({float(l.get_ydata()[0]) for l in ax.lines if l.get_linestyle() == "--"})] \
-        == [-2.0, -1.0, -0.5]
+    assert [round(y, 2) for y in sorted({float(l.get_ydata()[0]) for l in ax.lines if l.get_linestyle() == "--"})] == [
+        -2.0,
+        -1.0,
+        -0.5,
+    ]
     assert ax.get_xscale() == "log" and ax.get_ylabel() and ax.get_xlabel()
     plt.close(fig)

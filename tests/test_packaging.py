@@ -5,6 +5,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,27 @@ def test_chapters_have_parameters_outputs_and_checked_cells():
         tags = [set(c.get("metadata", {}).get("tags", [])) for c in code]
         assert "parameters" in tags[0], f"{nb_path.name}: first code cell must be tagged 'parameters'"
         assert any("nbval-check-output" in t for t in tags), f"{nb_path.name}: no cell tagged nbval-check-output"
-        assert all(c.get("outputs") for c, t in zip(code, tags) if "nbval-check-output" in t), f"{nb_path.name}: checked cell without output"
+        assert all(c.get("outputs") for c, t in zip(code, tags) if "nbval-check-output" in t), (
+            f"{nb_path.name}: checked cell without output"
+        )
         errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{nb_path.name}: committed with an error output"
         assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_src_and_tests_are_formatted_by_ruff():
+    """One formatter over the library and its tests (``ruff format``, 120 columns, ``[tool.ruff]`` in
+    pyproject.toml): a change that is not formatted fails here with the files to run ``ruff format`` on."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ruff")
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "src", "tests"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, f"run `ruff format src tests`:\n{res.stdout[-3000:]}{res.stderr[-2000:]}"

@@ -28,25 +28,27 @@ def test_every_chapter_has_a_parseable_parameters_cell():
     assert p["model_id"].default == "data/fmnist-ddpm" and p["results_name"].none_ok and not p["seed"].none_ok
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"fd_num_sample": 10}, r"unknown parameter 'fd_num_sample' \(did you mean 'fd_num_samples'.*takes model_id, "),
-    ({"model": "x"}, r"unknown parameter 'model'.*model_id"),
-    ({"seed": None}, r"seed: None is not allowed"),
-    ({"seed": True}, r"seed: expected an int, got True"),
-    ({"num_boot": 2.5}, r"num_boot: expected an int"),
-    ({"fd_num_samples": "many"}, r"fd_num_samples: expected an int"),
-    ({"figure1_nfes": [4, "5"]}, r"figure1_nfes: every entry must be an int, got '5'"),
-    ({"grids": "uniform"}, r"grids: expected a list"),
-    ({"model_id": 3}, r"model_id: expected a string"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"fd_num_sample": 10}, r"unknown parameter 'fd_num_sample' \(did you mean 'fd_num_samples'.*takes model_id, "),
+        ({"model": "x"}, r"unknown parameter 'model'.*model_id"),
+        ({"seed": None}, r"seed: None is not allowed"),
+        ({"seed": True}, r"seed: expected an int, got True"),
+        ({"num_boot": 2.5}, r"num_boot: expected an int"),
+        ({"fd_num_samples": "many"}, r"fd_num_samples: expected an int"),
+        ({"figure1_nfes": [4, "5"]}, r"figure1_nfes: every entry must be an int, got '5'"),
+        ({"grids": "uniform"}, r"grids: expected a list"),
+        ({"model_id": 3}, r"model_id: expected a string"),
+    ],
+)
 def test_a_misspelt_key_or_a_wrong_type_is_an_error(bad, match):
     with pytest.raises(params.ParameterError, match=match):
         params.check_parameters(bad, LEARNED)
 
 
 def test_what_fits_is_accepted():
-    ok = {"results_name": None, "threads": 2, "grids": ["uniform"], "figure1_nfes": [], "device": "cuda",
-          "seed": 3}
+    ok = {"results_name": None, "threads": 2, "grids": ["uniform"], "figure1_nfes": [], "device": "cuda", "seed": 3}
     assert params.check_parameters(ok, LEARNED) == ok
     with pytest.raises(params.ParameterError, match="mapping"):
         params.check_parameters(["seed"], LEARNED)
@@ -76,13 +78,29 @@ def test_parameter_file_header_and_errors(tmp_path):
 
 
 def _tiny_notebook(path):
-    nb = {"cells": [
-        {"cell_type": "code", "id": "params", "metadata": {"tags": ["parameters"]}, "source": "x = 1\nname = 'a'\n",
-         "outputs": [], "execution_count": None},
-        {"cell_type": "code", "id": "work", "metadata": {}, "source": "open('result.txt', 'w').write(f'{name}{x * 2}')\n",
-         "outputs": [], "execution_count": None}],
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": "params",
+                "metadata": {"tags": ["parameters"]},
+                "source": "x = 1\nname = 'a'\n",
+                "outputs": [],
+                "execution_count": None,
+            },
+            {
+                "cell_type": "code",
+                "id": "work",
+                "metadata": {},
+                "source": "open('result.txt', 'w').write(f'{name}{x * 2}')\n",
+                "outputs": [],
+                "execution_count": None,
+            },
+        ],
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5}
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     path.write_text(json.dumps(nb))
     return path
 

@@ -1,6 +1,5 @@
 """The library's float64 DPM-Solver++(2M) and UniPC-bh2 (``ad.sample``) against diffusers' schedulers (``peers``)."""
 
-
 import pytest
 import torch
 
@@ -13,7 +12,9 @@ from accelerated_diffusion.schedules import betas_for
 def _target(d=3):
     g = torch.Generator().manual_seed(1)
     a = torch.randn(d, d, generator=g, dtype=torch.float64)
-    return ad.Gaussian(torch.randn(d, generator=g, dtype=torch.float64), a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64))
+    return ad.Gaussian(
+        torch.randn(d, generator=g, dtype=torch.float64), a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    )
 
 
 def _run_diffusers(scheduler, target, x, **kw):

@@ -30,9 +30,16 @@ class CallRecorder:
 
 @pytest.fixture(scope="module")
 def unet():
-    config = dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                  norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
-                  up_block_types=("UpBlock2D", "UpBlock2D"))
+    config = dict(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
     return random_unet(config, seed=0)
 
 
@@ -48,8 +55,12 @@ def test_ddpm_pipeline_one_line_swap(unet, cls):
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     rec = CallRecorder(pipe.unet)
     try:
-        img = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np").images
-        again = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np").images
+        img = pipe(
+            batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np"
+        ).images
+        again = pipe(
+            batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np"
+        ).images
     finally:
         rec.handle.remove()
     assert img.shape == (2, 8, 8, 3) and (img >= 0).all() and (img <= 1).all()
@@ -79,8 +90,9 @@ def test_ddim_pipeline_one_line_swap(unet, cls):
     the accelerated DDPM scheduler excepted, whose start DDIMPipeline does not scale)."""
     pipe = ddpm_pipe(DDIMPipeline, unet, DDIMScheduler())
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
-    img = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="pt",
-               eta=0.0).images
+    img = pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="pt", eta=0.0
+    ).images
     assert img.shape == (2, 3, 8, 8) and bool(((img >= 0) & (img <= 1)).all())
     gen = torch.Generator().manual_seed(0)
     noise = randn_tensor((2, 3, 8, 8), generator=gen) / pipe.scheduler.init_noise_sigma
@@ -95,7 +107,11 @@ def test_init_noise_pipeline_equals_ddpm_pipeline_when_sigma_is_one(unet, cls):
     outs = []
     for pipeline_cls in (DDPMPipeline, InitNoiseDDPMPipeline):
         pipe = ddpm_pipe(pipeline_cls, unet, cls(clip_sample=True))
-        outs.append(pipe(batch_size=2, generator=torch.Generator().manual_seed(1), num_inference_steps=3, output_type="pt").images)
+        outs.append(
+            pipe(
+                batch_size=2, generator=torch.Generator().manual_seed(1), num_inference_steps=3, output_type="pt"
+            ).images
+        )
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
@@ -111,7 +127,14 @@ def run_sd(pipe, seed=0, **kwargs):
     rec = CallRecorder(pipe.unet)
     try:
         kwargs.setdefault("num_inference_steps", 2)
-        out = pipe("a red church", height=32, width=32, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
+        out = pipe(
+            "a red church",
+            height=32,
+            width=32,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+            **kwargs,
+        )
     finally:
         rec.handle.remove()
     return out.images, rec.inputs

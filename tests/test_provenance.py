@@ -24,8 +24,18 @@ needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not i
 
 
 def git(folder, *args) -> str:
-    cmd = ["git", "-C", str(folder), "-c", "user.name=test", "-c", "user.email=test@example.org",
-           "-c", "commit.gpgsign=false", *args]
+    cmd = [
+        "git",
+        "-C",
+        str(folder),
+        "-c",
+        "user.name=test",
+        "-c",
+        "user.email=test@example.org",
+        "-c",
+        "commit.gpgsign=false",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
 
 
@@ -50,8 +60,7 @@ def test_provenance_fields_and_types():
     assert p["commit"] is None or (isinstance(p["commit"], str) and len(p["commit"]) in (40, 64))
     assert p["tree_modified"] in (None, True, False) and (p["commit"] is None) == (p["tree_modified"] is None)
     assert p["python"] == platform.python_version()
-    assert p["versions"] == {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                             "numpy": np.__version__}
+    assert p["versions"] == {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__}
     assert p["parameters"] == {"nfe": [5, 10], "sampler": "ddim"}
     assert paths.provenance()["parameters"] == {}
     json.loads(paths.dumps_strict(p))
@@ -118,16 +127,20 @@ def test_save_results_writes_the_provenance_first(tmp_path):
     assert paths.load_results("probe", folder=tmp_path) == saved
     expected = paths.provenance(params)
     assert {k: v for k, v in saved["provenance"].items() if k != "parameters"} == {
-        k: v for k, v in expected.items() if k != "parameters"}
+        k: v for k, v in expected.items() if k != "parameters"
+    }
 
 
-@pytest.mark.parametrize("obj, params, error, match", [
-    ([1, 2], None, TypeError, "needs a dict"),
-    ({"provenance": {}, "x": 1}, None, ValueError, "already has a 'provenance'"),
-    ({"x": 1}, [1], TypeError, "must be a dict"),
-    ({"x": 1}, {"folder": paths.repository_root()}, TypeError, "JSON-serialisable"),
-    ({"x": 1}, {"c0": float("nan")}, ValueError, "null"),
-])
+@pytest.mark.parametrize(
+    "obj, params, error, match",
+    [
+        ([1, 2], None, TypeError, "needs a dict"),
+        ({"provenance": {}, "x": 1}, None, ValueError, "already has a 'provenance'"),
+        ({"x": 1}, [1], TypeError, "must be a dict"),
+        ({"x": 1}, {"folder": paths.repository_root()}, TypeError, "JSON-serialisable"),
+        ({"x": 1}, {"c0": float("nan")}, ValueError, "null"),
+    ],
+)
 def test_save_results_refuses_what_it_cannot_record(tmp_path, obj, params, error, match):
     with pytest.raises(error, match=match):
         paths.save_results("refused", obj, folder=tmp_path, params=params)
@@ -137,13 +150,23 @@ def test_save_results_refuses_what_it_cannot_record(tmp_path, obj, params, error
 # ------------------------------------------------------------------------- the library's writers pass their settings
 def test_exact_1d_records_its_keyword_arguments(tmp_path, monkeypatch):
     def fake_jobs(jobs, workers=1):  # no computation: a TV of 1/T, refinement unchanged
-        return [{"tv": 1.0 / j[3], "tv_fine": 1.0 / j[3], "rel_change": 0.0, "folded": False, "mean_map_folds": 0}
-                for j in jobs]
+        return [
+            {"tv": 1.0 / j[3], "tv_fine": 1.0 / j[3], "rel_change": 0.0, "folded": False, "mean_map_folds": 0}
+            for j in jobs
+        ]
 
     monkeypatch.setattr(exact_1d, "run_jobs", fake_jobs)
     target = {"weights": [0.8, 0.2], "means": [-1.0, 1.5], "variances": [0.09, 0.0025]}
-    exact_1d.run_experiment(target, paper_Ts=(10, 20, 30), linear_Ts=(5, 8, 10), c0=1.5, x_min={"paper": 5, "linear": 4},
-                            explore_targets=(), name="exact_probe", folder=tmp_path)
+    exact_1d.run_experiment(
+        target,
+        paper_Ts=(10, 20, 30),
+        linear_Ts=(5, 8, 10),
+        c0=1.5,
+        x_min={"paper": 5, "linear": 4},
+        explore_targets=(),
+        name="exact_probe",
+        folder=tmp_path,
+    )
     par = paths.load_results("exact_probe", folder=tmp_path)["provenance"]["parameters"]
     assert par["target"] == target and par["paper_Ts"] == [10, 20, 30] and par["linear_Ts"] == [5, 8, 10]
     assert (par["c0"], par["c1"]) == (1.5, 4.0)
@@ -176,8 +199,18 @@ def test_model_quality_command_records_its_arguments(tmp_path, monkeypatch):
     monkeypatch.setattr(model_quality, "measure", lambda checkpoints, **k: {"checkpoints": sorted(checkpoints)})
     monkeypatch.setenv(paths.RESULTS_ENV, str(tmp_path))
     folder = str(paths.data_dir() / "fmnist-ddpm")  # arguments are checked before any work: a real model folder
-    argv = ["--model", f"100={folder}", "--model", f"200={folder}", "--nfe", "50", "--name", "mq_probe",
-            "--cache", str(tmp_path)]
+    argv = [
+        "--model",
+        f"100={folder}",
+        "--model",
+        f"200={folder}",
+        "--nfe",
+        "50",
+        "--name",
+        "mq_probe",
+        "--cache",
+        str(tmp_path),
+    ]
     assert model_quality.main(argv) == 0
     saved = paths.load_results("mq_probe")
     assert saved["checkpoints"] == [100, 200]

@@ -80,7 +80,11 @@ def test_gaussian_errors_and_rates(gauss):
 def test_fit_slope():
     x = [10, 20, 40, 80]
     f = rates.fit_slope(x, [3.0 * v**-2 for v in x])
-    assert f["slope"] == pytest.approx(-2.0) and f["ci"][0] == pytest.approx(-2.0) and f["intercept"] == pytest.approx(math.log(3))
+    assert (
+        f["slope"] == pytest.approx(-2.0)
+        and f["ci"][0] == pytest.approx(-2.0)
+        and f["intercept"] == pytest.approx(math.log(3))
+    )
     g = rates.fit_slope(x, [v**-1 * (1 + 0.1 * (-1) ** i) for i, v in enumerate(x)])
     assert g["ci"][0] < -1 < g["ci"][1]
     assert rates.fit_slope(x, [1.0, None, 2.0, 3.0], x_min=1)["x_used"] == [10, 40, 80]
@@ -112,8 +116,9 @@ def test_mmd_and_rms_estimators():
 
 def test_mixture_sweep_runs_and_reference_converges():
     tgt = rates.two_d_mixture()
-    res = rates.mixture_rate_sweep(tgt, "linear", [5, 10], methods=("ddim", "ddpm_type"), num_samples=100,
-                                   ell=0.5, ref_steps=100, progress=False)
+    res = rates.mixture_rate_sweep(
+        tgt, "linear", [5, 10], methods=("ddim", "ddpm_type"), num_samples=100, ell=0.5, ref_steps=100, progress=False
+    )
     assert res["ddim"]["nfe"] == [4, 9]
     assert res["ddim"]["rms_flow"][0]["value"] > res["ddim"]["rms_flow"][1]["value"] > 10 * max(res["ref_check"])
     assert res["ddpm_type"]["rms_flow"] == [None, None] and len(res["ddpm_type"]["mmd2"]) == 2
@@ -176,8 +181,14 @@ def test_sampler_lists_and_styles_derive_from_the_registry():
     # the style of the figures: the colours and markers of the committed figures, one per sampler, for any number
     assert list(rates.STYLE) == list(rates.SAMPLERS)
     assert [(m, st["color"], st["marker"]) for m, st in rates.STYLE.items()][:7] == [
-        ("ddim_type", "C0", "o"), ("ddim", "C1", "s"), ("accelerated_ode", "C2", "^"), ("dpm_solver_pp_2m", "C3", "v"),
-        ("unipc_bh2", "C4", "D"), ("ddpm_type", "C5", "x"), ("accelerated_sde", "C6", "P")]
+        ("ddim_type", "C0", "o"),
+        ("ddim", "C1", "s"),
+        ("accelerated_ode", "C2", "^"),
+        ("dpm_solver_pp_2m", "C3", "v"),
+        ("unipc_bh2", "C4", "D"),
+        ("ddpm_type", "C5", "x"),
+        ("accelerated_sde", "C6", "P"),
+    ]
     assert all(st["marker"] == S.spec(m).marker for m, st in rates.STYLE.items())
 
 
@@ -213,4 +224,3 @@ def test_unknown_names_raise_before_any_work(gauss, monkeypatch):
         rates.gaussian_rate_sweep(gauss, "linear", [5], methods=("ddim", "euler"), progress=False)
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         rates.mixture_rate_sweep(rates.two_d_mixture(), "linear", [5], methods=("ddim", "euler"), progress=False)
-

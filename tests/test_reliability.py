@@ -24,8 +24,20 @@ from accelerated_diffusion.integrity import SHA256SUMS, ChecksumError, verify_sh
 from accelerated_diffusion.experiments import classifier, data, features, generate, paths, train
 from test_generate import tiny_model
 
-ARGS = ["--samplers", "ddim", "accelerated_sde", "--nfe", "3", "--num-samples", "5", "--batch-size", "2",
-        "--threads", "1", "--no-progress"]
+ARGS = [
+    "--samplers",
+    "ddim",
+    "accelerated_sde",
+    "--nfe",
+    "3",
+    "--num-samples",
+    "5",
+    "--batch-size",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -211,15 +223,22 @@ def test_interrupted_classifier_write_leaves_the_old_folder_intact(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["fmnist-classifier"]  # no temporary folder left
     monkeypatch.setattr(classifier, "atomic_write_text", real)
     classifier.write_classifier(out, model, {"feature_dim": 128, "dropout": 0.3}, mu, sigma, "card")
-    assert sorted(verify_sha256sums(out)) == ["accelerated_diffusion_export.json", "config.json", "model.safetensors",
-                                              "test_stats.safetensors"]
+    assert sorted(verify_sha256sums(out)) == [
+        "accelerated_diffusion_export.json",
+        "config.json",
+        "model.safetensors",
+        "test_stats.safetensors",
+    ]
     loaded = features.load_classifier(out)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
 def test_train_export_replaces_the_folder_as_a_whole(tmp_path, monkeypatch):
-    tr = train.Trainer({"block_out_channels": [8, 16], "batch_size": 2, "steps": 1}, tmp_path / "run",
-                       torch.zeros(4, 1, 28, 28, dtype=torch.uint8))
+    tr = train.Trainer(
+        {"block_out_channels": [8, 16], "batch_size": 2, "steps": 1},
+        tmp_path / "run",
+        torch.zeros(4, 1, 28, 28, dtype=torch.uint8),
+    )
     dest = train.export_diffusers(tr, tmp_path / "export")
     assert "diffusion_pytorch_model.safetensors" in verify_sha256sums(dest)
     models.load_unet(dest)
@@ -245,8 +264,9 @@ def test_hub_download_that_stalls_after_the_probe_fails_within_seconds(online_hu
     server = HalfOpenServer(answer_probe=True)
     try:
         online_hub(server.url)
-        err, seconds = call_bounded(lambda: models.load_unet("google/ddpm-church-256", timeout=1.0,
-                                                             download_timeout=1.0), 60)
+        err, seconds = call_bounded(
+            lambda: models.load_unet("google/ddpm-church-256", timeout=1.0, download_timeout=1.0), 60
+        )
     finally:
         server.close()
     assert isinstance(err, models.ModelNotAvailableError), err
@@ -286,10 +306,18 @@ def test_interrupted_writes_keep_the_old_files(tiny, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- 5. checks before work
-@pytest.mark.parametrize("bad", [
-    ["--nfe", "-5"], ["--num-samples", "0"], ["--batch-size", "0"], ["--threads", "0"], ["--nfe", "3", "3"],
-    ["--samplers", "ddim", "diffusers_unipc_bh2", "--spacing", "uniform"], "out-under-a-file",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--nfe", "-5"],
+        ["--num-samples", "0"],
+        ["--batch-size", "0"],
+        ["--threads", "0"],
+        ["--nfe", "3", "3"],
+        ["--samplers", "ddim", "diffusers_unipc_bh2", "--spacing", "uniform"],
+        "out-under-a-file",
+    ],
+)
 def test_generate_checks_everything_before_loading_the_model(tiny, tmp_path, monkeypatch, capsys, bad):
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
@@ -312,15 +340,41 @@ def test_generate_cli_reports_a_bad_argument_in_one_line_without_a_traceback(tin
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "accelerated_diffusion.experiments.cli", "generate", "--model",
-                          str(tiny), "--nfe", "-5", "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerated_diffusion.experiments.cli",
+            "generate",
+            "--model",
+            str(tiny),
+            "--nfe",
+            "-5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1] == "accelerated-diffusion generate: error: --nfe values must be >= 1, got [-5]"
+    assert (
+        res.stderr.strip().splitlines()[-1]
+        == "accelerated-diffusion generate: error: --nfe values must be >= 1, got [-5]"
+    )
 
 
-@pytest.mark.parametrize("bad", [["--lr", "-1"], ["--lr", "nan"], ["--warmup", "-1"], ["--ema-decay", "1.5"],
-                                 ["--max-train-images", "0"], ["--steps", "0"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--lr", "-1"],
+        ["--lr", "nan"],
+        ["--warmup", "-1"],
+        ["--ema-decay", "1.5"],
+        ["--max-train-images", "0"],
+        ["--steps", "0"],
+    ],
+)
 def test_train_checks_arguments_before_loading_data(tmp_path, monkeypatch, capsys, bad):
     def no_loading(*a, **k):
         raise AssertionError("the data was loaded before the arguments were checked")
@@ -410,17 +464,26 @@ def test_saved_init_noise_pipeline_reloads_with_diffusion_pipeline(tmp_path):
     from accelerated_diffusion.pipelines import InitNoiseDDPMPipeline
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
     pipe = InitNoiseDDPMPipeline(unet=unet, scheduler=ad.AcceleratedDDPMScheduler())
     pipe.save_pretrained(tmp_path)
     back = DiffusionPipeline.from_pretrained(tmp_path)
     assert type(back) is InitNoiseDDPMPipeline and type(back.scheduler) is ad.AcceleratedDDPMScheduler
     for p in (pipe, back):
         p.set_progress_bar_config(disable=True)
-    run = [p(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
-           for p in (pipe, back)]
+    run = [
+        p(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+        for p in (pipe, back)
+    ]
     assert torch.equal(run[0].images, run[1].images)
 
 
@@ -439,10 +502,12 @@ def test_a_chapter_run_by_nbval_leaves_the_shipped_results_untouched(tmp_path):
 
     name = f"probe_{os.getpid()}"
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(
-        "from accelerated_diffusion.experiments.paths import save_results\n"
-        f"print(save_results({name!r}, {{'ok': True}}).parent.name)"
-    )]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from accelerated_diffusion.experiments.paths import save_results\n"
+            f"print(save_results({name!r}, {{'ok': True}}).parent.name)"
+        )
+    ]
     folder = paths.repository_root() / f".{name}"  # inside the repository (its conftest applies), outside chapters/
     folder.mkdir()
     notebook = folder / "probe.ipynb"
@@ -450,9 +515,14 @@ def test_a_chapter_run_by_nbval_leaves_the_shipped_results_untouched(tmp_path):
     nbformat.write(nb, notebook)
     env = {k: v for k, v in os.environ.items() if k != paths.RESULTS_ENV}  # as a fresh `make test` starts
     try:
-        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-                              str(notebook)], cwd=paths.repository_root(), env=env, capture_output=True, text=True,
-                             timeout=240)
+        res = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", str(notebook)],
+            cwd=paths.repository_root(),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert not shipped.exists(), "a chapter run by the tests wrote into data/results"
     finally:

@@ -20,10 +20,31 @@ from accelerated_diffusion.experiments import classifier, data, features, genera
 from test_generate import tiny_model
 
 TINY = {"block_out_channels": [8, 16], "layers_per_block": 1, "attention": True, "batch_size": 2, "log_every": 1}
-TINY_ARGV = ["--block-out-channels", "8", "16", "--batch-size", "2", "--log-every", "1", "--max-train-images", "8",
-             "--no-progress"]
-GEN_ARGS = ["--samplers", "ddim", "--nfe", "2", "--num-samples", "4", "--batch-size", "2", "--threads", "1",
-            "--no-progress"]
+TINY_ARGV = [
+    "--block-out-channels",
+    "8",
+    "16",
+    "--batch-size",
+    "2",
+    "--log-every",
+    "1",
+    "--max-train-images",
+    "8",
+    "--no-progress",
+]
+GEN_ARGS = [
+    "--samplers",
+    "ddim",
+    "--nfe",
+    "2",
+    "--num-samples",
+    "4",
+    "--batch-size",
+    "2",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 ZEROS = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
 
 
@@ -38,6 +59,7 @@ def one_thread():
 @pytest.fixture
 def no_data(monkeypatch):
     """Fail the test if the training data is loaded (every check must come first)."""
+
     def refuse(*a, **k):
         raise AssertionError("the data was loaded before the arguments were checked")
 
@@ -106,7 +128,9 @@ def test_train_classifier_never_replaces_a_folder_it_did_not_write(tmp_path, no_
     for out in (user, tmp_path):  # a folder with user files, a parent folder
         with pytest.raises(SystemExit) as e:
             classifier.main(["--out", str(out)])
-        assert e.value.code == 2 and "--out" in _one_line_error(capsys, "accelerated-diffusion train-classifier: error:")
+        assert e.value.code == 2 and "--out" in _one_line_error(
+            capsys, "accelerated-diffusion train-classifier: error:"
+        )
     with pytest.raises(SystemExit) as e:
         classifier.main(["--out", str(tmp_path / "new"), "--seed", "-1"])
     assert e.value.code == 2 and "--seed" in _one_line_error(capsys, "accelerated-diffusion train-classifier: error:")
@@ -187,7 +211,7 @@ def test_a_second_generate_into_the_same_folder_fails_at_once(tiny, tmp_path, mo
 
     monkeypatch.setattr(generate, "save_batch", with_a_concurrent_run)
     assert _gen(tiny, out) == 0
-    (status, seconds), = second
+    ((status, seconds),) = second
     assert status == 2 and seconds < 5
     assert "in use by another process" in capsys.readouterr().err
     assert all(b["sha256"] for r in generate.check_manifest(out)["runs"] for b in r["batches"])
@@ -323,8 +347,12 @@ def test_gitattributes_keep_model_folders_and_results_byte_exact_under_autocrlf(
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
         subprocess.run([*git, *cmd], cwd=src, check=True, capture_output=True, timeout=60)
-    subprocess.run([*git, "-c", "core.autocrlf=true", "clone", "-q", str(src), str(tmp_path / "clone")], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [*git, "-c", "core.autocrlf=true", "clone", "-q", str(src), str(tmp_path / "clone")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     clone = tmp_path / "clone"
     for f in src.rglob("*"):
         if f.is_file() and f.relative_to(src).parts[0] == "data":
@@ -334,11 +362,21 @@ def test_gitattributes_keep_model_folders_and_results_byte_exact_under_autocrlf(
 
 
 # ------------------------------------------------------------------------ item 7: train arguments before any work
-@pytest.mark.parametrize("bad", [
-    ["--block-out-channels", "7", "9"], ["--block-out-channels", "8", "16", "16", "16"], ["--block-out-channels", "8"],
-    ["--layers-per-block", "0"], ["--time-limit-min", "0"], ["--export-only"], ["--init-from", "no-such-folder"],
-    ["--device", "no-such-device"], ["--checkpoint-every", "0"], ["--seed", "-1"],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--block-out-channels", "7", "9"],
+        ["--block-out-channels", "8", "16", "16", "16"],
+        ["--block-out-channels", "8"],
+        ["--layers-per-block", "0"],
+        ["--time-limit-min", "0"],
+        ["--export-only"],
+        ["--init-from", "no-such-folder"],
+        ["--device", "no-such-device"],
+        ["--checkpoint-every", "0"],
+        ["--seed", "-1"],
+    ],
+)
 def test_train_checks_every_argument_before_loading_data(tmp_path, no_data, capsys, bad):
     argv = ["--out", str(tmp_path / "run"), "--steps", "2", *TINY_ARGV, *bad]  # a repeated option: the last wins
     assert train.main(argv) == 2

@@ -146,8 +146,12 @@ def test_run_sampler_checks_timesteps_before_any_model_call():
         raise AssertionError("the model must not be called")
 
     noise = torch.zeros(1, 2)
-    for bad, error in (([900.7, 500], TypeError), ([1000, 5], ValueError), ([-1, 5], ValueError),
-                       (torch.tensor([900.0, 500.0]), TypeError)):
+    for bad, error in (
+        ([900.7, 500], TypeError),
+        ([1000, 5], ValueError),
+        ([-1, 5], ValueError),
+        (torch.tensor([900.0, 500.0]), TypeError),
+    ):
         for name in ("ddim", "diffusers_dpm_solver_pp_2m"):
             with pytest.raises(error, match="timesteps"):
                 ad.run_sampler(never, noise, name, schedule, bad)
@@ -158,8 +162,9 @@ def test_without_final_noise_the_last_step_is_the_noise_free_update(method):
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     run = {}
     for final in (True, False):
-        run[final] = ad.sample(TARGET.eps, x, PATH, method, generator=torch.Generator().manual_seed(2),
-                               final_noise=final)
+        run[final] = ad.sample(
+            TARGET.eps, x, PATH, method, generator=torch.Generator().manual_seed(2), final_noise=final
+        )
     # the same random stream up to the last step: replay it to get the input of the last step
     gen = torch.Generator().manual_seed(2)
     last_in = ad.sample(TARGET.eps, x, PATH[:-1], method, generator=gen)
@@ -186,8 +191,15 @@ def test_run_sampler_defaults_to_no_final_noise():
     eps = lambda y, t: TARGET.eps(y, float(sched.alpha_bars[t]))  # noqa: E731
     for method in sorted(ad.samplers.STOCHASTIC & set(ad.samplers.LIBRARY_SAMPLERS)):
         a = ad.run_sampler(eps, x, method, sched, ts, generator=torch.Generator().manual_seed(3))
-        b = ad.sample(eps, x, sched.path(ts), method, timesteps=ts.tolist(),
-                      generator=torch.Generator().manual_seed(3), final_noise=False)
+        b = ad.sample(
+            eps,
+            x,
+            sched.path(ts),
+            method,
+            timesteps=ts.tolist(),
+            generator=torch.Generator().manual_seed(3),
+            final_noise=False,
+        )
         assert torch.equal(a, b)
 
 
@@ -283,10 +295,19 @@ def test_options_are_set_through_sample_and_run_sampler():
     assert torch.equal(second, y) and not torch.equal(second, default)
     ts = SCHED.subsample(4, "trailing")
     eps = lambda y, t: TARGET.eps(y, float(SCHED.alpha_bars[t]))  # noqa: E731
-    assert torch.equal(ad.run_sampler(eps, x, "dpm_solver_pp_2m", SCHED, ts, options={"lower_order_final": False},
-                                      final_alpha_bar=0.99),
-                       ad.sample(eps, x, SCHED.path(ts, 0.99), "dpm_solver_pp_2m", timesteps=ts.tolist(),
-                                 options={"lower_order_final": False}))
+    assert torch.equal(
+        ad.run_sampler(
+            eps, x, "dpm_solver_pp_2m", SCHED, ts, options={"lower_order_final": False}, final_alpha_bar=0.99
+        ),
+        ad.sample(
+            eps,
+            x,
+            SCHED.path(ts, 0.99),
+            "dpm_solver_pp_2m",
+            timesteps=ts.tolist(),
+            options={"lower_order_final": False},
+        ),
+    )
     with pytest.raises(ValueError, match=r"'ddim' has no option\(s\) \['lower_order_final'\]"):
         ad.sample(_never, x, path, "ddim", options={"lower_order_final": False})
     with pytest.raises(ValueError, match="has no option"):
@@ -302,12 +323,15 @@ def test_a_new_stochastic_sampler_runs_through_its_own_transitions(monkeypatch):
     """A stochastic sampler is its Gaussian half-steps: a new one given the DDPM-type half-step runs exactly as
     ``ddpm_type``; one given the accelerated half-steps exactly as ``accelerated_sde``."""
     x = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    for twin, transitions in (("ddpm_type", ad.updates.ddpm_type_transitions),
-                              ("accelerated_sde", ad.updates.accelerated_sde_transitions)):
+    for twin, transitions in (
+        ("ddpm_type", ad.updates.ddpm_type_transitions),
+        ("accelerated_sde", ad.updates.accelerated_sde_transitions),
+    ):
         _with_sampler(monkeypatch, S.SamplerSpec("new_sde", "new", True, "test", "peer", "*", transitions=transitions))
         for final in (True, False):
-            new = ad.sample(TARGET.eps, x, PATH, "new_sde", generator=torch.Generator().manual_seed(1),
-                            final_noise=final)
+            new = ad.sample(
+                TARGET.eps, x, PATH, "new_sde", generator=torch.Generator().manual_seed(1), final_noise=final
+            )
             old = ad.sample(TARGET.eps, x, PATH, twin, generator=torch.Generator().manual_seed(1), final_noise=final)
             assert torch.equal(new, old)
 
@@ -317,12 +341,14 @@ def test_run_sampler_dispatches_on_the_spec_not_the_name(monkeypatch):
     from diffusers import DDIMScheduler
 
     def factory(betas, timesteps):
-        sched = DDIMScheduler(trained_betas=betas.tolist(), num_train_timesteps=len(betas), clip_sample=False,
-                              set_alpha_to_one=True)
+        sched = DDIMScheduler(
+            trained_betas=betas.tolist(), num_train_timesteps=len(betas), clip_sample=False, set_alpha_to_one=True
+        )
         return sched, {"num_inference_steps": len(timesteps)}
 
-    _with_sampler(monkeypatch, S.SamplerSpec("diffusers_ddim", "DDIM, diffusers", False, "test", "peer", "*",
-                                             factory=factory))
+    _with_sampler(
+        monkeypatch, S.SamplerSpec("diffusers_ddim", "DDIM, diffusers", False, "test", "peer", "*", factory=factory)
+    )
     ts = SCHED.subsample(5, "leading")
     eps = lambda y, t: TARGET.eps(y, float(SCHED.alpha_bars[int(t)]))  # noqa: E731
     x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -343,10 +369,11 @@ def test_run_grid_checks_the_grid_and_batches_like_one_run():
         assert ts == SCHED.subsample(5, "trailing").tolist()
         assert torch.equal(one, ad.run_sampler(eps, x, name, SCHED, ts, generator=torch.Generator().manual_seed(2)))
         # in batches: the batches one after the other, drawing from the one generator in turn
-        batched, _ = S.run_grid(eps, x, name, SCHED, 5, "trailing", batch_size=3, device="cpu",
-                                generator=torch.Generator().manual_seed(2))
+        batched, _ = S.run_grid(
+            eps, x, name, SCHED, 5, "trailing", batch_size=3, device="cpu", generator=torch.Generator().manual_seed(2)
+        )
         gen = torch.Generator().manual_seed(2)
-        by_hand = [ad.run_sampler(eps, x[i:i + 3], name, SCHED, ts, generator=gen) for i in (0, 3, 6)]
+        by_hand = [ad.run_sampler(eps, x[i : i + 3], name, SCHED, ts, generator=gen) for i in (0, 3, 6)]
         assert torch.equal(batched, torch.cat(by_hand))
         if name not in S.STOCHASTIC:
             assert torch.allclose(batched, one, rtol=0, atol=1e-12)
@@ -354,4 +381,3 @@ def test_run_grid_checks_the_grid_and_batches_like_one_run():
         S.run_grid(_never, x, "ddim", SCHED, 7, "uniform")
     with pytest.raises(ValueError, match="2 timesteps given for nfe=3"):
         S.run_grid(_never, x, "ddim", SCHED, 3, timesteps=[999, 500])
-

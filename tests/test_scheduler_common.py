@@ -41,7 +41,9 @@ def first_step(scheduler, return_dict=True, seed=0):
     scheduler.set_timesteps(NUM_INFERENCE_STEPS)
     sample = dummy_sample()
     t = scheduler.timesteps[0]
-    return scheduler.step(0.1 * sample, t, sample, generator=torch.Generator().manual_seed(seed), return_dict=return_dict)
+    return scheduler.step(
+        0.1 * sample, t, sample, generator=torch.Generator().manual_seed(seed), return_dict=return_dict
+    )
 
 
 def save_and_reload(scheduler):
@@ -55,7 +57,12 @@ def save_and_reload(scheduler):
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 @pytest.mark.parametrize(
     "overrides",
-    [{}, dict(prediction_type="v_prediction"), dict(timestep_spacing="trailing", clip_sample=False), dict(thresholding=True)],
+    [
+        {},
+        dict(prediction_type="v_prediction"),
+        dict(timestep_spacing="trailing", clip_sample=False),
+        dict(thresholding=True),
+    ],
     ids=["default", "v", "trailing", "thresholding"],
 )
 def test_save_load_gives_same_outputs(cls, overrides):
@@ -126,7 +133,9 @@ def test_add_noise_matches_diffusers(cls):
     torch.testing.assert_close(noised, ref.add_noise(sample, noise, t), rtol=0, atol=0)
     per_sample = torch.tensor([0, 10, 500, 999])  # one timestep per batch entry
     torch.testing.assert_close(scheduler.add_noise(sample, noise, per_sample), ref.add_noise(sample, noise, per_sample))
-    torch.testing.assert_close(scheduler.get_velocity(sample, noise, per_sample), ref.get_velocity(sample, noise, per_sample))
+    torch.testing.assert_close(
+        scheduler.get_velocity(sample, noise, per_sample), ref.get_velocity(sample, noise, per_sample)
+    )
     with pytest.raises(ValueError, match="timesteps must lie"):
         scheduler.add_noise(sample, noise, torch.tensor([1000]))
 

@@ -127,8 +127,10 @@ def test_linspace_steps_to_the_next_listed_timestep_unlike_diffusers_ddim():
 # 2. The schedulers == the core sample() for the same noise and path
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
-@pytest.mark.parametrize("spacing,n,alpha_to_one",
-                         [("leading", 10, True), ("linspace", 7, False), ("trailing", 4, True), ("logsnr", 8, True)])
+@pytest.mark.parametrize(
+    "spacing,n,alpha_to_one",
+    [("leading", 10, True), ("linspace", 7, False), ("trailing", 4, True), ("logsnr", 8, True)],
+)
 def test_equals_core_sample(method, spacing, n, alpha_to_one):
     s = SCHEDULERS[method](clip_sample=False, timestep_spacing=spacing, set_alpha_to_one=alpha_to_one, **PAPER[method])
     s.set_timesteps(n)
@@ -156,7 +158,9 @@ def test_float32_matches_core_sample_too():
     path = schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)
     model = toy_model(s.alphas_cumprod)
     y_T = _start((2, 1, 4, 4), 3)
-    core = ad.sample(model, y_T, path, "accelerated_sde", timesteps=s.timesteps.tolist(), generator=torch.Generator().manual_seed(1))
+    core = ad.sample(
+        model, y_T, path, "accelerated_sde", timesteps=s.timesteps.tolist(), generator=torch.Generator().manual_seed(1)
+    )
     gen = torch.Generator().manual_seed(1)
     start = y_T + ad.updates.accelerated_sde_noise_scale(path[0], path[1]) * torch.randn(y_T.shape, generator=gen)
     y, _, _ = run(s, model, start, generator=gen, n=6)
@@ -620,11 +624,16 @@ def test_unknown_keywords_raise(method):
 
 
 def _vp_sources():
-    from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler,
-                           UniPCMultistepScheduler)
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler
 
-    return [DDPMScheduler, DDIMScheduler, PNDMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler,
-            EulerDiscreteScheduler]
+    return [
+        DDPMScheduler,
+        DDIMScheduler,
+        PNDMScheduler,
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+        EulerDiscreteScheduler,
+    ]
 
 
 @pytest.mark.parametrize("source", _vp_sources(), ids=lambda c: c.__name__)
@@ -642,14 +651,21 @@ def test_from_config_of_variance_preserving_schedulers(source):
 
 REFUSED = [
     ("FlowMatchEulerDiscreteScheduler", dict(shift=3.0), "flow matching"),  # Stable Diffusion 3
-    ("FlowMatchEulerDiscreteScheduler", dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15), "flow"),  # Flux
+    (
+        "FlowMatchEulerDiscreteScheduler",
+        dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
+        "flow",
+    ),  # Flux
     ("FlowMatchEulerDiscreteScheduler", {}, "flow matching"),
     ("EDMEulerScheduler", {}, "sigma space"),
     ("DPMSolverMultistepScheduler", dict(use_exponential_sigmas=True), "use_exponential_sigmas"),
     ("DPMSolverMultistepScheduler", dict(use_beta_sigmas=True), "use_beta_sigmas"),
     ("DPMSolverMultistepScheduler", dict(use_lu_lambdas=True), "use_lu_lambdas"),
-    ("DPMSolverMultistepScheduler", dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0),
-     "flow"),
+    (
+        "DPMSolverMultistepScheduler",
+        dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0),
+        "flow",
+    ),
     ("EulerDiscreteScheduler", dict(timestep_type="continuous", prediction_type="v_prediction"), "timestep_type"),
     ("EulerDiscreteScheduler", dict(use_karras_sigmas=True, sigma_min=0.1), "sigma_min"),
 ]
@@ -691,8 +707,11 @@ def test_every_config_key_of_a_compatible_scheduler_is_classified():
         assert not unknown, (c.__name__, unknown)
 
 
-KARRAS = [dict(), dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-          dict(beta_schedule="squaredcos_cap_v2")]
+KARRAS = [
+    dict(),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    dict(beta_schedule="squaredcos_cap_v2"),
+]
 
 
 @pytest.mark.parametrize("n", [5, 10, 25])
@@ -722,11 +741,15 @@ def test_karras_sigmas_run_end_to_end(method):
     path = schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)
     model = toy_model(s.alphas_cumprod)
     y_T = _start((2, 1, 4, 4), 2, torch.float64)
-    core = ad.sample(model, y_T, path, method, timesteps=s.timesteps.tolist(), generator=torch.Generator().manual_seed(5))
+    core = ad.sample(
+        model, y_T, path, method, timesteps=s.timesteps.tolist(), generator=torch.Generator().manual_seed(5)
+    )
     gen = torch.Generator().manual_seed(5)
     start = y_T
     if method == "accelerated_sde":
-        start = y_T + ad.updates.accelerated_sde_noise_scale(path[0], path[1]) * torch.randn(y_T.shape, generator=gen, dtype=y_T.dtype)
+        start = y_T + ad.updates.accelerated_sde_noise_scale(path[0], path[1]) * torch.randn(
+            y_T.shape, generator=gen, dtype=y_T.dtype
+        )
     y, _, _ = run(s, model, start, generator=gen, n=6)
     torch.testing.assert_close(y, core, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="use_karras_sigmas"):
@@ -760,7 +783,9 @@ def test_scheduler_loop_equals_run_sampler(method):
     def scheduler_loop(sched):
         gen, start = torch.Generator().manual_seed(5), y_T
         if method == "accelerated_sde":  # Y_T^+ from the first draw, as the core loop does
-            start = y_T + (sched.init_noise_sigma**2 - 1) ** 0.5 * torch.randn(y_T.shape, generator=gen, dtype=y_T.dtype)
+            start = y_T + (sched.init_noise_sigma**2 - 1) ** 0.5 * torch.randn(
+                y_T.shape, generator=gen, dtype=y_T.dtype
+            )
         return run(sched, model, start, generator=gen, n=6)[0]
 
     torch.testing.assert_close(scheduler_loop(s), ref, rtol=1e-12, atol=1e-12)

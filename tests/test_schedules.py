@@ -12,7 +12,11 @@ from accelerated_diffusion import schedules as S
 
 @pytest.mark.parametrize("name", S.BETA_SCHEDULES)
 def test_beta_schedules_equal_diffusers(name):
-    ref = DDPMScheduler(beta_schedule=name, beta_start=1e-4 if name == "linear" else 0.00085, beta_end=0.02 if name == "linear" else 0.012)
+    ref = DDPMScheduler(
+        beta_schedule=name,
+        beta_start=1e-4 if name == "linear" else 0.00085,
+        beta_end=0.02 if name == "linear" else 0.012,
+    )
     ours = S.betas_for(name, 1000, ref.config.beta_start, ref.config.beta_end, dtype=torch.float32)
     assert torch.allclose(ours, ref.betas, rtol=1e-6, atol=1e-9)
     assert torch.allclose(S.alpha_bars_from_betas(ours), ref.alphas_cumprod, rtol=1e-5)
@@ -51,9 +55,9 @@ def test_paper_schedule_definition():
     T, c0, c1 = 200, 2.0, 4.0
     b = S.paper_betas(T, c0, c1).tolist()
     rate = c1 * math.log(T) / T
-    assert b[0] == pytest.approx(T ** -c0, rel=1e-14)
+    assert b[0] == pytest.approx(T**-c0, rel=1e-14)
     for t in range(1, T):  # beta_{t+1} = rate * min(beta_1 (1 + rate)^t, 1), checked with a plain loop
-        assert b[t] == pytest.approx(rate * min(T ** -c0 * (1 + rate) ** t, 1.0), rel=1e-12)
+        assert b[t] == pytest.approx(rate * min(T**-c0 * (1 + rate) ** t, 1.0), rel=1e-12)
     assert max(b) == pytest.approx(rate)
     abar = S.alpha_bars_from_betas(torch.tensor(b))
     assert float(abar[-1]) < 1e-3  # the schedule reaches (near) pure noise

@@ -27,7 +27,10 @@ LEVELS = [0.01, 0.3, 0.9, 1.0]
 
 
 def reference_log_prob(x, a):
-    comps = [MultivariateNormal(math.sqrt(a) * MEANS[k], a * COVS[k] + (1 - a) * torch.eye(D, dtype=torch.float64)) for k in range(K)]
+    comps = [
+        MultivariateNormal(math.sqrt(a) * MEANS[k], a * COVS[k] + (1 - a) * torch.eye(D, dtype=torch.float64))
+        for k in range(K)
+    ]
     return torch.logsumexp(torch.stack([torch.log(WEIGHTS[k]) + comps[k].log_prob(x) for k in range(K)]), 0)
 
 

@@ -10,8 +10,17 @@ import torch
 from accelerated_diffusion.experiments import train
 from accelerated_diffusion.experiments.data import load_fashion_mnist
 
-TINY = dict(block_out_channels=[8, 16], layers_per_block=1, attention=True, batch_size=8, lr=2e-3, warmup=2,
-            ema_decay=0.9, checkpoint_every=1000, log_every=2)
+TINY = dict(
+    block_out_channels=[8, 16],
+    layers_per_block=1,
+    attention=True,
+    batch_size=8,
+    lr=2e-3,
+    warmup=2,
+    ema_decay=0.9,
+    checkpoint_every=1000,
+    log_every=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +95,24 @@ def test_export_loads_with_from_pretrained(tmp_path, images):
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["--out", str(out), "--steps", "2", "--batch-size", "4", "--block-out-channels", "8", "16",
-            "--max-train-images", "32", "--log-every", "1", "--no-progress", "--export", str(tmp_path / "exp")]
+    argv = [
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--block-out-channels",
+        "8",
+        "16",
+        "--max-train-images",
+        "32",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--export",
+        str(tmp_path / "exp"),
+    ]
     tr = train.run_command(argv)
     assert tr.step == 2 and (tmp_path / "exp" / "config.json").exists()
     assert train.main(argv) == 2  # an existing checkpoint is never silently overwritten
@@ -140,7 +165,9 @@ def test_init_from_an_export_continues_its_steps_and_log(tmp_path, images):
     with pytest.raises(train.UsageError, match="must exceed"):
         train.Trainer({**TINY, "steps": 4}, tmp_path / "x", images).init_from_export(export)
     with pytest.raises(train.UsageError, match="different settings"):
-        train.Trainer({**TINY, "steps": 8, "block_out_channels": [8, 8]}, tmp_path / "y", images).init_from_export(export)
+        train.Trainer({**TINY, "steps": 8, "block_out_channels": [8, 8]}, tmp_path / "y", images).init_from_export(
+            export
+        )
     with pytest.raises(train.UsageError, match="--init-from"):
         train.run_command(["--out", str(tmp_path / "z"), "--steps", "8", "--init-from", str(export), "--resume"])
 

@@ -39,12 +39,16 @@ def test_ddim_to_clean_data_is_tweedie(rng):
     np.testing.assert_allclose(got.numpy(), updates.eps_to_x0(x, eps, 0.4).numpy(), atol=1e-14)
 
 
-@pytest.mark.parametrize("a_next,a_t,a_prev", [(0.02, 0.05, 0.2), (0.25, 0.3, 0.31), (0.4, 0.6, 0.9), (0.85, 0.9, 0.99)])
+@pytest.mark.parametrize(
+    "a_next,a_t,a_prev", [(0.02, 0.05, 0.2), (0.25, 0.3, 0.31), (0.4, 0.6, 0.9), (0.85, 0.9, 0.99)]
+)
 def test_accelerated_ode_is_exact_integral_with_linear_extrapolation(a_next, a_t, a_prev, rng):
     x, eps_t, eps_next = (rng.standard_normal(5) for _ in range(3))
     slope = (eps_t - eps_next) / (a_t - a_next)
     ref = oracles.flow_integrate(x, a_t, a_prev, lambda a: eps_t + (a - a_t) * slope)
-    got = updates.accelerated_ode_step(torch.tensor(x), torch.tensor(eps_t), a_t, a_prev, torch.tensor(eps_next), a_next)
+    got = updates.accelerated_ode_step(
+        torch.tensor(x), torch.tensor(eps_t), a_t, a_prev, torch.tensor(eps_next), a_next
+    )
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-9)
 
 
@@ -64,12 +68,20 @@ def test_accelerated_ode_coefficient_precision_on_1000_step_schedule():
     worst = 0.0
     for a_next, a_t, a_prev in zip(abar[:-2], abar[1:-1], abar[2:]):
         A_n, A_t, A_p = (mpmath.mpf(v) for v in (a_next, a_t, a_prev))
-        exact = mpmath.sqrt(A_p) / (A_t - A_n) * (
-            A_t * mpmath.sqrt((1 - A_p) / A_p) + mpmath.asin(mpmath.sqrt(A_p))
-            - A_t * mpmath.sqrt((1 - A_t) / A_t) - mpmath.asin(mpmath.sqrt(A_t))
+        exact = (
+            mpmath.sqrt(A_p)
+            / (A_t - A_n)
+            * (
+                A_t * mpmath.sqrt((1 - A_p) / A_p)
+                + mpmath.asin(mpmath.sqrt(A_p))
+                - A_t * mpmath.sqrt((1 - A_t) / A_t)
+                - mpmath.asin(mpmath.sqrt(A_t))
+            )
         )
         # the correction multiplies (eps_next - eps_t) = O(a_t - a_next): compare at that scale
-        worst = max(worst, abs(float(exact) - updates.accelerated_ode_coefficient(a_next, a_t, a_prev)) * (a_t - a_next))
+        worst = max(
+            worst, abs(float(exact) - updates.accelerated_ode_coefficient(a_next, a_t, a_prev)) * (a_t - a_next)
+        )
     assert worst < 1e-12
 
 
@@ -99,7 +111,9 @@ def test_accelerated_sde_matches_readme(a_t, a_prev, rng):
     T = torch.tensor
     got_phi = updates.accelerated_sde_perturb(T(y), a_t, a_prev, T(z1))
     np.testing.assert_allclose(got_phi.numpy(), phi, atol=1e-14)
-    np.testing.assert_allclose(updates.accelerated_sde_step(got_phi, T(eps), a_t, a_prev, T(z2)).numpy(), psi, atol=1e-13)
+    np.testing.assert_allclose(
+        updates.accelerated_sde_step(got_phi, T(eps), a_t, a_prev, T(z2)).numpy(), psi, atol=1e-13
+    )
 
 
 def test_ddim_type_equals_ddim_to_first_order(rng):
@@ -154,7 +168,9 @@ PATH = torch.tensor([0.02, 0.1, 0.3, 0.55, 0.8, 0.95, 1.0], dtype=torch.float64)
 def test_deterministic_samplers_are_the_oracle_affine_maps(method, rng):
     x0 = rng.standard_normal((4, D))
     got = ad.sample(TARGET.eps, torch.tensor(x0), PATH, method).numpy()
-    np.testing.assert_allclose(got, oracles.deterministic_by_integration(method, x0, PATH, MU, SIGMA), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        got, oracles.deterministic_by_integration(method, x0, PATH, MU, SIGMA), rtol=0, atol=1e-9
+    )
     K, b = oracles.deterministic_affine(method, PATH, MU, SIGMA)  # the closed-form composition agrees too
     np.testing.assert_allclose(got, x0 @ K.T + b, rtol=0, atol=1e-9)
     # and the sampler is affine: the map recovered from D+1 points predicts any other point to 1e-10

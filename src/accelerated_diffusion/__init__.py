@@ -19,8 +19,19 @@ The reproduction (training, metrics, rate measurements, derivations) lives in
 :mod:`accelerated_diffusion.experiments` and needs the ``experiments`` extra.
 """
 
-from . import (integrity, k_samplers, metrics, models, peers, pipelines, samplers, schedulers, schedules, targets,
-               updates)
+from . import (
+    integrity,
+    k_samplers,
+    metrics,
+    models,
+    peers,
+    pipelines,
+    samplers,
+    schedulers,
+    schedules,
+    targets,
+    updates,
+)
 from .samplers import SAMPLERS, ModelOutputError, run_sampler, sample, sample_with_scheduler
 from .schedulers import AcceleratedDDIMScheduler, AcceleratedDDPMScheduler, DDIMTypeScheduler, DDPMTypeScheduler
 from .schedules import DiscreteSchedule, paper_betas, sampling_path, timestep_subsequence

@@ -105,9 +105,11 @@ def _crlf_hint(path: Path, digest: str) -> str:
     except OSError:
         return ""
     if b"\r\n" in raw and hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest() == digest:
-        return (" (its line endings were converted to CRLF, e.g. by Git's core.autocrlf: the repository's "
-                ".gitattributes keeps these files byte-exact; check them out again with `git rm --cached -r <folder>` "
-                "and `git checkout -- <folder>`)")
+        return (
+            " (its line endings were converted to CRLF, e.g. by Git's core.autocrlf: the repository's "
+            ".gitattributes keeps these files byte-exact; check them out again with `git rm --cached -r <folder>` "
+            "and `git checkout -- <folder>`)"
+        )
     return ""
 
 
@@ -131,7 +133,9 @@ def verify_sha256sums(folder, names=None) -> list[str]:
             )
         return []
     wanted = list(sums) if names is None else [n for n in names if n in sums or (folder / n).is_file()]
-    present = [p.name for p in folder.iterdir() if p.is_file() and p.suffix in CHECKED_SUFFIXES] if folder.is_dir() else []
+    present = (
+        [p.name for p in folder.iterdir() if p.is_file() and p.suffix in CHECKED_SUFFIXES] if folder.is_dir() else []
+    )
     unlisted = sorted({n for n in [*wanted, *present] if n not in sums})
     if unlisted:
         raise ChecksumError(

@@ -91,8 +91,10 @@ def _check(x, sigmas) -> tuple[torch.Tensor, list[float], torch.Tensor]:
         raise ValueError(f"sigmas must be strictly decreasing (noisiest first), got {vals}")
     path = sigmas_to_alpha_bars(vals)
     if not bool((path[1:] > path[:-1]).all()) or float(path[0]) <= 0.0:
-        raise ValueError(f"sigmas {vals} do not give distinct levels alpha_bar = 1 / (1 + sigma^2) in float64 "
-                         "(a sigma below about 1e-8 or above about 1e154, or two sigmas too close)")
+        raise ValueError(
+            f"sigmas {vals} do not give distinct levels alpha_bar = 1 / (1 + sigma^2) in float64 "
+            "(a sigma below about 1e-8 or above about 1e154, or two sigmas too close)"
+        )
     return s, vals, path
 
 
@@ -120,8 +122,9 @@ def _draws_per_step(name: str) -> int:
         return torch.zeros_like(like)
 
     path = torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
-    samplers.sample(lambda x, t: torch.zeros_like(x), torch.zeros(1, dtype=torch.float64), path, name,
-                    noise_sampler=record)
+    samplers.sample(
+        lambda x, t: torch.zeros_like(x), torch.zeros(1, dtype=torch.float64), path, name, noise_sampler=record
+    )
     counts = {steps.count(i) for i in range(3)}
     if len(counts) != 1:
         raise NotImplementedError(f"{name}: the k-diffusion noise mapping needs the same number of draws per step")
@@ -171,8 +174,9 @@ def _run(name, model, x, sigmas, extra_args=None, callback=None, disable=None, n
         denoised = model(x_ve, s[i] * s_in, **extra_args)
         if not isinstance(denoised, torch.Tensor) or denoised.shape != x_ve.shape:
             shape = tuple(denoised.shape) if isinstance(denoised, torch.Tensor) else type(denoised).__name__
-            raise ModelOutputError(f"step {i} (sigma={sigma}): the denoiser returned {shape}, "
-                                   f"expected {tuple(x_ve.shape)}")
+            raise ModelOutputError(
+                f"step {i} (sigma={sigma}): the denoiser returned {shape}, expected {tuple(x_ve.shape)}"
+            )
         if callback is not None:
             callback({"x": x_ve, "i": i, "sigma": s[i], "sigma_hat": s[i], "denoised": denoised})
         bar.update(1)
@@ -180,8 +184,15 @@ def _run(name, model, x, sigmas, extra_args=None, callback=None, disable=None, n
 
     hook = _noise_hook(name, x, s, vals, noise_sampler) if samplers.spec(name).stochastic else None
     try:
-        return samplers.sample(eps_fn, x / math.sqrt(1.0 + vals[0] ** 2), path, name,
-                               timesteps=list(range(len(vals) - 1)), final_noise=False, noise_sampler=hook)
+        return samplers.sample(
+            eps_fn,
+            x / math.sqrt(1.0 + vals[0] ** 2),
+            path,
+            name,
+            timesteps=list(range(len(vals) - 1)),
+            final_noise=False,
+            noise_sampler=hook,
+        )
     finally:  # at sigma = 0 (alpha_bar = 1) the VP iterate is the VE one
         bar.close()
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gaussian_kl", "gaussian_w2", "gaussian_w2_squared", "gaussian_w2_squared_batch", "psd_power", "empirical_moments", "affine_map"]
+__all__ = [
+    "gaussian_kl",
+    "gaussian_w2",
+    "gaussian_w2_squared",
+    "gaussian_w2_squared_batch",
+    "psd_power",
+    "empirical_moments",
+    "affine_map",
+]
 
 
 def gaussian_kl(mean0, cov0, mean1, cov1) -> float:

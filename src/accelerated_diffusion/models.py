@@ -151,8 +151,10 @@ def _missing_local(name) -> FileNotFoundError:
             hint = " (it is a file)"
     else:
         hint = f" (its parent {str(parent)!r} does not exist either)"
-    return FileNotFoundError(f"local model folder {str(name)!r} does not exist{hint}; pass an existing folder, or a "
-                             "hub id of the form owner/name")
+    return FileNotFoundError(
+        f"local model folder {str(name)!r} does not exist{hint}; pass an existing folder, or a "
+        "hub id of the form owner/name"
+    )
 
 
 def _resolve(model_id_or_path) -> tuple[Path | None, str]:
@@ -221,8 +223,9 @@ def _from_hub(model_id: str, load, timeout: float, download_timeout: float):
     if not ok:
         raise _not_available(model_id, reason)
     try:
-        return call_with_deadline(lambda: load(local_files_only=False), download_timeout,
-                                  f"downloading {model_id} from the hub")
+        return call_with_deadline(
+            lambda: load(local_files_only=False), download_timeout, f"downloading {model_id} from the hub"
+        )
     except (OSError, ValueError) as e:
         raise _not_available(model_id, f"download failed ({type(e).__name__}: {e})") from e
 
@@ -235,8 +238,14 @@ def _unet_subfolder(folder: Path) -> str | None:
     raise FileNotFoundError(f"{folder} holds no config.json (nor unet/config.json): not a diffusers UNet folder")
 
 
-def load_unet(model_id_or_path, device="cpu", dtype: torch.dtype = torch.float32, *, timeout: float = 3.0,
-              download_timeout: float = DOWNLOAD_TIMEOUT_S):
+def load_unet(
+    model_id_or_path,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    timeout: float = 3.0,
+    download_timeout: float = DOWNLOAD_TIMEOUT_S,
+):
     """A ``diffusers.UNet2DModel`` in eval mode on ``device`` with ``dtype`` (see the module docstring for the
     lookup order; ``timeout``: overall seconds for the hub's answer to the reachability probe,
     ``download_timeout``: overall seconds for the download).  Raises ``FileNotFoundError`` for a local-looking path
@@ -255,13 +264,16 @@ def load_unet(model_id_or_path, device="cpu", dtype: torch.dtype = torch.float32
         try:
             return UNet2DModel.from_pretrained(name, torch_dtype=dtype, local_files_only=local_files_only)
         except OSError:  # pipeline layout: the UNet lives in unet/
-            return UNet2DModel.from_pretrained(name, subfolder="unet", torch_dtype=dtype, local_files_only=local_files_only)
+            return UNet2DModel.from_pretrained(
+                name, subfolder="unet", torch_dtype=dtype, local_files_only=local_files_only
+            )
 
     return _from_hub(name, load, timeout, download_timeout).to(device).eval()
 
 
-def load_scheduler_config(model_id_or_path, *, timeout: float = 3.0,
-                          download_timeout: float = DOWNLOAD_TIMEOUT_S) -> dict:
+def load_scheduler_config(
+    model_id_or_path, *, timeout: float = 3.0, download_timeout: float = DOWNLOAD_TIMEOUT_S
+) -> dict:
     """The model's ``scheduler_config.json`` (at the root or in ``scheduler/``) as a dict, same lookup and
     deadlines as :func:`load_unet`; a corrupt file raises ``ValueError`` naming it."""
     local, name = _resolve(model_id_or_path)
@@ -277,7 +289,13 @@ def load_scheduler_config(model_id_or_path, *, timeout: float = 3.0,
         try:
             f = hf_hub_download(name, "scheduler_config.json", local_files_only=local_files_only, etag_timeout=timeout)
         except OSError:
-            f = hf_hub_download(name, "scheduler_config.json", subfolder="scheduler", local_files_only=local_files_only, etag_timeout=timeout)
+            f = hf_hub_download(
+                name,
+                "scheduler_config.json",
+                subfolder="scheduler",
+                local_files_only=local_files_only,
+                etag_timeout=timeout,
+            )
         return _read_json(Path(f))
 
     return _from_hub(name, load, timeout, download_timeout)
@@ -306,7 +324,10 @@ def schedule_from_config(config: dict) -> DiscreteSchedule:
     if kind not in BETA_SCHEDULES:
         raise ValueError(f"unsupported beta_schedule {kind!r}; expected one of {BETA_SCHEDULES}")
     return DiscreteSchedule.from_diffusers(
-        kind, int(config.get("num_train_timesteps", 1000)), float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+        kind,
+        int(config.get("num_train_timesteps", 1000)),
+        float(config.get("beta_start", 1e-4)),
+        float(config.get("beta_end", 0.02)),
     )
 
 
@@ -323,9 +344,11 @@ def eps_fn(unet, num_train_timesteps: int = 1000):
     """
     p = next(unet.parameters())
     n = int(num_train_timesteps)
-    fix = ("pass the model's integer timesteps: sample(eps_fn, x, schedule.path(ts), method, timesteps=ts), or "
-           "run_sampler(eps_fn, noise, name, schedule, ts); sample()'s default t (the level alpha_bar) is meant for "
-           "exact-score targets")
+    fix = (
+        "pass the model's integer timesteps: sample(eps_fn, x, schedule.path(ts), method, timesteps=ts), or "
+        "run_sampler(eps_fn, noise, name, schedule, ts); sample()'s default t (the level alpha_bar) is meant for "
+        "exact-score targets"
+    )
 
     def check(t) -> None:
         if isinstance(t, torch.Tensor):

@@ -44,7 +44,10 @@ def diffusers_dpm_solver_pp_2m(betas, spacing: str = "leading"):
     the training ``betas`` (e.g. :func:`accelerated_diffusion.schedules.betas_for`).  It accepts custom
     ``timesteps`` in :func:`accelerated_diffusion.sample_with_scheduler`."""
     return DPMSolverMultistepScheduler(
-        **_diffusers_kwargs(betas, spacing), algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+        **_diffusers_kwargs(betas, spacing),
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
         lower_order_final=True,
     )
 
@@ -54,7 +57,11 @@ def diffusers_unipc_bh2(betas, spacing: str = "leading"):
     corrector on, ``lower_order_final=True``, ``final_sigmas_type="zero"``) for the training ``betas``.  Its
     ``set_timesteps`` takes no custom timesteps (diffusers 0.42): only ``num_inference_steps`` with a spacing."""
     return UniPCMultistepScheduler(
-        **_diffusers_kwargs(betas, spacing), solver_type="bh2", solver_order=2, predict_x0=True, lower_order_final=True,
+        **_diffusers_kwargs(betas, spacing),
+        solver_type="bh2",
+        solver_order=2,
+        predict_x0=True,
+        lower_order_final=True,
     )
 
 

@@ -66,8 +66,19 @@ class ModelOutputError(RuntimeError):
 class _Stepper:
     """Shared bookkeeping of a loop: the path, timesteps, NFE count, noise draws and output checks."""
 
-    def __init__(self, eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc,
-                 final_noise=True, noise_sampler=None):
+    def __init__(
+        self,
+        eps_fn,
+        x,
+        alpha_bars,
+        timesteps,
+        generator,
+        progress,
+        check_finite,
+        desc,
+        final_noise=True,
+        noise_sampler=None,
+    ):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not torch.is_floating_point(x):
@@ -108,8 +119,9 @@ class _Stepper:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelOutputError(f"step {i} (t={t}): model output has shape {shape}, expected {tuple(x.shape)}")
         if not out.is_floating_point():
-            raise ModelOutputError(f"step {i} (t={t}): model output has dtype {out.dtype}; eps must be a real "
-                                   "floating-point tensor")
+            raise ModelOutputError(
+                f"step {i} (t={t}): model output has dtype {out.dtype}; eps must be a real floating-point tensor"
+            )
         if self.check_finite and not bool(torch.isfinite(out).all()):
             raise ModelOutputError(f"step {i} (t={t}): model output contains NaN or Inf")
         return out.to(x.dtype)
@@ -292,8 +304,9 @@ class SamplerSpec:
         options = dict(options or {})
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise ValueError(f"sampler {self.name!r} has no option(s) {unknown}; its options are "
-                             f"{dict(self.options) or 'none'}")
+            raise ValueError(
+                f"sampler {self.name!r} has no option(s) {unknown}; its options are {dict(self.options) or 'none'}"
+            )
         return {**self.options, **options}
 
     def run(self, stepper: _Stepper, options=None) -> torch.Tensor:
@@ -302,37 +315,95 @@ class SamplerSpec:
         if self.transitions is not None:
             return _transition_loop(stepper, self.transitions)
         if self.loop is None:
-            raise ValueError(f"{self.name!r} is diffusers' own scheduler: run it with run_sampler or "
-                             f"sample_with_scheduler; sample() runs {list(LIBRARY_SAMPLERS)}")
+            raise ValueError(
+                f"{self.name!r} is diffusers' own scheduler: run it with run_sampler or "
+                f"sample_with_scheduler; sample() runs {list(LIBRARY_SAMPLERS)}"
+            )
         return self.loop(stepper, **opts)
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in (
-        SamplerSpec("ddim", "DDIM", False, "DDIM (Song et al.), exact eta = 0 step", "exact", "s",
-                    loop=_ddim_loop),
-        SamplerSpec("ddim_type", "DDIM-type", False, "the paper's deterministic baseline", "baseline", "o",
-                    loop=_ddim_type_loop, scheduler="DDIMTypeScheduler"),
-        SamplerSpec("ddpm_type", "DDPM-type", True, "the paper's stochastic baseline", "baseline", "x",
-                    transitions=updates.ddpm_type_transitions, scheduler="DDPMTypeScheduler"),
-        SamplerSpec("accelerated_ode", "accelerated ODE", False, "the paper's accelerated deterministic sampler",
-                    "accelerated", "^", loop=_accelerated_ode_loop, scheduler="AcceleratedDDIMScheduler",
-                    short_label="acc. ODE"),
-        SamplerSpec("accelerated_sde", "accelerated SDE", True, "the paper's accelerated stochastic sampler",
-                    "accelerated", "P", transitions=updates.accelerated_sde_transitions,
-                    scheduler="AcceleratedDDPMScheduler", short_label="acc. SDE"),
-        SamplerSpec("dpm_solver_pp_2m", "DPM-Solver++(2M)", False, "Lu et al. 2022b, Algorithm 2 (peer)", "peer", "v",
-                    loop=_dpm_solver_pp_2m_loop, options={"lower_order_final": True}, short_label="DPM++2M"),
-        SamplerSpec("unipc_bh2", "UniPC-bh2", False, "Zhao et al. 2023, bh2, order 2 (peer)", "peer", "D",
-                    loop=_unipc_bh2_loop),
-        SamplerSpec("diffusers_dpm_solver_pp_2m", "DPM-Solver++(2M), diffusers", False,
-                    "diffusers' DPMSolverMultistepScheduler", "peer", "<",
-                    factory=peers.dpm_solver_pp_2m_for_timesteps, scheduler="DPMSolverMultistepScheduler",
-                    same_rule_as="dpm_solver_pp_2m"),
-        SamplerSpec("diffusers_unipc_bh2", "UniPC-bh2, diffusers", False, "diffusers' UniPCMultistepScheduler",
-                    "peer", ">", factory=peers.unipc_bh2_for_timesteps, scheduler="UniPCMultistepScheduler",
-                    same_rule_as="unipc_bh2"),
+        SamplerSpec("ddim", "DDIM", False, "DDIM (Song et al.), exact eta = 0 step", "exact", "s", loop=_ddim_loop),
+        SamplerSpec(
+            "ddim_type",
+            "DDIM-type",
+            False,
+            "the paper's deterministic baseline",
+            "baseline",
+            "o",
+            loop=_ddim_type_loop,
+            scheduler="DDIMTypeScheduler",
+        ),
+        SamplerSpec(
+            "ddpm_type",
+            "DDPM-type",
+            True,
+            "the paper's stochastic baseline",
+            "baseline",
+            "x",
+            transitions=updates.ddpm_type_transitions,
+            scheduler="DDPMTypeScheduler",
+        ),
+        SamplerSpec(
+            "accelerated_ode",
+            "accelerated ODE",
+            False,
+            "the paper's accelerated deterministic sampler",
+            "accelerated",
+            "^",
+            loop=_accelerated_ode_loop,
+            scheduler="AcceleratedDDIMScheduler",
+            short_label="acc. ODE",
+        ),
+        SamplerSpec(
+            "accelerated_sde",
+            "accelerated SDE",
+            True,
+            "the paper's accelerated stochastic sampler",
+            "accelerated",
+            "P",
+            transitions=updates.accelerated_sde_transitions,
+            scheduler="AcceleratedDDPMScheduler",
+            short_label="acc. SDE",
+        ),
+        SamplerSpec(
+            "dpm_solver_pp_2m",
+            "DPM-Solver++(2M)",
+            False,
+            "Lu et al. 2022b, Algorithm 2 (peer)",
+            "peer",
+            "v",
+            loop=_dpm_solver_pp_2m_loop,
+            options={"lower_order_final": True},
+            short_label="DPM++2M",
+        ),
+        SamplerSpec(
+            "unipc_bh2", "UniPC-bh2", False, "Zhao et al. 2023, bh2, order 2 (peer)", "peer", "D", loop=_unipc_bh2_loop
+        ),
+        SamplerSpec(
+            "diffusers_dpm_solver_pp_2m",
+            "DPM-Solver++(2M), diffusers",
+            False,
+            "diffusers' DPMSolverMultistepScheduler",
+            "peer",
+            "<",
+            factory=peers.dpm_solver_pp_2m_for_timesteps,
+            scheduler="DPMSolverMultistepScheduler",
+            same_rule_as="dpm_solver_pp_2m",
+        ),
+        SamplerSpec(
+            "diffusers_unipc_bh2",
+            "UniPC-bh2, diffusers",
+            False,
+            "diffusers' UniPCMultistepScheduler",
+            "peer",
+            ">",
+            factory=peers.unipc_bh2_for_timesteps,
+            scheduler="UniPCMultistepScheduler",
+            same_rule_as="unipc_bh2",
+        ),
     )
 }
 #: The samplers implemented here, which run on any path (:func:`sample`).
@@ -372,8 +443,11 @@ def scheduler_classes() -> dict[str, type]:
     (:mod:`.schedulers`), in registry order: the one list the scheduler tests iterate over."""
     from . import schedulers
 
-    return {n: getattr(schedulers, s.scheduler) for n, s in SAMPLERS.items()
-            if s.scheduler is not None and hasattr(schedulers, s.scheduler)}
+    return {
+        n: getattr(schedulers, s.scheduler)
+        for n, s in SAMPLERS.items()
+        if s.scheduler is not None and hasattr(schedulers, s.scheduler)
+    }
 
 
 def label(name: str) -> str:
@@ -453,20 +527,56 @@ def sample(
     -------
     The sample at level ``alpha_bars[-1]``, or ``(sample, nfe)`` when ``return_nfe``.
     """
-    return _run_loop(eps_fn, x, alpha_bars, method, timesteps=timesteps, generator=generator,
-                    progress=progress, check_finite=check_finite, return_nfe=return_nfe, final_noise=final_noise,
-                    noise_sampler=noise_sampler, options=options)
+    return _run_loop(
+        eps_fn,
+        x,
+        alpha_bars,
+        method,
+        timesteps=timesteps,
+        generator=generator,
+        progress=progress,
+        check_finite=check_finite,
+        return_nfe=return_nfe,
+        final_noise=final_noise,
+        noise_sampler=noise_sampler,
+        options=options,
+    )
 
 
-def _run_loop(eps_fn, x, alpha_bars, method: str, *, timesteps=None, generator=None, progress=False,
-              check_finite=True, return_nfe=False, final_noise=True, noise_sampler=None, options=None):
+def _run_loop(
+    eps_fn,
+    x,
+    alpha_bars,
+    method: str,
+    *,
+    timesteps=None,
+    generator=None,
+    progress=False,
+    check_finite=True,
+    return_nfe=False,
+    final_noise=True,
+    noise_sampler=None,
+    options=None,
+):
     s = spec(method)
     if not s.runs_on_any_path:
-        raise ValueError(f"{method!r} is diffusers' own scheduler: run it with run_sampler or sample_with_scheduler; "
-                         f"sample() runs {list(LIBRARY_SAMPLERS)}")
+        raise ValueError(
+            f"{method!r} is diffusers' own scheduler: run it with run_sampler or sample_with_scheduler; "
+            f"sample() runs {list(LIBRARY_SAMPLERS)}"
+        )
     opts = s.check_options(options)
-    stepper = _Stepper(eps_fn, x, alpha_bars, timesteps, generator, progress, check_finite, desc=method,
-                       final_noise=final_noise, noise_sampler=noise_sampler)
+    stepper = _Stepper(
+        eps_fn,
+        x,
+        alpha_bars,
+        timesteps,
+        generator,
+        progress,
+        check_finite,
+        desc=method,
+        final_noise=final_noise,
+        noise_sampler=noise_sampler,
+    )
     try:
         out = s.run(stepper, opts)
     finally:
@@ -544,14 +654,25 @@ def run_sampler(
     ts = check_timesteps(timesteps, schedule.num_train_timesteps).tolist()
     path = schedule.path(torch.tensor(ts), final_alpha_bar)  # descending, no repeats: checked for every sampler
     if s.runs_on_any_path:
-        return sample(eps_fn, noise, path, name, timesteps=ts, generator=generator, progress=progress,
-                      return_nfe=return_nfe, final_noise=final_noise, options=options)
+        return sample(
+            eps_fn,
+            noise,
+            path,
+            name,
+            timesteps=ts,
+            generator=generator,
+            progress=progress,
+            return_nfe=return_nfe,
+            final_noise=final_noise,
+            options=options,
+        )
     s.check_options(options)
     if final_alpha_bar != 1.0:
         raise ValueError(f"{name} (diffusers' scheduler) always ends at clean data; final_alpha_bar must be 1.0")
     scheduler, set_timesteps_kwargs = s.factory(schedule.betas, ts)
-    return sample_with_scheduler(eps_fn, noise, scheduler, **set_timesteps_kwargs, progress=progress,
-                                 return_nfe=return_nfe)
+    return sample_with_scheduler(
+        eps_fn, noise, scheduler, **set_timesteps_kwargs, progress=progress, return_nfe=return_nfe
+    )
 
 
 def grid_timesteps(schedule, nfe: int, spacing: str = "leading") -> torch.Tensor:
@@ -561,8 +682,10 @@ def grid_timesteps(schedule, nfe: int, spacing: str = "leading") -> torch.Tensor
     divide ``N``)."""
     ts = schedule.subsample(int(nfe), spacing)
     if len(ts) != int(nfe):
-        raise ValueError(f"the {spacing!r} grid visits {len(ts)} timesteps for nfe={nfe} (for 'uniform' the NFE must "
-                         f"divide {schedule.num_train_timesteps}); pick another NFE or spacing")
+        raise ValueError(
+            f"the {spacing!r} grid visits {len(ts)} timesteps for nfe={nfe} (for 'uniform' the NFE must "
+            f"divide {schedule.num_train_timesteps}); pick another NFE or spacing"
+        )
     return ts
 
 
@@ -600,8 +723,18 @@ def run_grid(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = []
     for i in range(0, len(noise), step):
-        x, used = run_sampler(eps_fn, noise[i:i + step], name, schedule, ts, generator=generator, progress=progress,
-                              return_nfe=True, final_noise=final_noise, options=options)
+        x, used = run_sampler(
+            eps_fn,
+            noise[i : i + step],
+            name,
+            schedule,
+            ts,
+            generator=generator,
+            progress=progress,
+            return_nfe=True,
+            final_noise=final_noise,
+            options=options,
+        )
         if used != len(ts):
             raise RuntimeError(f"{name} used {used} model evaluations on {len(ts)} timesteps")
         out.append(x if device is None else x.to(device))

@@ -149,8 +149,10 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Foreign configs: what from_config drops and what it refuses
 # --------------------------------------------------------------------------------------------------------------
 _FLOW = "flow matching (a velocity model on the straight path x_t = (1 - t) x_0 + t eps, as SD3 and Flux)"
-_SIGMA_SPACE = ("a model in sigma space (EDM preconditioning, a variance-exploding SDE or a consistency model), which "
-                "takes continuous noise levels, not the integer steps of a beta schedule")
+_SIGMA_SPACE = (
+    "a model in sigma space (EDM preconditioning, a variance-exploding SDE or a consistency model), which "
+    "takes continuous noise levels, not the integer steps of a beta schedule"
+)
 _SPACING = "not implemented here: use use_karras_sigmas=True, timestep_spacing, sigmas= or timesteps="
 #: Config keys of other diffusers schedulers that ``from_config`` refuses unless they hold their "off" value:
 #: ``{key: (off value, what it would mean)}``.  They change the noise process, what the model is given, or the
@@ -165,14 +167,27 @@ REFUSED_CONFIG: dict[str, tuple[object, str]] = {
     "predict_epsilon": (True, "an old x0-prediction config: pass prediction_type='sample'"),
     "use_exponential_sigmas": (False, "timesteps from exponentially spaced sigmas, " + _SPACING),
     "use_beta_sigmas": (False, "timesteps from beta-distributed sigmas, " + _SPACING),
-    "use_lu_lambdas": (False, "timesteps uniform in lambda (Lu et al.), " + _SPACING
-                       + " (timestep_spacing='logsnr' is uniform in lambda too, with its own rounding)"),
+    "use_lu_lambdas": (
+        False,
+        "timesteps uniform in lambda (Lu et al.), "
+        + _SPACING
+        + " (timestep_spacing='logsnr' is uniform in lambda too, with its own rounding)",
+    ),
 }
 #: Config keys that only the schedulers of another noise process have: their presence alone makes
 #: ``from_config`` refuse the config (a scheduler built in memory has no ``_class_name`` in its config).
 OTHER_PROCESS_KEYS: dict[str, str] = {
-    **{k: _FLOW for k in ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "invert_sigmas",
-                          "stochastic_sampling")},
+    **{
+        k: _FLOW
+        for k in (
+            "base_shift",
+            "max_shift",
+            "base_image_seq_len",
+            "max_image_seq_len",
+            "invert_sigmas",
+            "stochastic_sampling",
+        )
+    },
     **{k: _SIGMA_SPACE for k in ("sigma_data", "sigma_schedule", "rho")},
 }
 #: Config keys of other diffusers schedulers that ``from_config`` drops: the other scheduler's own solver
@@ -181,16 +196,43 @@ OTHER_PROCESS_KEYS: dict[str, str] = {
 #: refused key (``flow_shift`` with ``use_flow_sigmas``, ``time_shift_type`` with ``use_dynamic_shifting``, a
 #: custom Karras range ``sigma_min`` / ``sigma_max``, refused with ``use_karras_sigmas``), LCM/TCD's distillation
 #: settings, and obsolete keys of old configs.
-IGNORED_CONFIG_KEYS = frozenset({
-    "solver_order", "solver_type", "algorithm_type", "lower_order_final", "euler_at_final", "predict_x0",
-    "disable_corrector", "solver_p", "skip_prk_steps", "noise_sampler_seed", "final_sigmas_type",
-    "lambda_min_clipped", "interpolation_type", "variance_type", "flow_shift", "time_shift_type", "sigma_min",
-    "sigma_max", "original_inference_steps", "timestep_scaling", "timestep_values", "tensor_format",
-})
-_SIGMA_SPACE_CLASSES = frozenset({
-    "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "CosineDPMSolverMultistepScheduler", "ScoreSdeVeScheduler",
-    "KarrasVeScheduler", "CMStochasticIterativeScheduler", "SCMScheduler",
-})
+IGNORED_CONFIG_KEYS = frozenset(
+    {
+        "solver_order",
+        "solver_type",
+        "algorithm_type",
+        "lower_order_final",
+        "euler_at_final",
+        "predict_x0",
+        "disable_corrector",
+        "solver_p",
+        "skip_prk_steps",
+        "noise_sampler_seed",
+        "final_sigmas_type",
+        "lambda_min_clipped",
+        "interpolation_type",
+        "variance_type",
+        "flow_shift",
+        "time_shift_type",
+        "sigma_min",
+        "sigma_max",
+        "original_inference_steps",
+        "timestep_scaling",
+        "timestep_values",
+        "tensor_format",
+    }
+)
+_SIGMA_SPACE_CLASSES = frozenset(
+    {
+        "EDMEulerScheduler",
+        "EDMDPMSolverMultistepScheduler",
+        "CosineDPMSolverMultistepScheduler",
+        "ScoreSdeVeScheduler",
+        "KarrasVeScheduler",
+        "CMStochasticIterativeScheduler",
+        "SCMScheduler",
+    }
+)
 
 
 def _other_process(class_name) -> str | None:
@@ -212,19 +254,26 @@ def _refuse_foreign_config(name: str, config: dict, kwargs: dict) -> None:
         if why is None and key in OTHER_PROCESS_KEYS:
             why, what = OTHER_PROCESS_KEYS[key], f"a config with {key!r}"
     if why is not None:
-        raise ValueError(f"{name}.from_config: {what} belongs to {why}; these samplers run variance-preserving "
-                         "diffusion models with a beta schedule (DDPM, DDIM, Stable Diffusion 1/2, ...)")
+        raise ValueError(
+            f"{name}.from_config: {what} belongs to {why}; these samplers run variance-preserving "
+            "diffusion models with a beta schedule (DDPM, DDIM, Stable Diffusion 1/2, ...)"
+        )
     if cfg.get("prediction_type") == "flow_prediction":
-        raise ValueError(f"{name}.from_config: prediction_type='flow_prediction' is {_FLOW}; these samplers take "
-                         f"one of {PREDICTION_TYPES}")
+        raise ValueError(
+            f"{name}.from_config: prediction_type='flow_prediction' is {_FLOW}; these samplers take "
+            f"one of {PREDICTION_TYPES}"
+        )
     for key, (off, what) in REFUSED_CONFIG.items():
         if key in cfg and cfg[key] != off:
-            raise ValueError(f"{name}.from_config: {key}={cfg[key]!r} means {what}; it is not supported here "
-                             f"(only {key}={off!r})")
+            raise ValueError(
+                f"{name}.from_config: {key}={cfg[key]!r} means {what}; it is not supported here (only {key}={off!r})"
+            )
     if cfg.get("use_karras_sigmas") and (cfg.get("sigma_min") is not None or cfg.get("sigma_max") is not None):
-        raise ValueError(f"{name}.from_config: use_karras_sigmas with a custom range (sigma_min="
-                         f"{cfg.get('sigma_min')!r}, sigma_max={cfg.get('sigma_max')!r}) is not supported; the Karras "
-                         "sigmas span the training levels here, as in DPMSolverMultistepScheduler")
+        raise ValueError(
+            f"{name}.from_config: use_karras_sigmas with a custom range (sigma_min="
+            f"{cfg.get('sigma_min')!r}, sigma_max={cfg.get('sigma_max')!r}) is not supported; the Karras "
+            "sigmas span the training levels here, as in DPMSolverMultistepScheduler"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -252,7 +301,9 @@ def sigmas_to_timesteps(alphas_cumprod: torch.Tensor, sigmas, round_to_integers:
     return (t.round() if round_to_integers else t).astype(np.int64)
 
 
-def karras_timesteps(alphas_cumprod: torch.Tensor, num_inference_steps: int, beta_schedule: str = "linear") -> np.ndarray:
+def karras_timesteps(
+    alphas_cumprod: torch.Tensor, num_inference_steps: int, beta_schedule: str = "linear"
+) -> np.ndarray:
     r"""The timesteps of ``use_karras_sigmas=True``, as diffusers' ``DPMSolverMultistepScheduler`` computes them:
     Karras et al. (2022, eq. 5) sigmas ``(sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``,
     ``rho = 7``, between the last and the first training sigma, mapped to training steps by
@@ -311,13 +362,14 @@ def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float =
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
 
 
-
 # --------------------------------------------------------------------------------------------------------------
 # Shared machinery
 # --------------------------------------------------------------------------------------------------------------
 _NONFINITE = "scheduler step produced NaN or Inf (model output or update not finite)"
-_WRONG_TIMESTEP = ("scheduler step was given a timestep other than the one of its position (follow "
-                   "scheduler.timesteps in order; call set_timesteps to start a new run)")
+_WRONG_TIMESTEP = (
+    "scheduler step was given a timestep other than the one of its position (follow "
+    "scheduler.timesteps in order; call set_timesteps to start a new run)"
+)
 
 
 class _PlannedStep:
@@ -331,8 +383,21 @@ class _PlannedStep:
     floats (symbolic after one recompilation), bools that change only at the first step, and tensors, never an
     integer (integers reached from a global are always specialised by the tracer)."""
 
-    __slots__ = ("index", "timestep", "timestep_t", "a_t", "a_prev", "a_next", "first", "last", "identity",
-                 "final_gate", "perturb", "perturb_gate", "follows")
+    __slots__ = (
+        "index",
+        "timestep",
+        "timestep_t",
+        "a_t",
+        "a_prev",
+        "a_next",
+        "first",
+        "last",
+        "identity",
+        "final_gate",
+        "perturb",
+        "perturb_gate",
+        "follows",
+    )
 
     def __init__(self, index: int, timestep: int, levels: list[float], final_noise: bool):
         self.index, self.timestep, self.timestep_t = index, timestep, torch.tensor(timestep)
@@ -397,7 +462,9 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
                     f"got shape {tuple(betas.shape)}"
                 )
         elif cfg.beta_schedule in BETA_SCHEDULES:
-            betas = betas_for(cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, dtype=torch.float32)
+            betas = betas_for(
+                cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, dtype=torch.float32
+            )
         else:
             raise ValueError(f"unknown beta_schedule {cfg.beta_schedule!r}; expected one of {BETA_SCHEDULES}")
         # float32 like diffusers, so that add_noise and the levels match a model trained with DDPMScheduler.
@@ -472,8 +539,10 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("give exactly one of num_inference_steps, timesteps and sigmas")
         if timesteps is not None:
             if cfg.use_karras_sigmas:
-                raise ValueError("Cannot use `timesteps` with `config.use_karras_sigmas = True` (as "
-                                 "DPMSolverMultistepScheduler); pass sigmas= or switch use_karras_sigmas off")
+                raise ValueError(
+                    "Cannot use `timesteps` with `config.use_karras_sigmas = True` (as "
+                    "DPMSolverMultistepScheduler); pass sigmas= or switch use_karras_sigmas off"
+                )
             ts = check_timesteps(timesteps, n_train, "custom timesteps").numpy()
         elif sigmas is not None:
             ts = self._timesteps_for_sigmas(sigmas)
@@ -510,8 +579,10 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
     @staticmethod
     def _check_distinct(ts: np.ndarray, what: str) -> None:
         if len(np.unique(ts)) != len(ts):
-            raise ValueError(f"{what} map to the same training timestep more than once ({ts.tolist()}): use fewer "
-                             "steps or other sigmas")
+            raise ValueError(
+                f"{what} map to the same training timestep more than once ({ts.tolist()}): use fewer "
+                "steps or other sigmas"
+            )
 
     @property
     def step_index(self) -> int | None:
@@ -651,7 +722,9 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
     def _wrong_timestep(self, p: _PlannedStep, t: int) -> ValueError:
         ts, n = self._timesteps_host, len(self._timesteps_host)
         if t not in ts:
-            return ValueError(f"timestep {t} is not in the schedule set by set_timesteps ({ts[:3]}...{ts[-1]}, {n} steps)")
+            return ValueError(
+                f"timestep {t} is not in the schedule set by set_timesteps ({ts[:3]}...{ts[-1]}, {n} steps)"
+            )
         return ValueError(
             f"{type(self).__name__}.step() was called at timestep {t} (position {ts.index(t)}) where the run is at "
             f"position {p.index} (timestep {p.timestep}): follow scheduler.timesteps in order; call set_timesteps "
@@ -689,8 +762,10 @@ class _PathScheduler(SchedulerMixin, ConfigMixin):
             return
         if check and _host_readable(prev):
             if not bool(torch.isfinite(prev).all()):
-                raise ModelOutputError(f"{type(self).__name__}.step at timestep {p.timestep} (position {p.index}) "
-                                       "produced NaN or Inf (model output or correction not finite)")
+                raise ModelOutputError(
+                    f"{type(self).__name__}.step at timestep {p.timestep} (position {p.index}) "
+                    "produced NaN or Inf (model output or correction not finite)"
+                )
         elif check:
             bad = ~torch.isfinite(prev).all()  # stays on the device: no synchronisation here
             if self._nonfinite_at is None:
@@ -726,7 +801,9 @@ def _check_step_inputs(model_output, timestep, sample) -> None:
         raise TypeError(f"timestep must be an integer of scheduler.timesteps, got {timestep!r}")
     if isinstance(timestep, torch.Tensor):
         if not is_integer_dtype(timestep.dtype):
-            raise TypeError(f"timestep must be an integer of scheduler.timesteps, got a tensor of dtype {timestep.dtype}")
+            raise TypeError(
+                f"timestep must be an integer of scheduler.timesteps, got a tensor of dtype {timestep.dtype}"
+            )
         if timestep.numel() != 1:
             raise ValueError(f"step takes one timestep, got a tensor of shape {tuple(timestep.shape)}")
     if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):

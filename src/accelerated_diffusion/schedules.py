@@ -79,9 +79,7 @@ def betas_for(
         def abar(s: float) -> float:
             return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 
-        betas = torch.tensor(
-            [min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=dtype
-        )
+        betas = torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=dtype)
     else:
         raise ValueError(f"unknown beta schedule {schedule!r}; expected one of {BETA_SCHEDULES}")
     return betas
@@ -98,7 +96,10 @@ def alpha_bars_from_betas(betas: torch.Tensor) -> torch.Tensor:
 
 
 def paper_betas(
-    T: int, c0: float = 2.0, c1: float = 4.0, *,
+    T: int,
+    c0: float = 2.0,
+    c1: float = 4.0,
+    *,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     r"""The learning-rate schedule of the paper's theory (Li et al. 2024,
@@ -122,20 +123,16 @@ def paper_betas(
     if T < 2:
         raise ValueError(f"T must be >= 2, got {T}")
     if c0 <= 0 or c1 <= 0:
-        raise ValueError(
-            f"c0 and c1 must be positive, got c0={c0}, c1={c1}")
+        raise ValueError(f"c0 and c1 must be positive, got c0={c0}, c1={c1}")
     rate = c1 * math.log(T) / T
     if rate >= 1:
-        raise ValueError(
-            f"c1 log T / T = {rate:.3g} >= 1: T is too small for "
-            f"c1={c1} (betas would reach 1)")
+        raise ValueError(f"c1 log T / T = {rate:.3g} >= 1: T is too small for c1={c1} (betas would reach 1)")
     beta1 = T ** (-c0)
     t = torch.arange(1, T, dtype=torch.float64)
     # beta_1 (1 + rate)^t computed as exp(log(beta_1) + t log1p(rate))
     # to avoid overflow for large t.
     growth = torch.exp(math.log(beta1) + t * math.log1p(rate))
-    betas = torch.cat([torch.tensor([beta1], dtype=torch.float64),
-                       rate * torch.clamp(growth, max=1.0)])
+    betas = torch.cat([torch.tensor([beta1], dtype=torch.float64), rate * torch.clamp(growth, max=1.0)])
     return betas.to(dtype)
 
 
@@ -168,8 +165,9 @@ def check_timesteps(timesteps, num_train_timesteps: int, name: str = "timesteps"
     bad = torch.nonzero((ts < 0) | (ts >= num_train_timesteps)).flatten()
     if bad.numel():
         i = int(bad[0])
-        raise ValueError(f"{name} must lie in [0, num_train_timesteps={num_train_timesteps}); "
-                         f"{name}[{i}] = {int(ts[i])}")
+        raise ValueError(
+            f"{name} must lie in [0, num_train_timesteps={num_train_timesteps}); {name}[{i}] = {int(ts[i])}"
+        )
     return ts
 
 
@@ -231,7 +229,11 @@ def timestep_subsequence(
     Raises ``TypeError`` for a count or offset that is not an integer, ``ValueError`` for an unknown spacing,
     ``num_steps`` outside ``[1, N]``, or a spacing that would visit the same index twice or leave ``[0, N)``.
     """
-    for what, v in (("num_train_timesteps", num_train_timesteps), ("num_steps", num_steps), ("steps_offset", steps_offset)):
+    for what, v in (
+        ("num_train_timesteps", num_train_timesteps),
+        ("num_steps", num_steps),
+        ("steps_offset", steps_offset),
+    ):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{what} must be an int, got {v!r}")
     n, s = int(num_train_timesteps), int(num_steps)
@@ -249,8 +251,10 @@ def timestep_subsequence(
         ts = np.array([int(v) for v in np.linspace(0, math.sqrt(0.8 * n), s) ** 2], dtype=np.int64)[::-1]
     elif spacing == "logsnr":
         if alpha_bars_train is None or len(alpha_bars_train) != n:
-            raise ValueError("the 'logsnr' spacing needs the training levels: pass alpha_bars_train (length "
-                             f"{n}) or use DiscreteSchedule.subsample")
+            raise ValueError(
+                "the 'logsnr' spacing needs the training levels: pass alpha_bars_train (length "
+                f"{n}) or use DiscreteSchedule.subsample"
+            )
         ts = (logsnr_timesteps(alpha_bars_train, s) + steps_offset).numpy()
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
@@ -259,7 +263,9 @@ def timestep_subsequence(
     if len(np.unique(ts)) != len(ts):
         raise ValueError(f"spacing {spacing!r} with {s} steps visits a timestep twice: {shown}")
     if ts.min() < 0 or ts.max() >= n:
-        raise ValueError(f"spacing {spacing!r} with steps_offset={steps_offset} gives timesteps outside [0, {n}): {shown}")
+        raise ValueError(
+            f"spacing {spacing!r} with steps_offset={steps_offset} gives timesteps outside [0, {n}): {shown}"
+        )
     return torch.from_numpy(ts)
 
 
@@ -272,7 +278,9 @@ def validate_path(alpha_bars: torch.Tensor) -> torch.Tensor:
     if a.ndim != 1 or a.numel() < 2:
         raise ValueError(f"alpha_bars must be 1-D with at least 2 levels, got shape {tuple(a.shape)}")
     if not bool(torch.isfinite(a).all()):
-        raise ValueError(f"alpha_bars contains NaN or Inf at positions {torch.nonzero(~torch.isfinite(a)).flatten().tolist()}")
+        raise ValueError(
+            f"alpha_bars contains NaN or Inf at positions {torch.nonzero(~torch.isfinite(a)).flatten().tolist()}"
+        )
     bad = torch.nonzero((a <= 0) | (a > 1)).flatten()
     if bad.numel():
         i = int(bad[0])
@@ -287,7 +295,9 @@ def validate_path(alpha_bars: torch.Tensor) -> torch.Tensor:
     return a
 
 
-def sampling_path(alpha_bars_train: torch.Tensor, timesteps: torch.Tensor, final_alpha_bar: float | None = 1.0) -> torch.Tensor:
+def sampling_path(
+    alpha_bars_train: torch.Tensor, timesteps: torch.Tensor, final_alpha_bar: float | None = 1.0
+) -> torch.Tensor:
     r"""The sampling path for a subsequence of training steps.
 
     ``alpha_bars_train[i]`` is the training level of (0-based) step ``i``; ``timesteps`` (integers in
@@ -325,7 +335,9 @@ class DiscreteSchedule:
         object.__setattr__(self, "betas", betas)
 
     @classmethod
-    def from_diffusers(cls, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteSchedule":
+    def from_diffusers(
+        cls, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> "DiscreteSchedule":
         return cls(betas_for(schedule, num_train_timesteps, beta_start, beta_end))
 
     @classmethod
@@ -361,5 +373,6 @@ class DiscreteSchedule:
 
     def subsample(self, num_steps: int, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
         """Timesteps of a ``spacing`` subsequence with ``num_steps`` entries (see :func:`timestep_subsequence`)."""
-        return timestep_subsequence(self.num_train_timesteps, num_steps, spacing, steps_offset,
-                                    self.alpha_bars if spacing == "logsnr" else None)
+        return timestep_subsequence(
+            self.num_train_timesteps, num_steps, spacing, steps_offset, self.alpha_bars if spacing == "logsnr" else None
+        )

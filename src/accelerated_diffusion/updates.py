@@ -84,9 +84,7 @@ def eps_to_score(eps: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     return eps * (-1.0 / math.sqrt(1.0 - _level(alpha_bar_t, "alpha_bar_t")))
 
 
-def eps_to_x0(
-    x: torch.Tensor, eps: torch.Tensor, alpha_bar_t
-) -> torch.Tensor:
+def eps_to_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     r"""Tweedie's denoised estimate
     ``x0 = (x - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
     a = _level(alpha_bar_t, "alpha_bar_t")
@@ -113,8 +111,7 @@ def ddim_coefficients(alpha_bar_t, alpha_bar_prev) -> tuple[float, float]:
     step_alpha(alpha_bar_t, alpha_bar_prev)
     a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
     c_x = math.sqrt(a_prev / a_t)
-    c_eps = (math.sqrt(1.0 - a_prev)
-             - math.sqrt(a_prev) * math.sqrt((1.0 - a_t) / a_t))
+    c_eps = math.sqrt(1.0 - a_prev) - math.sqrt(a_prev) * math.sqrt((1.0 - a_t) / a_t)
     return c_x, c_eps
 
 
@@ -149,9 +146,7 @@ def ddim_type_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_pr
     return c_x * x + c_eps * eps
 
 
-def ddpm_type_coefficients(
-    alpha_bar_t, alpha_bar_prev
-) -> tuple[float, float, float]:
+def ddpm_type_coefficients(alpha_bar_t, alpha_bar_prev) -> tuple[float, float, float]:
     r"""``(c_x, c_eps, c_z)`` of the DDPM-type update:
     ``c_x = 1/sqrt(alpha_t)``,
     ``c_eps = -(1 - alpha_t) / (sqrt(alpha_t) sqrt(1 - abar_t))``,
@@ -165,7 +160,9 @@ def ddpm_type_coefficients(
     )
 
 
-def ddpm_type_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor) -> torch.Tensor:
+def ddpm_type_step(
+    x: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor
+) -> torch.Tensor:
     r"""The paper's DDPM-type (stochastic) baseline, ``Z_t ~ N(0, I)`` given as ``noise``:
 
     .. math:: Y_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(Y_t + (1 - \alpha_t) s_t(Y_t) + \sqrt{1 - \alpha_t}\, Z_t\Big).
@@ -185,9 +182,7 @@ def _arcsin_antiderivative(a: float) -> float:
     return math.sqrt(a * (1.0 - a)) + math.asin(math.sqrt(a))
 
 
-def accelerated_ode_coefficient(
-    alpha_bar_next, alpha_bar_t, alpha_bar_prev
-) -> float:
+def accelerated_ode_coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_prev) -> float:
     r"""Coefficient ``c`` of the accelerated correction
     ``c * (eps_{t+1} - eps_t)``:
 
@@ -214,13 +209,9 @@ def accelerated_ode_coefficient(
     step_alpha(alpha_bar_t, alpha_bar_prev)
     a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
     if not a_t > a_next:
-        raise ValueError(
-            "the previous level must be noisier: "
-            f"alpha_bar_next={a_next!r} >= alpha_bar_t={a_t!r}")
+        raise ValueError(f"the previous level must be noisier: alpha_bar_next={a_next!r} >= alpha_bar_t={a_t!r}")
     sigma_prev = math.sqrt((1.0 - a_prev) / a_prev)
-    bracket = (_arcsin_antiderivative(a_prev)
-               - _arcsin_antiderivative(a_t)
-               - (a_prev - a_t) * sigma_prev)
+    bracket = _arcsin_antiderivative(a_prev) - _arcsin_antiderivative(a_t) - (a_prev - a_t) * sigma_prev
     return math.sqrt(a_prev) / (a_t - a_next) * bracket
 
 
@@ -254,8 +245,7 @@ def accelerated_ode_step(
         return out
     if alpha_bar_next is None:
         raise ValueError("eps_next given without alpha_bar_next")
-    c = accelerated_ode_coefficient(
-        alpha_bar_next, alpha_bar_t, alpha_bar_prev)
+    c = accelerated_ode_coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_prev)
     return out + c * (eps_next - eps)
 
 
@@ -267,9 +257,7 @@ def accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev) -> float:
     return math.sqrt((1.0 - step_alpha(alpha_bar_t, alpha_bar_prev)) / 2.0)
 
 
-def accelerated_sde_perturb(
-    x: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor
-) -> torch.Tensor:
+def accelerated_sde_perturb(x: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor) -> torch.Tensor:
     r"""First half of the accelerated stochastic step (official README):
 
     .. math::
@@ -358,7 +346,7 @@ def split_at_evaluation(transitions) -> tuple[tuple[Transition, ...], tuple[Tran
     k = [j for j, tr in enumerate(transitions) if tr.evaluates]
     if len(k) != 1:
         raise ValueError(f"expected exactly one half-step that evaluates the model, got {len(k)}")
-    return transitions[: k[0]], transitions[k[0]:]
+    return transitions[: k[0]], transitions[k[0] :]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -375,7 +363,9 @@ def half_log_snr(alpha_bar) -> float:
 def _first_order_coefficients(alpha_bar_t: float, alpha_bar_prev: float) -> tuple[float, float, float]:
     """``(sigma_prev / sigma_t, -alpha_prev expm1(-h), h)`` of the exponential-integrator step (DDIM in x0 form)."""
     if not alpha_bar_prev > alpha_bar_t:
-        raise ValueError(f"a step must go to a less noisy level: alpha_bar_prev={alpha_bar_prev!r} <= alpha_bar_t={alpha_bar_t!r}")
+        raise ValueError(
+            f"a step must go to a less noisy level: alpha_bar_prev={alpha_bar_prev!r} <= alpha_bar_t={alpha_bar_t!r}"
+        )
     h = half_log_snr(alpha_bar_prev) - half_log_snr(alpha_bar_t)
     sigma_ratio = math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t))
     return sigma_ratio, -math.sqrt(alpha_bar_prev) * math.expm1(-h), h
@@ -409,7 +399,9 @@ def dpm_solver_pp_2m_step(
             raise ValueError("x0_next given without alpha_bar_next")
         h_last = half_log_snr(alpha_bar_t) - half_log_snr(alpha_bar_next)
         if not h_last > 0:
-            raise ValueError(f"the previous level must be noisier: alpha_bar_next={alpha_bar_next!r} >= alpha_bar_t={alpha_bar_t!r}")
+            raise ValueError(
+                f"the previous level must be noisier: alpha_bar_next={alpha_bar_next!r} >= alpha_bar_t={alpha_bar_t!r}"
+            )
         half_inv_r = 0.5 * h / h_last
         d = (1.0 + half_inv_r) * x0 - half_inv_r * x0_next
     return sigma_ratio * x + c_x0 * d

@@ -40,8 +40,14 @@ from tqdm import tqdm
 
 from . import data, features
 from .features import FEATURE_DIM, FashionCNN, to_model_range
-from .paths import (atomic_write_bytes, atomic_write_text, check_replaceable, dumps_strict, replace_folder,
-                    write_sha256sums)
+from .paths import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_replaceable,
+    dumps_strict,
+    replace_folder,
+    write_sha256sums,
+)
 from ..integrity import CHECKED_SUFFIXES
 
 __all__ = ["train_classifier", "evaluate_accuracy", "write_classifier", "main"]
@@ -160,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     argument, ``--out`` included (new, empty or an earlier classifier), is checked before the data is loaded; a
     problem is reported in one line with exit status 2."""
     p = argparse.ArgumentParser(prog="accelerated-diffusion train-classifier", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help="output folder (default runs/fmnist-classifier; pass data/fmnist-classifier to replace the "
-                        "shipped one)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output folder (default runs/fmnist-classifier; pass data/fmnist-classifier to replace the shipped one)",
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -170,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST if not installed")
     args = p.parse_args(argv)
-    problems = [f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}"
-                for k in ("epochs", "batch_size", "threads") if getattr(args, k) < 1]
+    problems = [
+        f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}"
+        for k in ("epochs", "batch_size", "threads")
+        if getattr(args, k) < 1
+    ]
     if not (math.isfinite(args.lr) and args.lr > 0):
         problems.append(f"--lr must be a positive number, got {args.lr}")
     if not 0 <= args.seed < 2**62:
@@ -188,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     x_train, x_test = to_model_range(x_train), to_model_range(x_test)
 
     t0 = time.perf_counter()
-    model, losses = train_classifier(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    model, losses = train_classifier(
+        x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
     train_seconds = time.perf_counter() - t0
     cfg = {
         "architecture": "FashionCNN",
@@ -204,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": _hardware(),
         "test_accuracy": evaluate_accuracy(model, x_test, y_test),
         "train_accuracy": evaluate_accuracy(model, x_train, y_train),
-        "command": "accelerated-diffusion train-classifier " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "command": "accelerated-diffusion train-classifier "
+        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     }
     feats_test = features.extract_features(x_test, model=model)
     mu, sigma = features.feature_statistics(feats_test)
@@ -212,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     bias_rows = []
     for n in (50, 100, 200, 500, 1000, 2000, 5000, 10000):
         fds = [
-            features.frechet_distance_from_stats(*features.feature_statistics(f[features.subset_indices(len(f), n, args.seed)]), mu, sigma)
+            features.frechet_distance_from_stats(
+                *features.feature_statistics(f[features.subset_indices(len(f), n, args.seed)]), mu, sigma
+            )
             for f in (feats_train, feats_test)
         ]
         bias_rows.append((n, *fds))

@@ -44,10 +44,22 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 # name -> (MD5 of the official .gz, SHA-256 of the decompressed content)
 FILES = {
-    "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-    "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-    "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-    "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    "train-images-idx3-ubyte.gz": (
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "bef4ecab320f06d8554ea6380940ec79",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "bb300cfdad3c16e7a12a480ee83cd310",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
 }
 
 
@@ -89,8 +101,10 @@ def _fetch(url: str, fh, timeout: float, min_rate: float) -> None:
         elapsed = time.monotonic() - t0
         if elapsed > timeout and state["bytes"] < min_rate * elapsed:
             stop.set()
-            raise TimeoutError(f"{state['bytes']:,} bytes in {elapsed:.0f} s, below the minimum of "
-                               f"{min_rate:,.0f} bytes/s after the first {timeout:g} s")
+            raise TimeoutError(
+                f"{state['bytes']:,} bytes in {elapsed:.0f} s, below the minimum of "
+                f"{min_rate:,.0f} bytes/s after the first {timeout:g} s"
+            )
     if state["error"] is not None:
         raise state["error"]
 
@@ -146,7 +160,9 @@ def _read(path: Path, offset: int) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"Fashion-MNIST: {path} is not a valid gzip file ({e}); delete it and fetch it again") from None
+        raise ValueError(
+            f"Fashion-MNIST: {path} is not a valid gzip file ({e}); delete it and fetch it again"
+        ) from None
     expected = FILES[path.name][1]
     got = hashlib.sha256(raw).hexdigest()
     if got != expected:

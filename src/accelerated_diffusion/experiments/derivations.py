@@ -44,27 +44,75 @@ from .. import samplers
 
 __all__ = [
     # symbols
-    "alpha_bar", "alpha_bar_t", "alpha_bar_prev", "alpha_bar_next", "alpha_t", "h", "r",
-    "sigma_", "sigma_t", "sigma_prev", "sigma_next", "x", "x0", "y", "eps", "eps_next", "score", "z", "z_plus",
-    "data_mean", "data_var", "var_t",
+    "alpha_bar",
+    "alpha_bar_t",
+    "alpha_bar_prev",
+    "alpha_bar_next",
+    "alpha_t",
+    "h",
+    "r",
+    "sigma_",
+    "sigma_t",
+    "sigma_prev",
+    "sigma_next",
+    "x",
+    "x0",
+    "y",
+    "eps",
+    "eps_next",
+    "score",
+    "z",
+    "z_plus",
+    "data_mean",
+    "data_var",
+    "var_t",
     # background
-    "sigma_of", "alpha_bar_of_sigma", "lambda_of_sigma", "forward_variance_recursion", "gaussian_marginal",
-    "gaussian_score", "eps_x0_score_conversions", "tweedie_check", "probability_flow_ode",
-    "probability_flow_gaussian_residual", "probability_flow_from_fokker_planck",
+    "sigma_of",
+    "alpha_bar_of_sigma",
+    "lambda_of_sigma",
+    "forward_variance_recursion",
+    "gaussian_marginal",
+    "gaussian_score",
+    "eps_x0_score_conversions",
+    "tweedie_check",
+    "probability_flow_ode",
+    "probability_flow_gaussian_residual",
+    "probability_flow_from_fokker_planck",
     # display and random inputs of the chapters' code comparisons
-    "show", "random_levels",
+    "show",
+    "random_levels",
     # baselines
-    "exponential_euler_step", "eps_form_coefficients", "ddpm_type_coefficients", "ddim_type_coefficients",
-    "ddpm_type_mean_residual", "exact_ddim_coefficients", "with_step_size", "series_in_h",
+    "exponential_euler_step",
+    "eps_form_coefficients",
+    "ddpm_type_coefficients",
+    "ddim_type_coefficients",
+    "ddpm_type_mean_residual",
+    "exact_ddim_coefficients",
+    "with_step_size",
+    "series_in_h",
     "baseline_coefficient_series",
     # accelerated ODE
-    "EXTRAPOLATION_VARIABLES", "extrapolated_correction", "in_alpha_bar", "accelerated_ode_coefficient",
-    "atan_sigma_identity_residual", "ode_step", "ODE_METHODS", "ode_step_sigma", "gaussian_ode_problem",
+    "EXTRAPOLATION_VARIABLES",
+    "extrapolated_correction",
+    "in_alpha_bar",
+    "accelerated_ode_coefficient",
+    "atan_sigma_identity_residual",
+    "ode_step",
+    "ODE_METHODS",
+    "ode_step_sigma",
+    "gaussian_ode_problem",
     "ode_local_error",
-    "correction_coefficient_series", "correction_comparison_series",
+    "correction_coefficient_series",
+    "correction_comparison_series",
     # accelerated SDE
-    "accelerated_sde_noise_scale", "accelerated_sde_perturb", "accelerated_sde_step", "ddpm_type_step_score_form",
-    "STOCHASTIC_METHODS", "one_step_moments", "exact_reverse_moments", "moment_error_series",
+    "accelerated_sde_noise_scale",
+    "accelerated_sde_perturb",
+    "accelerated_sde_step",
+    "ddpm_type_step_score_form",
+    "STOCHASTIC_METHODS",
+    "one_step_moments",
+    "exact_reverse_moments",
+    "moment_error_series",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,8 +196,12 @@ def eps_x0_score_conversions(a=alpha_bar) -> dict:
     tweedie_x0 = (x + (1 - a) * score) / sp.sqrt(a)
     # eps such that x0_of_eps equals Tweedie's denoiser:
     eps_of_score = sp.solve(sp.Eq(x0_of_eps, tweedie_x0), eps)[0]
-    return {"x0_of_eps": x0_of_eps, "eps_of_x0": eps_of_x0, "eps_of_score": sp.simplify(eps_of_score),
-            "score_of_eps": sp.solve(sp.Eq(eps, eps_of_score), score)[0]}
+    return {
+        "x0_of_eps": x0_of_eps,
+        "eps_of_x0": eps_of_x0,
+        "eps_of_score": sp.simplify(eps_of_score),
+        "score_of_eps": sp.solve(sp.Eq(eps, eps_of_score), score)[0],
+    }
 
 
 def tweedie_check(a=alpha_bar) -> dict:
@@ -178,10 +230,16 @@ def probability_flow_ode() -> dict:
     """
     y = x / sp.sqrt(alpha_bar)
     dsigma = sp.diff(sigma_of(alpha_bar), alpha_bar)
-    dx_da = sp.diff(sp.sqrt(alpha_bar) * sp.Symbol("y"), alpha_bar).subs(sp.Symbol("y"), y) + sp.sqrt(alpha_bar) * eps * dsigma
+    dx_da = (
+        sp.diff(sp.sqrt(alpha_bar) * sp.Symbol("y"), alpha_bar).subs(sp.Symbol("y"), y)
+        + sp.sqrt(alpha_bar) * eps * dsigma
+    )
     dx_da_score = sp.simplify(dx_da.subs(eps, -sp.sqrt(1 - alpha_bar) * score))
-    return {"dx_dalpha_bar_eps": sp.simplify(dx_da), "dx_dalpha_bar": dx_da_score,
-            "residual": sp.simplify(dx_da_score - (x + score) / (2 * alpha_bar))}
+    return {
+        "dx_dalpha_bar_eps": sp.simplify(dx_da),
+        "dx_dalpha_bar": dx_da_score,
+        "residual": sp.simplify(dx_da_score - (x + score) / (2 * alpha_bar)),
+    }
 
 
 def probability_flow_gaussian_residual():
@@ -219,22 +277,28 @@ def probability_flow_from_fokker_planck() -> dict:
     tau = sp.Symbol("tau", positive=True)
     q = sp.Function("q")(x, tau)
     fokker_planck = sp.diff(x * q / 2, x) + sp.diff(q, x, 2) / 2
-    velocity = -(x + sp.diff(q, x) / q) / 2          # -(x + d/dx log q) / 2
+    velocity = -(x + sp.diff(q, x) / q) / 2  # -(x + d/dx log q) / 2
     continuity_residual = sp.simplify(fokker_planck + sp.diff(velocity * q, x))
     mean_a, var_a = gaussian_marginal(sp.exp(-tau))
-    density = sp.exp(-(x - mean_a) ** 2 / (2 * var_a)) / sp.sqrt(2 * sp.pi * var_a)
+    density = sp.exp(-((x - mean_a) ** 2) / (2 * var_a)) / sp.sqrt(2 * sp.pi * var_a)
     fp_gauss = fokker_planck.subs(q, density).doit()
     gaussian_fp_residual = sp.simplify((sp.diff(density, tau) - fp_gauss) / density)
     # change of time: tau = -log(alpha_bar), so d tau / d alpha_bar = -1 / alpha_bar
     dtau_da = sp.diff(-sp.log(alpha_bar), alpha_bar)
     dx_da = sp.simplify(-(x + score) / 2 * dtau_da)
-    return {"fokker_planck": fokker_planck, "velocity_tau": -(x + score) / 2,
-            "continuity_residual": continuity_residual, "gaussian_fp_residual": gaussian_fp_residual,
-            "dx_dalpha_bar": dx_da, "residual": sp.simplify(dx_da - (x + score) / (2 * alpha_bar))}
+    return {
+        "fokker_planck": fokker_planck,
+        "velocity_tau": -(x + score) / 2,
+        "continuity_residual": continuity_residual,
+        "gaussian_fp_residual": gaussian_fp_residual,
+        "dx_dalpha_bar": dx_da,
+        "residual": sp.simplify(dx_da - (x + score) / (2 * alpha_bar)),
+    }
 
 
-def random_levels(generator: torch.Generator, count: int = 2, *, min_gap: float = 1e-3,
-                  low: float = 0.01, high: float = 0.99) -> list[float]:
+def random_levels(
+    generator: torch.Generator, count: int = 2, *, min_gap: float = 1e-3, low: float = 0.01, high: float = 0.99
+) -> list[float]:
     """``count`` increasing signal levels ``alpha_bar`` drawn uniformly in ``(low, high)`` with ``generator``,
     redrawn until consecutive levels are at least ``min_gap`` apart: the random steps on which the chapters
     compare a lambdified derivation with the library (noisiest level first)."""
@@ -336,8 +400,11 @@ def baseline_coefficient_series(order: int = 4) -> dict:
     """
     ddim_type = with_step_size(ddim_type_coefficients()[1])
     ddim = with_step_size(exact_ddim_coefficients()[1])
-    return {"ddim_type": series_in_h(ddim_type, order), "ddim": series_in_h(ddim, order),
-            "difference": series_in_h(sp.simplify(ddim_type - ddim), order)}
+    return {
+        "ddim_type": series_in_h(ddim_type, order),
+        "ddim": series_in_h(ddim, order),
+        "difference": series_in_h(sp.simplify(ddim_type - ddim), order),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,13 +438,11 @@ def extrapolated_correction(variable: str = "alpha_bar"):
     """
     if variable not in EXTRAPOLATION_VARIABLES:
         raise ValueError(
-            f"unknown extrapolation variable {variable!r}; "
-            f"expected one of {list(EXTRAPOLATION_VARIABLES)}")
+            f"unknown extrapolation variable {variable!r}; expected one of {list(EXTRAPOLATION_VARIABLES)}"
+        )
     u = EXTRAPOLATION_VARIABLES[variable]
-    integral = sp.integrate(u(sigma_) - u(sigma_t),
-                            (sigma_, sigma_t, sigma_prev))
-    return (-sp.sqrt(alpha_bar_prev) * integral
-            / (u(sigma_t) - u(sigma_next)))
+    integral = sp.integrate(u(sigma_) - u(sigma_t), (sigma_, sigma_t, sigma_prev))
+    return -sp.sqrt(alpha_bar_prev) * integral / (u(sigma_t) - u(sigma_next))
 
 
 def in_alpha_bar(expr):
@@ -496,7 +561,9 @@ def _dpm_solver_steps(method, y_t, s_t, s_prev, s_next, eps_fn, y_next):
         return y_t + eps_fn(y_mid, s_mid) * (s_prev - s_t)
     if method == "dpm_solver_pp_2m":
         conv = eps_x0_score_conversions()["x0_of_eps"].subs(x, y * sp.sqrt(alpha_bar))  # x0 = y - sigma eps
-        y0 = lambda y_, s: conv.subs(alpha_bar, alpha_bar_of_sigma(s)).subs({y: y_, eps: eps_fn(y_, s)}, simultaneous=True)  # noqa: E731
+        y0 = lambda y_, s: conv.subs(alpha_bar, alpha_bar_of_sigma(s)).subs(
+            {y: y_, eps: eps_fn(y_, s)}, simultaneous=True
+        )  # noqa: E731
         # lambda = -log(sigma): the step ratio (lambda_{t-1} - lambda_t) / (lambda_t - lambda_{t+1}), logs combined
         ratio = sp.log(s_t / s_prev) / sp.log(s_next / s_t)
         d = y0(y_t, s_t) + ratio / 2 * (y0(y_t, s_t) - y0(y_next, s_next))
@@ -523,12 +590,19 @@ def ode_local_error(method: str, v=data_var, s=sigma_t, ratio=1, order: int = 4)
         out = _dpm_solver_steps(method, y_t, s, s_prev, s_next, prob["eps"], y_next)
     else:
         out = ode_step_sigma(method).subs(
-            {y: y_t, eps: prob["eps"](y_t, s), eps_next: prob["eps"](y_next, s_next),
-             sigma_t: s, sigma_prev: s_prev, sigma_next: s_next, alpha_bar_prev: alpha_bar_of_sigma(s_prev)},
-            simultaneous=True)
+            {
+                y: y_t,
+                eps: prob["eps"](y_t, s),
+                eps_next: prob["eps"](y_next, s_next),
+                sigma_t: s,
+                sigma_prev: s_prev,
+                sigma_next: s_next,
+                alpha_bar_prev: alpha_bar_of_sigma(s_prev),
+            },
+            simultaneous=True,
+        )
     err = sp.series(out - prob["flow"](y_t, s, s_prev), h, 0, order).removeO()
     return sp.collect(sp.expand(err), h, sp.factor)
-
 
 
 def correction_coefficient_series(ratio=r, order: int = 3) -> dict:
@@ -556,8 +630,10 @@ def correction_comparison_series(v=data_var, s=sigma_t, ratio=1, order: int = 4)
     differ at :math:`h_\sigma^3`.
     """
     ddim = ode_local_error("ddim", v, s, ratio, order)
-    return {m: sp.collect(sp.expand(ode_local_error(m, v, s, ratio, order) - ddim), h, sp.factor)
-            for m in ("accelerated_ode", "lambda", "sigma", "dpm_solver_pp_2m")}
+    return {
+        m: sp.collect(sp.expand(ode_local_error(m, v, s, ratio, order) - ddim), h, sp.factor)
+        for m in ("accelerated_ode", "lambda", "sigma", "dpm_solver_pp_2m")
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -655,5 +731,7 @@ def moment_error_series(method: str, kind: str = "marginal", order: int = 4) -> 
     else:
         raise ValueError(f"unknown kind {kind!r}; expected 'marginal' or 'conditional'")
     ref = exact_reverse_moments(kind)
-    return {name: sp.simplify(sp.series((g - e).subs(alpha_t, 1 - h), h, 0, order).removeO())
-            for name, g, e in zip(("mean", "variance"), got, ref)}
+    return {
+        name: sp.simplify(sp.series((g - e).subs(alpha_t, 1 - h), h, 0, order).removeO())
+        for name, g, e in zip(("mean", "variance"), got, ref)
+    }

@@ -101,6 +101,7 @@ def _stochastic(method: str) -> bool:
     """Whether ``method`` is a stochastic sampler (the registry's word; ``ValueError`` for an unknown name)."""
     return samplers.spec(method).stochastic
 
+
 #: One-dimensional test targets (``weights``, ``means``, ``variances``).
 TARGETS = {
     # a single Gaussian: the closed-form check
@@ -131,8 +132,11 @@ def target_params(target: GaussianMixture) -> dict:
     """``{"weights", "means", "variances"}`` of a one-dimensional mixture (lists)."""
     if target.dim != 1:
         raise ValueError(f"need a one-dimensional target, got d = {target.dim}")
-    return {"weights": target.weights.tolist(), "means": target.means[:, 0].tolist(),
-            "variances": target.covariance(1.0)[:, 0, 0].tolist()}
+    return {
+        "weights": target.weights.tolist(),
+        "means": target.means[:, 0].tolist(),
+        "variances": target.covariance(1.0)[:, 0, 0].tolist(),
+    }
 
 
 def level_components(target: GaussianMixture, alpha_bar: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -226,8 +230,9 @@ def flow_map(target: GaussianMixture, path, method: str, x) -> dict:
         mins.append(float(dy.min()))
         return torch.cat([target.eps(y, float(t)), eps_derivative(target, y, float(t)) * dy])
 
-    out = samplers.sample(eps_fn, torch.cat([x, torch.ones_like(x)]), torch.as_tensor(path, dtype=torch.float64),
-                          method)
+    out = samplers.sample(
+        eps_fn, torch.cat([x, torch.ones_like(x)]), torch.as_tensor(path, dtype=torch.float64), method
+    )
     phi, dphi = out[:n, 0].numpy(), out[n:, 0].numpy()
     mins.append(float(dphi.min()))
     return {"phi": phi, "dphi": dphi, "tangent_min": mins}
@@ -263,9 +268,19 @@ def _resolved_flow(target, path, method, x, a0, a1, dy_frac, rounds, max_split):
     return x, phi, dphi, mins
 
 
-def deterministic_tv(target: GaussianMixture, path, method: str, *, num_points: int = 4001, width: float = 12.0,
-                     refine: int = 0, dy_frac: float = 0.25, rounds: int = 3, max_split: int = 256,
-                     fold_points: int = 20001) -> dict:
+def deterministic_tv(
+    target: GaussianMixture,
+    path,
+    method: str,
+    *,
+    num_points: int = 4001,
+    width: float = 12.0,
+    refine: int = 0,
+    dy_frac: float = 0.25,
+    rounds: int = 3,
+    max_split: int = 256,
+    fold_points: int = 20001,
+) -> dict:
     r"""Exact ``TV(q_out, p_out)`` of a deterministic sampler started from the exact ``q`` at ``path[0]``, output
     compared with ``q`` at ``path[-1]``.  ``num_points`` uniform start points cover ``width`` standard deviations
     of every component; cells whose image is longer than ``dy_frac`` times the narrowest output standard
@@ -278,8 +293,9 @@ def deterministic_tv(target: GaussianMixture, path, method: str, *, num_points: 
     start has folded}; ``crossings``: number of sign changes of the density difference; ``num_points``."""
     path = torch.as_tensor(path, dtype=torch.float64)
     a0, a1 = float(path[0]), float(path[-1])
-    x, phi, dphi, mins = _resolved_flow(target, path, method, _start_grid(target, a0, num_points, width), a0, a1,
-                                        dy_frac, rounds, max_split)
+    x, phi, dphi, mins = _resolved_flow(
+        target, path, method, _start_grid(target, a0, num_points, width), a0, a1, dy_frac, rounds, max_split
+    )
     q0 = density(target, x, a0)
     mass = q0 > 1e-300
     folded = bool((dphi[mass] <= 0).any())
@@ -402,6 +418,7 @@ def transition_kernels(target: GaussianMixture, path, method: str) -> list[_Kern
     out = []
     for a_t, a_prev in zip(levels[:-1], levels[1:]):
         for tr in transitions(a_t, a_prev):
+
             def mean_fn(y, a_t=a_t, tr=tr):
                 z = torch.zeros_like(y)
                 if not tr.evaluates:
@@ -480,7 +497,7 @@ def _quadrature(y, w, mu, sig, lo, h_out, n_out) -> np.ndarray:
     offs = np.arange(-B, B + 1)
     chunk = max(1, int(2e6 // offs.size))
     for c0 in range(0, y.size, chunk):
-        mc, wc = mu[c0:c0 + chunk], w[c0:c0 + chunk]
+        mc, wc = mu[c0 : c0 + chunk], w[c0 : c0 + chunk]
         ii = np.rint((mc - lo) / h_out).astype(int)[:, None] + offs
         z = (lo + ii * h_out - mc[:, None]) / sig
         val = wc[:, None] * np.exp(-0.5 * z * z) / (sig * math.sqrt(2 * math.pi))
@@ -489,8 +506,18 @@ def _quadrature(y, w, mu, sig, lo, h_out, n_out) -> np.ndarray:
     return out
 
 
-def _apply_kernel(dens: _GridDensity, kern: _Kernel, target, h_frac: float, width: float, tol: float,
-                  max_points: int, stats: dict, resolve: float = 1.2, max_upsample: int = 128) -> _GridDensity:
+def _apply_kernel(
+    dens: _GridDensity,
+    kern: _Kernel,
+    target,
+    h_frac: float,
+    width: float,
+    tol: float,
+    max_points: int,
+    stats: dict,
+    resolve: float = 1.2,
+    max_upsample: int = 128,
+) -> _GridDensity:
     """One transition: ``p'(y') = integral p(y) N(y'; mu(y), sigma^2) dy`` on the output level's grid."""
     keep = dens.support(tol)
     idx = np.nonzero(keep)[0]
@@ -617,9 +644,18 @@ def _hermite5(t, f0, f1, d0, d1, s0, s1):
     return f0 * H0 + d0 * H1 + s0 * H2 + s1 * H3 + d1 * H4 + f1 * H5
 
 
-def stochastic_tv(target: GaussianMixture, path, method: str, *, h_frac: float = 0.25, width: float = 12.0,
-                  tol: float = 1e-16, max_points: int = 40000, final_upsample: int = 4,
-                  kernel_std_scale: float = 1.0) -> dict:
+def stochastic_tv(
+    target: GaussianMixture,
+    path,
+    method: str,
+    *,
+    h_frac: float = 0.25,
+    width: float = 12.0,
+    tol: float = 1e-16,
+    max_points: int = 40000,
+    final_upsample: int = 4,
+    kernel_std_scale: float = 1.0,
+) -> dict:
     r"""Exact ``TV(q_out, p_out)`` of a stochastic sampler started from the exact ``q`` at ``path[0]``, by
     propagating the density with the transition kernels of :func:`transition_kernels`.  Grid spacing at level
     ``a``: ``h_frac`` times the narrowest component's standard deviation there; ranges cover ``width`` standard
@@ -635,8 +671,15 @@ def stochastic_tv(target: GaussianMixture, path, method: str, *, h_frac: float =
     lo, hi = _target_range(target, a0, width)
     n = int(math.ceil((hi - lo) / h)) + 1
     dens = _GridDensity(lo, h, density(target, lo + h * np.arange(n), a0))
-    stats = {"quadrature": 0, "upsampled": 0, "blur": 0, "pushforward": 0, "mean_map_folds": 0, "coarsened": 0,
-             "newton_residual": 0.0}
+    stats = {
+        "quadrature": 0,
+        "upsampled": 0,
+        "blur": 0,
+        "pushforward": 0,
+        "mean_map_folds": 0,
+        "coarsened": 0,
+        "newton_residual": 0.0,
+    }
     for kern in transition_kernels(target, path, method):
         if kernel_std_scale != 1.0:
             kern.sigma *= kernel_std_scale
@@ -690,8 +733,11 @@ def gaussian_reference_tv(target: Gaussian, path, method: str, *, with_rates: bo
     a1 = float(path[-1])
     mp, Cp = gaussian_output_law(target, path, method, "exact")
     mq, Cq = target.marginal_mean(a1), target.marginal_cov(a1)
-    out = {"tv": gaussian_tv_1d(float(mq[0]), float(Cq[0, 0]), float(mp[0]), float(Cp[0, 0])),
-           "mean": float(mp[0]), "var": float(Cp[0, 0])}
+    out = {
+        "tv": gaussian_tv_1d(float(mq[0]), float(Cq[0, 0]), float(mp[0]), float(Cp[0, 0])),
+        "mean": float(mp[0]),
+        "var": float(Cp[0, 0]),
+    }
     if with_rates:
         try:
             out["tv_rates"] = gaussian_tv(mq, Cq, mp, Cp)
@@ -708,11 +754,23 @@ def refinement_check(target: GaussianMixture, path, method: str, *, factor: int 
     else:
         n = kw.get("num_points", 4001)
         base = deterministic_tv(target, path, method, **kw)
-        fine = deterministic_tv(target, path, method, **{**kw, "num_points": factor * (n - 1) + 1,
-                                                          "dy_frac": kw.get("dy_frac", 0.25) / factor,
-                                                          "fold_points": factor * kw.get("fold_points", 20001)})
-    return {"tv": base["tv"], "tv_fine": fine["tv"], "rel_change": abs(fine["tv"] - base["tv"]) / fine["tv"],
-            "folded": bool(base.get("folded", False))}
+        fine = deterministic_tv(
+            target,
+            path,
+            method,
+            **{
+                **kw,
+                "num_points": factor * (n - 1) + 1,
+                "dy_frac": kw.get("dy_frac", 0.25) / factor,
+                "fold_points": factor * kw.get("fold_points", 20001),
+            },
+        )
+    return {
+        "tv": base["tv"],
+        "tv_fine": fine["tv"],
+        "rel_change": abs(fine["tv"] - base["tv"]) / fine["tv"],
+        "folded": bool(base.get("folded", False)),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -758,8 +816,8 @@ class PendingJobs:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._n = len(jobs)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
-            initargs=(1,))
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+        )
         order = sorted(range(len(jobs)), key=lambda i: -_job_cost(jobs[i]))
         self._futures = {self._pool.submit(_job, jobs[i]): i for i in order}
 
@@ -802,8 +860,7 @@ def _sweep_results(jobs: list, outs: list, methods) -> dict:
     return res
 
 
-def rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPLERS, *, workers: int = 1,
-               **path_kw) -> dict:
+def rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPLERS, *, workers: int = 1, **path_kw) -> dict:
     """``{method: {"T", "nfe", "tv", "folds", "mean_map_folds"}}`` over ``Ts`` on the path
     :func:`rates.make_path` (``schedule`` ``"paper"`` or ``"linear"``), started from the exact ``q`` at the first
     level, output compared with ``q`` at the last.  ``folds``: one entry per folded run of a deterministic sampler
@@ -829,8 +886,9 @@ def fit_rates(res: dict, x_min: float, *, log_factor: bool = False) -> dict:
 
 
 def _rates_jobs(params: dict, paper_Ts, linear_Ts, methods, c0: float, c1: float) -> list:
-    return (_sweep_jobs(params, "paper", paper_Ts, methods, {"c0": c0, "c1": c1})
-            + _sweep_jobs(params, "linear", linear_Ts, methods, {}))
+    return _sweep_jobs(params, "paper", paper_Ts, methods, {"c0": c0, "c1": c1}) + _sweep_jobs(
+        params, "linear", linear_Ts, methods, {}
+    )
 
 
 def _rates_results(jobs: list, outs: list, methods, x_min: dict) -> dict:
@@ -843,8 +901,17 @@ def _rates_results(jobs: list, outs: list, methods, x_min: dict) -> dict:
     return out
 
 
-def exact_rates(target: GaussianMixture, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, methods=SAMPLERS,
-                c0: float = 2.0, c1: float = 4.0, x_min: dict | None = None, workers: int = 1) -> dict:
+def exact_rates(
+    target: GaussianMixture,
+    *,
+    paper_Ts=PAPER_TS,
+    linear_Ts=LINEAR_TS,
+    methods=SAMPLERS,
+    c0: float = 2.0,
+    c1: float = 4.0,
+    x_min: dict | None = None,
+    workers: int = 1,
+) -> dict:
     """Both schedules, all samplers, fitted slopes and local orders: ``{schedule: {sampler: {"T", "nfe", "tv",
     "slope", "local_slopes", "window_fits", "verdict", "practical", ...}}}`` (:func:`fit_rates`,
     :func:`orders.annotate`)."""
@@ -855,8 +922,12 @@ def exact_rates(target: GaussianMixture, *, paper_Ts=PAPER_TS, linear_Ts=LINEAR_
 
 def _gaussian_jobs(cases, methods, target: GaussianMixture) -> list:
     params = target_params(target)
-    return [(kind, params, schedule, int(T), {}, m) for schedule, T in cases for m in methods
-            for kind in ("tv", "reference")]
+    return [
+        (kind, params, schedule, int(T), {}, m)
+        for schedule, T in cases
+        for m in methods
+        for kind in ("tv", "reference")
+    ]
 
 
 def _gaussian_results(jobs: list, outs: list, target: GaussianMixture) -> dict:
@@ -884,9 +955,12 @@ def _refinement_jobs(target: GaussianMixture, cases, methods, factor: int) -> li
 
 def _refinement_results(jobs: list, outs: list, factor: int) -> dict:
     rows = [[j[2], int(j[3]), j[5], r["tv"], r["tv_fine"], r["rel_change"], r["folded"]] for j, r in zip(jobs, outs)]
-    return {"factor": factor, "rows": rows,
-            "max_rel_change": max([r[5] for r in rows if not r[6]], default=None),
-            "max_rel_change_folded": max([r[5] for r in rows if r[6]], default=None)}
+    return {
+        "factor": factor,
+        "rows": rows,
+        "max_rel_change": max([r[5] for r in rows if not r[6]], default=None),
+        "max_rel_change_folded": max([r[5] for r in rows if r[6]], default=None),
+    }
 
 
 def refinement_table(target: GaussianMixture, cases, methods=SAMPLERS, factor: int = 2, *, workers: int = 1) -> dict:
@@ -898,8 +972,9 @@ def refinement_table(target: GaussianMixture, cases, methods=SAMPLERS, factor: i
     return _refinement_results(jobs, run_jobs(jobs, workers), factor)
 
 
-def results_json(target: GaussianMixture, results: dict, *, name: str | None = None, folder=None,
-                 params: dict | None = None, **extra) -> dict:
+def results_json(
+    target: GaussianMixture, results: dict, *, name: str | None = None, folder=None, params: dict | None = None, **extra
+) -> dict:
     """The results object ``{"target": {"weights", "means", "variances"}, "results": {schedule: {sampler: {"T",
     "nfe", "tv", "slope": {"value", "ci"}}}}}`` plus ``extra`` keys, saved as ``name`` (:func:`paths.save_results`,
     in ``folder`` or the results folder, with ``params``, the settings of the run, in its provenance) when given."""
@@ -910,14 +985,15 @@ def results_json(target: GaussianMixture, results: dict, *, name: str | None = N
 
 
 def _explore_jobs(targets, Ts, schedule: str, methods) -> list:
-    return [job for params in targets for job in _sweep_jobs(target_params(mixture_1d(**params)), schedule, Ts,
-                                                               methods, {})]
+    return [
+        job for params in targets for job in _sweep_jobs(target_params(mixture_1d(**params)), schedule, Ts, methods, {})
+    ]
 
 
 def _explore_results(jobs: list, outs: list, targets, Ts, schedule: str, methods) -> list:
     out, per = [], len(Ts) * len(methods)
     for k, params in enumerate(targets):
-        res = _sweep_results(jobs[k * per:(k + 1) * per], outs[k * per:(k + 1) * per], methods)
+        res = _sweep_results(jobs[k * per : (k + 1) * per], outs[k * per : (k + 1) * per], methods)
         entry = {"target": target_params(mixture_1d(**params)), "schedule": schedule, "T": [int(T) for T in Ts]}
         for m in methods:
             f = fit_slope(res[m]["nfe"], res[m]["tv"])
@@ -936,14 +1012,39 @@ def explore(targets, Ts, schedule: str = "linear", methods=STOCHASTIC, *, worker
 class _Experiment:
     """The runs of :func:`run_experiment`, in progress; :meth:`result` assembles (and saves) the results object."""
 
-    def __init__(self, target_params_, *, paper_Ts, linear_Ts, c0, c1, x_min, gaussian_cases, refinement_cases,
-                 explore_targets, explore_Ts, name, folder, workers, background):
+    def __init__(
+        self,
+        target_params_,
+        *,
+        paper_Ts,
+        linear_Ts,
+        c0,
+        c1,
+        x_min,
+        gaussian_cases,
+        refinement_cases,
+        explore_targets,
+        explore_Ts,
+        name,
+        folder,
+        workers,
+        background,
+    ):
         self.t0_wall = time.perf_counter()
         self.t0_cpu = _cpu_seconds()
         self.x_min = {**FIT_MIN_NFE, **(x_min or {})}
-        self.params = {"target": target_params_, "paper_Ts": paper_Ts, "linear_Ts": linear_Ts, "c0": c0, "c1": c1,
-                       "x_min": self.x_min, "gaussian_cases": gaussian_cases, "refinement_cases": refinement_cases,
-                       "explore_targets": explore_targets, "explore_Ts": explore_Ts}
+        self.params = {
+            "target": target_params_,
+            "paper_Ts": paper_Ts,
+            "linear_Ts": linear_Ts,
+            "c0": c0,
+            "c1": c1,
+            "x_min": self.x_min,
+            "gaussian_cases": gaussian_cases,
+            "refinement_cases": refinement_cases,
+            "explore_targets": explore_targets,
+            "explore_Ts": explore_Ts,
+        }
         if name is not None:
             check_params(self.params)  # settings that could not be recorded fail before the sweeps
         self.c0, self.c1, self.name, self.folder, self.workers = c0, c1, name, folder, workers
@@ -964,29 +1065,42 @@ class _Experiment:
         outs = self._pending.result() if self._pending is not None else self._outs
         split, k = [], 0
         for part in self.parts:
-            split.append(outs[k:k + len(part)])
+            split.append(outs[k : k + len(part)])
             k += len(part)
         results = _rates_results(self.parts[0], split[0], SAMPLERS, self.x_min)
-        accuracy = {"gaussian": _gaussian_results(self.parts[1], split[1], self.gauss_target),
-                    "refinement": _refinement_results(self.parts[2], split[2], 2)}
-        exploration = (_explore_results(self.parts[3], split[3], self.explore_targets, self.explore_Ts, "linear",
-                                        STOCHASTIC) if self.explore_targets else [])
+        accuracy = {
+            "gaussian": _gaussian_results(self.parts[1], split[1], self.gauss_target),
+            "refinement": _refinement_results(self.parts[2], split[2], 2),
+        }
+        exploration = (
+            _explore_results(self.parts[3], split[3], self.explore_targets, self.explore_Ts, "linear", STOCHASTIC)
+            if self.explore_targets
+            else []
+        )
         extra = {
             "description": "Exact TV of seven samplers on a one-dimensional Gaussian mixture with exact scores, "
-                           "started from the exact q at the first level",
+            "started from the exact q at the first level",
             "schedules": {
-                "paper": {"c0": self.c0, "c1": self.c1,
-                          "path": "all T levels abar_T .. abar_1, nfe = T - 1, output vs q_1"},
-                "linear": {"betas": "linear 1e-4 .. 0.02, 1000 steps", "spacing": "leading",
-                           "path": "timesteps arange(T)[::-1] * (1000 // T), output vs q at the last level, "
-                                   "nfe = T - 1"},
+                "paper": {
+                    "c0": self.c0,
+                    "c1": self.c1,
+                    "path": "all T levels abar_T .. abar_1, nfe = T - 1, output vs q_1",
+                },
+                "linear": {
+                    "betas": "linear 1e-4 .. 0.02, 1000 steps",
+                    "spacing": "leading",
+                    "path": "timesteps arange(T)[::-1] * (1000 // T), output vs q at the last level, nfe = T - 1",
+                },
             },
             "fit": {"x": "nfe", "x_min": self.x_min, "level": 0.95},
             "orders_criterion": orders.CRITERION,
             "accuracy": accuracy,
             "exploration": exploration,
-            "timing": {"cpu_seconds": _cpu_seconds() - self.t0_cpu,
-                       "wall_seconds": time.perf_counter() - self.t0_wall, "workers": self.workers},
+            "timing": {
+                "cpu_seconds": _cpu_seconds() - self.t0_cpu,
+                "wall_seconds": time.perf_counter() - self.t0_wall,
+                "workers": self.workers,
+            },
         }
         return results_json(self.target, results, name=self.name, folder=self.folder, params=self.params, **extra)
 
@@ -997,10 +1111,19 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-_EXPERIMENT_DEFAULTS = dict(paper_Ts=PAPER_TS, linear_Ts=LINEAR_TS, c0=2.0, c1=4.0, x_min=None,
-                            gaussian_cases=(("paper", 30), ("paper", 300), ("linear", 20), ("linear", 200)),
-                            refinement_cases=(("paper", 100), ("linear", 40)), explore_targets=(),
-                            explore_Ts=(50, 100, 200, 500, 1000), name=None, folder=None)
+_EXPERIMENT_DEFAULTS = dict(
+    paper_Ts=PAPER_TS,
+    linear_Ts=LINEAR_TS,
+    c0=2.0,
+    c1=4.0,
+    x_min=None,
+    gaussian_cases=(("paper", 30), ("paper", 300), ("linear", 20), ("linear", 200)),
+    refinement_cases=(("paper", 100), ("linear", 40)),
+    explore_targets=(),
+    explore_Ts=(50, 100, 200, 500, 1000),
+    name=None,
+    folder=None,
+)
 
 
 def run_experiment(target_params_: dict, *, workers: int = 1, **kw) -> dict:

@@ -81,7 +81,15 @@ from ..samplers import SAMPLERS, STOCHASTIC
 from ..schedules import SPACINGS
 from . import features
 from ..integrity import sha256_file
-from .paths import LOCK_FILE, FolderInUseError, atomic_write_bytes, atomic_write_text, dumps_strict, folder_lock, save_results
+from .paths import (
+    LOCK_FILE,
+    FolderInUseError,
+    atomic_write_bytes,
+    atomic_write_text,
+    dumps_strict,
+    folder_lock,
+    save_results,
+)
 
 __all__ = [
     "DIFFUSERS_SAMPLERS",
@@ -138,8 +146,17 @@ def shard(num_batches: int, process_index: int, num_processes: int) -> list[int]
     return list(range(process_index, num_batches, num_processes))
 
 
-def run_sampler(eps_fn, noise: torch.Tensor, sampler: str, nfe: int, schedule, *, spacing: str = "leading",
-                generator=None, progress: bool = False):
+def run_sampler(
+    eps_fn,
+    noise: torch.Tensor,
+    sampler: str,
+    nfe: int,
+    schedule,
+    *,
+    spacing: str = "leading",
+    generator=None,
+    progress: bool = False,
+):
     """Run ``sampler`` (a name of :data:`accelerated_diffusion.samplers.SAMPLERS`) from ``noise`` with ``nfe``
     model evaluations on the ``spacing`` grid of the training ``schedule``, through the library's generation
     wrapper :func:`accelerated_diffusion.samplers.run_grid` (``ValueError`` when the grid does not have ``nfe``
@@ -224,7 +241,10 @@ def load_images(root: Path, files: list[str]) -> torch.Tensor:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="accelerated-diffusion generate", description="Generate N samples per sampler and NFE (sharded with accelerate).")
+    p = argparse.ArgumentParser(
+        prog="accelerated-diffusion generate",
+        description="Generate N samples per sampler and NFE (sharded with accelerate).",
+    )
     p.add_argument("--model", required=True, help="local diffusers folder or hub id (see accelerated_diffusion.models)")
     p.add_argument("--samplers", nargs="+", default=["ddim", "accelerated_ode"], choices=list(SAMPLERS))
     p.add_argument("--nfe", nargs="+", type=int, default=[5, 10])
@@ -250,9 +270,17 @@ class UsageError(ValueError):
 
 def run_settings(args: argparse.Namespace) -> dict:
     """What determines the images of a run (recorded in ``run.json``; ``--resume`` must repeat it)."""
-    return {"model": str(args.model), "samplers": list(args.samplers), "nfe": list(args.nfe),
-            "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size,
-            "spacing": args.spacing, "format": args.format, "dtype": args.dtype}
+    return {
+        "model": str(args.model),
+        "samplers": list(args.samplers),
+        "nfe": list(args.nfe),
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "spacing": args.spacing,
+        "format": args.format,
+        "dtype": args.dtype,
+    }
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -290,8 +318,15 @@ def check_samplers(schedule, samplers_: list[str], nfes: list[int], spacing: str
     for sampler in samplers_:
         for nfe in nfes:
             try:
-                run_sampler(zero, noise, sampler, nfe, schedule, spacing=spacing,
-                            generator=torch.Generator().manual_seed(0) if sampler in STOCHASTIC else None)
+                run_sampler(
+                    zero,
+                    noise,
+                    sampler,
+                    nfe,
+                    schedule,
+                    spacing=spacing,
+                    generator=torch.Generator().manual_seed(0) if sampler in STOCHASTIC else None,
+                )
             except (ValueError, RuntimeError, IndexError) as e:
                 raise UsageError(f"--samplers {sampler} --nfe {nfe} --spacing {spacing}: {e}") from None
 
@@ -306,8 +341,11 @@ def _is_ours(p: Path) -> bool:
     n = p.name
     if p.is_dir():
         return n in SAMPLERS
-    return n in (MANIFEST, RUN_FILE, METRICS, LOCK_FILE) or (n.startswith("manifest.part") and n.endswith(".json")) or (
-        n.startswith(".") and n.endswith(".tmp"))
+    return (
+        n in (MANIFEST, RUN_FILE, METRICS, LOCK_FILE)
+        or (n.startswith("manifest.part") and n.endswith(".json"))
+        or (n.startswith(".") and n.endswith(".tmp"))
+    )
 
 
 def folder_state(out: Path) -> str:
@@ -333,8 +371,10 @@ def check_out(out: Path, settings: dict, *, resume: bool, overwrite: bool) -> st
     if state == "foreign":
         raise UsageError(f"--out {out} holds files that generate did not write; choose another (empty) folder")
     if not (resume or overwrite):
-        raise UsageError(f"--out {out} holds a{'n' if state == 'incomplete' else ''} {state} run: pass --resume to "
-                         "finish it with the same settings, --overwrite to replace it, or choose another --out")
+        raise UsageError(
+            f"--out {out} holds a{'n' if state == 'incomplete' else ''} {state} run: pass --resume to "
+            "finish it with the same settings, --overwrite to replace it, or choose another --out"
+        )
     if resume:
         try:
             old = json.loads((Path(out) / RUN_FILE).read_text())
@@ -370,8 +410,13 @@ def prepare_out(out: Path, settings: dict, *, overwrite: bool) -> None:
 def files_present(out: Path) -> set[str]:
     """Every image file under ``out``'s sampler folders, relative to ``out`` (what a manifest must cover)."""
     out = Path(out)
-    return {str(f.relative_to(out)) for d in out.iterdir() if d.is_dir() and d.name in SAMPLERS
-            for f in d.rglob("*") if f.is_file()}
+    return {
+        str(f.relative_to(out))
+        for d in out.iterdir()
+        if d.is_dir() and d.name in SAMPLERS
+        for f in d.rglob("*")
+        if f.is_file()
+    }
 
 
 def _batch_done(out: Path, rel_files: list[str], seeds: list[int]) -> bool:
@@ -414,11 +459,15 @@ def check_weights(out: Path, digest: str) -> None:
     except (OSError, ValueError, AttributeError):
         raise UsageError(f"--resume: {Path(out) / RUN_FILE} is missing or unreadable; use --overwrite") from None
     if old is None:
-        raise UsageError(f"--resume: {Path(out) / RUN_FILE} records no weights SHA-256 (an older run), so the model "
-                         "cannot be checked; use --overwrite")
+        raise UsageError(
+            f"--resume: {Path(out) / RUN_FILE} records no weights SHA-256 (an older run), so the model "
+            "cannot be checked; use --overwrite"
+        )
     if old != digest:
-        raise UsageError(f"--resume: the run in {out} was made with other weights (SHA-256 {old[:12]}..., now "
-                         f"{digest[:12]}...): the model changed; use --overwrite or another --out")
+        raise UsageError(
+            f"--resume: the run in {out} was made with other weights (SHA-256 {old[:12]}..., now "
+            f"{digest[:12]}...): the model changed; use --overwrite or another --out"
+        )
 
 
 def _device(args, device) -> torch.device:
@@ -450,7 +499,11 @@ def generate(args: argparse.Namespace, process_index: int = 0, num_processes: in
                 rel = [f"{sub}/{n}" for n in _batch_names(seeds, k, args.format)]
                 if not (getattr(args, "resume", False) and _batch_done(out, rel, seeds)):
                     noise = initial_noise(seeds, shape).to(device)
-                    gen = torch.Generator(device).manual_seed(PATH_NOISE_SEED_OFFSET + seeds[0]) if sampler in STOCHASTIC else None
+                    gen = (
+                        torch.Generator(device).manual_seed(PATH_NOISE_SEED_OFFSET + seeds[0])
+                        if sampler in STOCHASTIC
+                        else None
+                    )
                     x, ts = run_sampler(fn, noise, sampler, nfe, schedule, spacing=args.spacing, generator=gen)
                     save_batch(x, seeds, out / sub, k, args.format)
                     n_done += len(seeds)
@@ -458,8 +511,16 @@ def generate(args: argparse.Namespace, process_index: int = 0, num_processes: in
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
-            runs.append({"sampler": sampler, "nfe": nfe, "timesteps": ts, "batches": files,
-                         "seconds": {str(process_index): seconds}, "images": {str(process_index): n_done}})
+            runs.append(
+                {
+                    "sampler": sampler,
+                    "nfe": nfe,
+                    "timesteps": ts,
+                    "batches": files,
+                    "seconds": {str(process_index): seconds},
+                    "images": {str(process_index): n_done},
+                }
+            )
     return {
         "model": str(args.model),
         "image_shape": list(shape),
@@ -487,9 +548,18 @@ def merge_manifests(parts: list[dict]) -> dict:
         seconds = {k: v for p in parts for k, v in p["runs"][i]["seconds"].items()}
         computed = sum(v for p in parts for v in p["runs"][i]["images"].values())
         n = sum(len(b["seeds"]) for b in batches)
-        runs.append({"sampler": run["sampler"], "nfe": run["nfe"], "timesteps": run["timesteps"], "num_images": n,
-                     "images_computed": computed, "seconds_per_process": seconds,
-                     "images_per_second": computed / max(max(seconds.values()), 1e-12), "batches": batches})
+        runs.append(
+            {
+                "sampler": run["sampler"],
+                "nfe": run["nfe"],
+                "timesteps": run["timesteps"],
+                "num_images": n,
+                "images_computed": computed,
+                "seconds_per_process": seconds,
+                "images_per_second": computed / max(max(seconds.values()), 1e-12),
+                "batches": batches,
+            }
+        )
     merged["runs"] = runs
     return merged
 
@@ -590,7 +660,9 @@ def main(argv: list[str] | None = None) -> int:
             manifest = merge_manifests([json.loads(f.read_text()) for f in part_files])
             manifest["weights_sha256"] = digest
             manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            manifest["command"] = "accelerated-diffusion generate " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+            manifest["command"] = "accelerated-diffusion generate " + " ".join(
+                shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+            )
             listed = {f for r in manifest["runs"] for b in r["batches"] for f in b["files"]}
             if listed != files_present(out):
                 raise RuntimeError(f"{out}: the image files differ from the manifest's; rerun with --overwrite")
@@ -626,22 +698,30 @@ def check_manifest(manifest_path) -> dict:
     present = files_present(root)
     if listed != present:
         missing, extra = sorted(listed - present), sorted(present - listed)
-        raise IncompleteRunError(f"{path} does not match the files in {root}: {len(missing)} listed but missing "
-                                 f"{missing[:3]}, {len(extra)} present but not listed {extra[:3]}")
+        raise IncompleteRunError(
+            f"{path} does not match the files in {root}: {len(missing)} listed but missing "
+            f"{missing[:3]}, {len(extra)} present but not listed {extra[:3]}"
+        )
     for r in runs:
         for b in r["batches"]:
             digests = b.get("sha256")
             if not isinstance(digests, list) or len(digests) != len(b["files"]):
-                raise IncompleteRunError(f"{path} records no SHA-256 of the files of batch {b['batch']} (an older "
-                                         "version's run): the files cannot be checked; regenerate it with --overwrite")
+                raise IncompleteRunError(
+                    f"{path} records no SHA-256 of the files of batch {b['batch']} (an older "
+                    "version's run): the files cannot be checked; regenerate it with --overwrite"
+                )
             seeds = load_batch(root, b["files"])[1]
             if seeds != b["seeds"]:
-                raise IncompleteRunError(f"{root / b['files'][0]} holds seeds {seeds[:3]}..., the manifest lists "
-                                         f"{b['seeds'][:3]}...: the folder was changed after the run")
+                raise IncompleteRunError(
+                    f"{root / b['files'][0]} holds seeds {seeds[:3]}..., the manifest lists "
+                    f"{b['seeds'][:3]}...: the folder was changed after the run"
+                )
             for name, digest in zip(b["files"], digests):
                 if sha256_file(root / name) != digest:
-                    raise IncompleteRunError(f"{root / name} differs from the file the run wrote (SHA-256 recorded in "
-                                             f"{path}): the folder was changed after the run")
+                    raise IncompleteRunError(
+                        f"{root / name} differs from the file the run wrote (SHA-256 recorded in "
+                        f"{path}): the folder was changed after the run"
+                    )
     return manifest
 
 
@@ -666,10 +746,14 @@ def check_metrics_out(out, manifest_path) -> None:
         except (OSError, ValueError):
             ours = False
         if not ours:
-            raise UsageError(f"--out {out} exists and is not a metrics file; it is never overwritten: choose another path")
+            raise UsageError(
+                f"--out {out} exists and is not a metrics file; it is never overwritten: choose another path"
+            )
 
 
-def compute_metrics(manifest_path, *, reference: str = "test", classifier=None, real_data_baseline: bool = True, progress: bool = True) -> dict:
+def compute_metrics(
+    manifest_path, *, reference: str = "test", classifier=None, real_data_baseline: bool = True, progress: bool = True
+) -> dict:
     """Fréchet distance (:func:`accelerated_diffusion.experiments.features.frechet_distance`) of every run of a manifest
     (checked first by :func:`check_manifest`) against the ``reference`` statistics, plus, per sample count ``n``,
     the FD of ``n`` real training images (:func:`~accelerated_diffusion.experiments.features.real_data_frechet_distance`):
@@ -688,8 +772,15 @@ def compute_metrics(manifest_path, *, reference: str = "test", classifier=None, 
         n = len(images)
         if real_data_baseline and n not in floors:
             floors[n] = features.real_data_frechet_distance(n, "train", reference=reference, path=classifier)
-        rows.append({"sampler": run["sampler"], "nfe": run["nfe"], "n": n, "fd": fd,
-                     "images_per_second": run.get("images_per_second")})
+        rows.append(
+            {
+                "sampler": run["sampler"],
+                "nfe": run["nfe"],
+                "n": n,
+                "fd": fd,
+                "images_per_second": run.get("images_per_second"),
+            }
+        )
     return {
         "manifest": str(manifest_path),
         "model": manifest["model"],
@@ -704,7 +795,9 @@ def compute_metrics(manifest_path, *, reference: str = "test", classifier=None, 
 def metrics_main(argv: list[str] | None = None) -> int:
     """``accelerated-diffusion metrics <manifest>``: write the Fréchet distances to ``--out`` (default
     ``metrics.json`` beside the manifest) and, with ``--results-name``, to ``data/results/``."""
-    p = argparse.ArgumentParser(prog="accelerated-diffusion metrics", description="Fréchet distance per sampler and NFE of a generate manifest.")
+    p = argparse.ArgumentParser(
+        prog="accelerated-diffusion metrics", description="Fréchet distance per sampler and NFE of a generate manifest."
+    )
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--results-name", default=None, help="also save to data/results/<name>.json")
@@ -725,8 +818,12 @@ def metrics_main(argv: list[str] | None = None) -> int:
             run_folder = manifest.is_file() or (manifest.parent / RUN_FILE).is_file()
             if run_folder and out.resolve().parent == manifest.parent.resolve():
                 held.enter_context(folder_lock(manifest.parent, "metrics"))  # no generate changes the run meanwhile
-            res = compute_metrics(args.manifest, reference=args.reference, classifier=args.classifier,
-                                  real_data_baseline=not args.no_real_baseline)
+            res = compute_metrics(
+                args.manifest,
+                reference=args.reference,
+                classifier=args.classifier,
+                real_data_baseline=not args.no_real_baseline,
+            )
         except (IncompleteRunError, UsageError, FolderInUseError) as e:
             return _fail(p.prog, e)
         atomic_write_text(out, dumps_strict(res, indent=2) + "\n")

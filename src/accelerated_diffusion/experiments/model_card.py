@@ -85,15 +85,23 @@ def loss_figure(folder, *, title: str | None = None):
         if start:
             a.axvline(start, color="0.4", ls="--", lw=1)
     if start:
-        ax.annotate(f"continued from step {start:,}\n(fresh optimiser)", (start, ax.get_ylim()[1]),
-                    xytext=(-4, -4), textcoords="offset points", ha="right", va="top", fontsize=8,
-                    color="0.3")
+        ax.annotate(
+            f"continued from step {start:,}\n(fresh optimiser)",
+            (start, ax.get_ylim()[1]),
+            xytext=(-4, -4),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=8,
+            color="0.3",
+        )
     fig.tight_layout()
     return fig
 
 
-def sample_grid(folder, n: int = 64, *, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing",
-                seed: int = 0) -> torch.Tensor:
+def sample_grid(
+    folder, n: int = 64, *, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing", seed: int = 0
+) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` in ``[-1, 1]`` (clipped) of the model in ``folder``: ``sampler`` with
     ``nfe`` steps on ``schedule.subsample(nfe, spacing)`` from noise drawn by ``torch.Generator().manual_seed(
     seed)`` (stochastic samplers draw from the same generator afterwards)."""
@@ -111,8 +119,9 @@ def sample_grid(folder, n: int = 64, *, nfe: int = 50, sampler: str = "ddim", sp
     return x.clamp(-1.0, 1.0)
 
 
-def samples_figure(folder, n: int = 64, *, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing",
-                   seed: int = 0):
+def samples_figure(
+    folder, n: int = 64, *, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing", seed: int = 0
+):
     """The samples of :func:`sample_grid` as a square-ish grid with a title that states how they were made.
     Returns the figure."""
     import matplotlib.pyplot as plt
@@ -124,13 +133,12 @@ def samples_figure(folder, n: int = 64, *, nfe: int = 50, sampler: str = "ddim",
     canvas = torch.full((c, rows * (h + 2) + 2, cols * (w + 2) + 2), -1.0)
     for i in range(n):
         r, k = divmod(i, cols)
-        canvas[:, 2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + k * (w + 2): 2 + k * (w + 2) + w] = x[i]
+        canvas[:, 2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + k * (w + 2) : 2 + k * (w + 2) + w] = x[i]
     img = ((canvas + 1) / 2).permute(1, 2, 0).squeeze(-1).numpy()
     fig, ax = plt.subplots(figsize=(5.2, 5.2 * rows / cols + 0.35))
     ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(f"{Path(folder).name}: {n} samples, {label(sampler)}, {nfe} NFE ({spacing}), seed {seed}",
-                 fontsize=10)
+    ax.set_title(f"{Path(folder).name}: {n} samples, {label(sampler)}, {nfe} NFE ({spacing}), seed {seed}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -144,8 +152,9 @@ def _save(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def write_figures(folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing",
-                  seed: int = 0) -> list[Path]:
+def write_figures(
+    folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing", seed: int = 0
+) -> list[Path]:
     """Write ``loss_curve.png`` and ``samples.png`` into ``folder`` (each atomically); returns their paths.
     The loss figure is drawn first and :func:`sample_grid` checks its arguments before loading the model, so bad
     input fails before the slow sampling, and nothing is written unless both figures were made."""
@@ -161,8 +170,9 @@ def write_figures(folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", 
     return [_save(loss, folder / LOSS_FIGURE), _save(samples, folder / SAMPLES_FIGURE)]
 
 
-def check_args(folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing",
-               seed: int = 0) -> None:
+def check_args(
+    folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", spacing: str = "trailing", seed: int = 0
+) -> None:
     """Every argument of ``model-card`` before the model is loaded: the folder with its loss log
     (:func:`read_loss_log`) and training state, the counts, and the sampler on the folder's ``spacing`` grid of ``nfe`` steps
     (:func:`.model_quality.check_sampling`); raises ``ValueError`` / ``OSError``."""
@@ -180,8 +190,11 @@ def check_args(folder, *, n: int = 64, nfe: int = 50, sampler: str = "ddim", spa
 def main(argv: list[str] | None = None) -> int:
     """``accelerated-diffusion model-card FOLDER``: check every argument, then draw; a bad input is reported in
     one line with exit status 2 (no traceback)."""
-    p = argparse.ArgumentParser(prog="accelerated-diffusion model-card", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="accelerated-diffusion model-card",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("folder", help="an exported model folder (train --export)")
     p.add_argument("--n", type=int, default=64, help="samples in the grid")
     p.add_argument("--nfe", type=int, default=50)

@@ -115,8 +115,11 @@ def local_slopes(nfe, err) -> dict:
     Returns ``{"nfe": [sqrt(N_i N_{i+1}), ...], "slope": [p_i, ...], "between": [[N_i, N_{i+1}], ...]}``."""
     n, e = _sequence(nfe, err)
     p = np.diff(np.log(e)) / np.diff(np.log(n))
-    return {"nfe": np.sqrt(n[:-1] * n[1:]).tolist(), "slope": p.tolist(),
-            "between": [[float(a), float(b)] for a, b in zip(n[:-1], n[1:])]}
+    return {
+        "nfe": np.sqrt(n[:-1] * n[1:]).tolist(),
+        "slope": p.tolist(),
+        "between": [[float(a), float(b)] for a, b in zip(n[:-1], n[1:])],
+    }
 
 
 def window_fits(nfe, err, *, min_points: int = 3, level: float = 0.95) -> dict:
@@ -169,12 +172,28 @@ def settledness(nfe, err, *, tol: float = SETTLE_TOL, decades: float = SETTLE_DE
     change = window[-1] - window[0]
     trend = "steepening" if change < 0 else "flattening" if change > 0 else "constant"
     settled = spread is not None and spread < tol and abs(drift) < tol
-    return {"local_slope_at_max_T": ls["slope"][-1], "window_nfe": [edge, n_max], "window_slopes": window,
-            "spread": spread, "drift": drift, "settled": settled, "trend": trend}
+    return {
+        "local_slope_at_max_T": ls["slope"][-1],
+        "window_nfe": [edge, n_max],
+        "window_slopes": window,
+        "spread": spread,
+        "drift": drift,
+        "settled": settled,
+        "trend": trend,
+    }
 
 
-def verdict(nfe, err, claimed: float, *, T=None, T_over_logT=None, tol: float = SETTLE_TOL,
-            decades: float = SETTLE_DECADES, agree_tol: float = AGREE_TOL) -> dict:
+def verdict(
+    nfe,
+    err,
+    claimed: float,
+    *,
+    T=None,
+    T_over_logT=None,
+    tol: float = SETTLE_TOL,
+    decades: float = SETTLE_DECADES,
+    agree_tol: float = AGREE_TOL,
+) -> dict:
     """The verdict on a claimed exponent ``claimed`` for one error sequence, by :data:`CRITERION`.
 
     ``T``: the experiment's step parameter of each run (for the wording "not settled by T = ..."; default the
@@ -196,9 +215,18 @@ def verdict(nfe, err, claimed: float, *, T=None, T_over_logT=None, tol: float = 
     T_max = T_list[-1]
     T_max = int(T_max) if float(T_max).is_integer() else float(T_max)
     slope = s["local_slope_at_max_T"]
-    out = {"claimed": float(claimed), "local_slope_at_max_T": slope, "settled": s["settled"], "verdict": None,
-           "trend": s["trend"], "spread": s["spread"], "drift": s["drift"], "window_nfe": s["window_nfe"],
-           "T_max": T_max, "nfe_max": float(nfe[-1])}
+    out = {
+        "claimed": float(claimed),
+        "local_slope_at_max_T": slope,
+        "settled": s["settled"],
+        "verdict": None,
+        "trend": s["trend"],
+        "spread": s["spread"],
+        "drift": s["drift"],
+        "window_nfe": s["window_nfe"],
+        "T_max": T_max,
+        "nfe_max": float(nfe[-1]),
+    }
     g = None
     if T_over_logT is not None:
         g = settledness(T_over_logT, err, tol=tol, decades=decades)
@@ -215,8 +243,7 @@ def verdict(nfe, err, claimed: float, *, T=None, T_over_logT=None, tol: float = 
     return out
 
 
-def practical(nfe, err, claimed: float, *, nfe_max: float = PRACTICAL_NFE, T=None, T_over_logT=None,
-              **kw) -> dict:
+def practical(nfe, err, claimed: float, *, nfe_max: float = PRACTICAL_NFE, T=None, T_over_logT=None, **kw) -> dict:
     """:func:`verdict` on the runs with ``N <= nfe_max`` only (what holds at practical step counts), plus
     ``"nfe_limit"`` and ``"slope_range": [min, max]`` of all local slopes there.  ``ValueError`` with fewer than
     three such runs."""
@@ -225,8 +252,14 @@ def practical(nfe, err, claimed: float, *, nfe_max: float = PRACTICAL_NFE, T=Non
         raise ValueError(f"need at least 3 runs with NFE <= {nfe_max}, got {len(keep)}")
     pick = lambda seq: None if seq is None else [seq[i] for i in keep]
     n, e = pick(list(nfe)), pick(list(err))
-    out = verdict(n, e, claimed, T=pick(None if T is None else list(T)),
-                  T_over_logT=pick(None if T_over_logT is None else list(T_over_logT)), **kw)
+    out = verdict(
+        n,
+        e,
+        claimed,
+        T=pick(None if T is None else list(T)),
+        T_over_logT=pick(None if T_over_logT is None else list(T_over_logT)),
+        **kw,
+    )
     slopes = local_slopes(n, e)["slope"]
     return {**out, "nfe_limit": nfe_max, "slope_range": [min(slopes), max(slopes)]}
 

@@ -119,8 +119,14 @@ def _kind(v) -> str | None:
     return None
 
 
-_NAMES = {"bool": "a bool", "int": "an int", "number": "a number", "str": "a string", "list": "a list",
-          "dict": "a mapping"}
+_NAMES = {
+    "bool": "a bool",
+    "int": "an int",
+    "number": "a number",
+    "str": "a string",
+    "list": "a list",
+    "dict": "a mapping",
+}
 
 
 def _fits(value, kind: str) -> bool:
@@ -156,8 +162,7 @@ def _type_error(p: Parameter, value) -> str | None:
             (elem,) = kinds
             bad = [v for v in value if not _fits(v, elem)]
             if bad:
-                return (f"{p.name}: every entry must be {_NAMES[elem]}, got "
-                        f"{bad[0]!r} (default {list(p.default)!r})")
+                return f"{p.name}: every entry must be {_NAMES[elem]}, got {bad[0]!r} (default {list(p.default)!r})"
     return None
 
 
@@ -172,7 +177,9 @@ def check_parameters(params: dict, notebook) -> dict:
     for key in params:
         if key not in known:
             near = difflib.get_close_matches(str(key), list(known), n=3)
-            errors.append(f"unknown parameter {key!r}" + (f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""))
+            errors.append(
+                f"unknown parameter {key!r}" + (f" (did you mean {' or '.join(map(repr, near))}?)" if near else "")
+            )
     if errors:
         raise ParameterError(f"{'; '.join(errors)}: {Path(notebook).name} takes {', '.join(known)}")
     errors = [e for e in (_type_error(known[k], v) for k, v in params.items()) if e]
@@ -221,8 +228,9 @@ def check_param_file(path, notebook=None) -> dict:
     names; a clear error when neither is given, or when the two differ)."""
     params, named = read_param_file(path)
     if notebook is None and named is None:
-        raise ParameterError(f"{path} names no notebook (add a '# notebook: chapters/NAME.ipynb' line) and none "
-                             "was given")
+        raise ParameterError(
+            f"{path} names no notebook (add a '# notebook: chapters/NAME.ipynb' line) and none was given"
+        )
     if notebook is not None and named is not None and Path(notebook).resolve() != named.resolve():
         raise ParameterError(f"{path} is for {named}, not {notebook}")
     try:
@@ -241,14 +249,21 @@ def _is_papermill_output(path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``accelerated-diffusion run-chapter NOTEBOOK -f FILE.yaml [-o OUT]``: check the parameter file against the
     notebook (one-line error, exit status 2), then execute it with papermill in the notebook's folder."""
-    p = argparse.ArgumentParser(prog="accelerated-diffusion run-chapter",
-                                description="Check a papermill parameter file against a notebook's parameters "
-                                            "cell, then run the notebook with it.")
+    p = argparse.ArgumentParser(
+        prog="accelerated-diffusion run-chapter",
+        description="Check a papermill parameter file against a notebook's parameters "
+        "cell, then run the notebook with it.",
+    )
     p.add_argument("notebook", type=Path, help="the chapter, e.g. chapters/learned_scores.ipynb")
     p.add_argument("-f", "--parameters-file", type=Path, required=True, help="YAML file of parameters")
-    p.add_argument("-o", "--out", type=Path, default=None,
-                   help="executed notebook (default NOTEBOOK-STEM.PARAMS-STEM.ipynb in the current folder); an "
-                        "existing file is replaced only when papermill wrote it")
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=None,
+        help="executed notebook (default NOTEBOOK-STEM.PARAMS-STEM.ipynb in the current folder); an "
+        "existing file is replaced only when papermill wrote it",
+    )
     p.add_argument("--check-only", action="store_true", help="check the parameters and stop")
     a = p.parse_args(argv)
     out = a.out if a.out is not None else Path(f"{a.notebook.stem}.{a.parameters_file.stem}.ipynb")
@@ -274,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         papermill.execute_notebook(str(a.notebook), str(out), parameters=params, cwd=str(a.notebook.resolve().parent))
     except papermill.PapermillExecutionError as e:
-        print(f"{p.prog}: error: {a.notebook} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
-              f"(executed notebook: {out})", file=sys.stderr)
+        print(
+            f"{p.prog}: error: {a.notebook} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+            f"(executed notebook: {out})",
+            file=sys.stderr,
+        )
         return 1
     print(f"wrote {out}")
     return 0

@@ -153,7 +153,7 @@ def clean_stale_temporaries(folder, name: str) -> list[Path]:
         n = p.name
         if not n.startswith(prefix) or not n.endswith((".tmp", ".old")):
             continue
-        pid, sep, token = n[len(prefix):-4].partition("-")
+        pid, sep, token = n[len(prefix) : -4].partition("-")
         if not (sep and pid.isdigit() and token.isalnum()) or _pid_alive(int(pid)):
             continue
         if p.is_dir() and not p.is_symlink():
@@ -216,8 +216,11 @@ def folder_lock(folder, command: str = "accelerated-diffusion"):
     try:
         import fcntl
     except ImportError:
-        warnings.warn(f"{command}: no folder locks on this platform; do not run two commands into {folder} at once",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{command}: no folder locks on this platform; do not run two commands into {folder} at once",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         yield None
         return
     path = folder / LOCK_FILE
@@ -227,8 +230,9 @@ def folder_lock(folder, command: str = "accelerated-diffusion"):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise FolderInUseError(f"{folder} is in use by another process ({holder}); wait for it to finish or "
-                                   "choose another folder") from None
+            raise FolderInUseError(
+                f"{folder} is in use by another process ({holder}); wait for it to finish or choose another folder"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{command}, pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield path
@@ -279,8 +283,10 @@ def check_replaceable(dest, kind: str, files=(), legacy=()) -> None:
     allowed = {EXPORT_MARKER, SHA256SUMS, *files}
     other = sorted(p.name + ("/" if p.is_dir() else "") for p in entries if p.name not in allowed or not p.is_file())
     if other:
-        raise FileExistsError(f"{dest} holds files that are not part of an export ({', '.join(other[:5])}); it is "
-                              "never replaced: move them away or choose another folder")
+        raise FileExistsError(
+            f"{dest} holds files that are not part of an export ({', '.join(other[:5])}); it is "
+            "never replaced: move them away or choose another folder"
+        )
 
 
 @contextlib.contextmanager
@@ -302,7 +308,8 @@ def replace_folder(dest, kind: str, *, files=(), legacy=()):
     tmp.mkdir()  # the umask's permissions, as the final folder should have
     try:
         (tmp / EXPORT_MARKER).write_text(
-            dumps_strict({"kind": kind, "written_by": f"accelerated_diffusion {__version__}"}, indent=1) + "\n")
+            dumps_strict({"kind": kind, "written_by": f"accelerated_diffusion {__version__}"}, indent=1) + "\n"
+        )
         yield tmp
         check_replaceable(dest, kind, files, legacy)  # nobody put anything there meanwhile
         mask = _umask()
@@ -342,16 +349,18 @@ def _git_state() -> tuple[str | None, bool | None]:
     ``(None, None)`` (no git, no checkout, an installed copy, a folder inside some other repository, a timeout)."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                              timeout=GIT_TIMEOUT_S, check=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=True
+        ).stdout
 
     try:
         root = repository_root().resolve()
         top, head = git("rev-parse", "--show-toplevel", "HEAD").splitlines()
         if Path(top).resolve() != root:
             return None, None
-        status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                     *(f":(exclude){p}" for p in GENERATED_PATHS))
+        status = git(
+            "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in GENERATED_PATHS)
+        )
     except (OSError, subprocess.SubprocessError, ValueError):
         return None, None
     return head.strip(), bool(status.strip())

@@ -67,8 +67,15 @@ LINEAR_SCHEDULE = dict(schedule="linear", num_train_timesteps=1000, beta_start=1
 # --------------------------------------------------------------------------------------------------------------
 # Paths
 # --------------------------------------------------------------------------------------------------------------
-def make_path(schedule: str, T: int, *, c0: float = 2.0, c1: float = 4.0, spacing: str = "leading",
-              final_alpha_bar: float | None = None) -> torch.Tensor:
+def make_path(
+    schedule: str,
+    T: int,
+    *,
+    c0: float = 2.0,
+    c1: float = 4.0,
+    spacing: str = "leading",
+    final_alpha_bar: float | None = None,
+) -> torch.Tensor:
     r"""The sampling path (float64 ``alpha_bar`` levels, noisiest first) of a rate experiment with parameter ``T``.
 
     * ``"paper"``: the theory's schedule ``beta_1 = T^{-c0}``, ``beta_{t+1} = (c1 log T / T) min(beta_1 (1 + c1
@@ -91,8 +98,9 @@ def make_path(schedule: str, T: int, *, c0: float = 2.0, c1: float = 4.0, spacin
 # --------------------------------------------------------------------------------------------------------------
 # Gaussian targets: exact output laws
 # --------------------------------------------------------------------------------------------------------------
-def gaussian_target(d: int, *, eig_min: float = 0.05, eig_max: float = 1.0, mean_norm: float = 1.0,
-                    seed: int = 0) -> Gaussian:
+def gaussian_target(
+    d: int, *, eig_min: float = 0.05, eig_max: float = 1.0, mean_norm: float = 1.0, seed: int = 0
+) -> Gaussian:
     r"""``N(m, Sigma)`` in ``d`` dimensions: eigenvalues of ``Sigma`` log-spaced in ``[eig_min, eig_max]``, a
     random rotation (QR of a seeded Gaussian matrix) and a random mean of norm ``mean_norm``."""
     if d < 1 or not 0 < eig_min <= eig_max:
@@ -156,7 +164,9 @@ def gaussian_tv(mean0, cov0, mean1, cov1, *, rtol: float = 1e-4) -> float:
 
     val, err = integrate.quad(integrand, 0.0, np.inf, limit=2000, epsabs=0.0, epsrel=rtol)
     if not err <= 10 * rtol * abs(val):
-        raise RuntimeError(f"gaussian_tv: quadrature did not converge (value {val / np.pi:.3g}, error estimate {err / np.pi:.2g})")
+        raise RuntimeError(
+            f"gaussian_tv: quadrature did not converge (value {val / np.pi:.3g}, error estimate {err / np.pi:.2g})"
+        )
     return val / math.pi
 
 
@@ -165,7 +175,9 @@ def exact_flow_map(target: Gaussian, alpha_bar_in: float, alpha_bar_out: float) 
     ``x -> sqrt(a_out) m + C_out^{1/2} C_in^{-1/2} (x - sqrt(a_in) m)`` with ``C_a = a Sigma + (1 - a) I`` (all
     ``C_a`` commute, and along each eigen-direction the flow is the unique increasing affine map between the
     two one-dimensional marginals).  Returns ``(A, b)`` with ``map(x) = A x + b``."""
-    A = metrics.psd_power(target.marginal_cov(alpha_bar_out), 0.5) @ metrics.psd_power(target.marginal_cov(alpha_bar_in), -0.5)
+    A = metrics.psd_power(target.marginal_cov(alpha_bar_out), 0.5) @ metrics.psd_power(
+        target.marginal_cov(alpha_bar_in), -0.5
+    )
     return A, target.marginal_mean(alpha_bar_out) - A @ target.marginal_mean(alpha_bar_in)
 
 
@@ -191,6 +203,7 @@ def _stochastic_law(target: Gaussian, path: torch.Tensor, method: str, law):
     d, levels = target.dim, [float(a) for a in path]
     for a_t, a_prev in zip(levels[:-1], levels[1:]):
         for tr in transitions(a_t, a_prev):
+
             def fn(x, z, tr=tr, a_t=a_t):
                 return tr.rule(x, target.eps(x, a_t) if tr.evaluates else None, z)
 
@@ -198,8 +211,14 @@ def _stochastic_law(target: Gaussian, path: torch.Tensor, method: str, law):
     return law
 
 
-def gaussian_output_law(target: Gaussian, path, method: str, start: str = "exact", *,
-                        affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_output_law(
+    target: Gaussian,
+    path,
+    method: str,
+    start: str = "exact",
+    *,
+    affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Exact ``(mean, cov)`` of a sampler's output on a Gaussian target, started from ``q_T`` itself
     (``start="exact"``: no initialisation error) or from ``N(0, I)`` (``start="standard"``, as in practice).
 
@@ -259,12 +278,15 @@ def gaussian_errors(target: Gaussian, path, method: str, *, exact_tv: bool = Fal
         A, b = affine
         As, bs = exact_flow_map(target, a_T, a_out)
         dA, db = A - As, b - bs
-        out["rms_flow"] = math.sqrt(float((dA @ metrics.psd_power(CT, 0.5)).square().sum() + (dA @ mT + db).square().sum()))
+        out["rms_flow"] = math.sqrt(
+            float((dA @ metrics.psd_power(CT, 0.5)).square().sum() + (dA @ mT + db).square().sum())
+        )
     return out
 
 
-def gaussian_rate_sweep(target: Gaussian, schedule: str, Ts, methods=SAMPLERS, *, progress: bool = True,
-                        exact_tv: bool = False, **path_kw) -> dict:
+def gaussian_rate_sweep(
+    target: Gaussian, schedule: str, Ts, methods=SAMPLERS, *, progress: bool = True, exact_tv: bool = False, **path_kw
+) -> dict:
     """Errors of :func:`gaussian_errors` for every ``T`` in ``Ts`` and sampler: ``{method: {"T", "nfe", metric:
     [...]}}``."""
     for m in methods:
@@ -298,8 +320,13 @@ def fit_slope(x, y, *, x_min: float | None = None, x_max: float | None = None, l
     lx, ly = np.log(x[keep]), np.log(y[keep])
     fit = stats.linregress(lx, ly)
     half = stats.t.ppf(0.5 + level / 2, keep.sum() - 2) * fit.stderr
-    return {"slope": float(fit.slope), "ci": [float(fit.slope - half), float(fit.slope + half)],
-            "intercept": float(fit.intercept), "x_used": x[keep].tolist(), "level": level}
+    return {
+        "slope": float(fit.slope),
+        "ci": [float(fit.slope - half), float(fit.slope + half)],
+        "intercept": float(fit.intercept),
+        "x_used": x[keep].tolist(),
+        "level": level,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -317,14 +344,23 @@ def two_d_mixture(num_modes: int = 6, radius: float = 2.0, std: float = 0.2, see
     return GaussianMixture(weights, means, covs)
 
 
-def flow_reference(target: GaussianMixture, x: torch.Tensor, alpha_bar_in: float, alpha_bar_out: float,
-                   num_steps: int = 1000, method: str = "dpm_solver_pp_2m", progress: bool = False) -> torch.Tensor:
+def flow_reference(
+    target: GaussianMixture,
+    x: torch.Tensor,
+    alpha_bar_in: float,
+    alpha_bar_out: float,
+    num_steps: int = 1000,
+    method: str = "dpm_solver_pp_2m",
+    progress: bool = False,
+) -> torch.Tensor:
     r"""High-accuracy solution of the probability-flow ODE from ``alpha_bar_in`` to ``alpha_bar_out`` for the
     starting points ``x``: DPM-Solver++(2M) with ``num_steps`` steps uniform in ``lambda`` (:mod:`.peers`).  When
     ``alpha_bar_out = 1`` the last uniform level is ``1 - 1e-12`` and the final (first-order) jump to 1 returns the
     data prediction there, whose error is ``O(1e-12)``.  Check convergence by comparing two ``num_steps``."""
     top = alpha_bar_out if alpha_bar_out < 1.0 else 1.0 - 1e-12
-    lam = torch.linspace(updates.half_log_snr(alpha_bar_in), updates.half_log_snr(top), num_steps + 1, dtype=torch.float64)
+    lam = torch.linspace(
+        updates.half_log_snr(alpha_bar_in), updates.half_log_snr(top), num_steps + 1, dtype=torch.float64
+    )
     path = torch.sigmoid(2 * lam)  # abar = sigmoid(2 lambda)
     path[0], path[-1] = alpha_bar_in, top
     if alpha_bar_out == 1.0:
@@ -379,7 +415,9 @@ def _kernel_target_terms(target: GaussianMixture, ell2: float) -> tuple[Gaussian
     total = torch.zeros((), dtype=torch.float64)
     for k in range(K):
         if target.covs is not None:
-            pair = GaussianMixture(target.weights, target.means, target.covs + target.covs[k] + ell2 * torch.eye(d, dtype=target.dtype))
+            pair = GaussianMixture(
+                target.weights, target.means, target.covs + target.covs[k] + ell2 * torch.eye(d, dtype=target.dtype)
+            )
         else:
             fac = torch.cat([target.factors, target.factors[k].expand_as(target.factors)], -1)
             pair = GaussianMixture(target.weights, target.means, factors=fac, diag=target.diag + target.diag[k] + ell2)
@@ -388,8 +426,9 @@ def _kernel_target_terms(target: GaussianMixture, ell2: float) -> tuple[Gaussian
     return _smoothed(target, ell2), float(total)
 
 
-def mmd2_with_ci(y: torch.Tensor, target: GaussianMixture, ell: float, *, num_batches: int = 10,
-                 level: float = 0.95) -> dict:
+def mmd2_with_ci(
+    y: torch.Tensor, target: GaussianMixture, ell: float, *, num_batches: int = 10, level: float = 0.95
+) -> dict:
     r"""Squared maximum mean discrepancy between the law of the samples ``y`` and the mixture ``target``, Gaussian
     kernel of bandwidth ``ell``:
 
@@ -407,16 +446,29 @@ def mmd2_with_ci(y: torch.Tensor, target: GaussianMixture, ell: float, *, num_ba
     kq = torch.exp(const + smooth.log_prob(flat[: n * num_batches], 1.0))
     ests = []
     for b in range(num_batches):
-        yb = flat[b * n:(b + 1) * n]
+        yb = flat[b * n : (b + 1) * n]
         kyy = torch.exp(-torch.cdist(yb, yb).square() / (2 * ell**2))
-        ests.append(float((kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))) - 2 * float(kq[b * n:(b + 1) * n].mean()) + kqq)
+        ests.append(
+            float((kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))) - 2 * float(kq[b * n : (b + 1) * n].mean()) + kqq
+        )
     mean, half = _mean_ci(torch.tensor(ests), level)
     return {"value": mean, "ci": [mean - half, mean + half]}
 
 
-def mixture_rate_sweep(target: GaussianMixture, schedule: str, Ts, methods=SAMPLERS, *, num_samples: int = 2000,
-                       ell: float = 1.0, ref_steps: int = 1000, seed: int = 0, num_batches: int = 10,
-                       progress: bool = True, **path_kw) -> dict:
+def mixture_rate_sweep(
+    target: GaussianMixture,
+    schedule: str,
+    Ts,
+    methods=SAMPLERS,
+    *,
+    num_samples: int = 2000,
+    ell: float = 1.0,
+    ref_steps: int = 1000,
+    seed: int = 0,
+    num_batches: int = 10,
+    progress: bool = True,
+    **path_kw,
+) -> dict:
     r"""Monte Carlo errors on a mixture for every ``T`` and sampler, from the exact ``q_T`` (the same seeded start
     for all samplers): ``rms_flow`` and ``median_flow`` (deterministic samplers: distance to
     :func:`flow_reference`, root-mean-square and median over the samples) and ``mmd2``
@@ -453,9 +505,16 @@ def _target_at(target: GaussianMixture, alpha_bar: float) -> GaussianMixture:
         return target
     a = float(alpha_bar)
     if target.covs is not None:
-        return GaussianMixture(target.weights, math.sqrt(a) * target.means, target.covariance(a), event_shape=target.event_shape)
-    return GaussianMixture(target.weights, math.sqrt(a) * target.means, factors=math.sqrt(a) * target.factors,
-                           diag=a * target.diag + (1 - a), event_shape=target.event_shape)
+        return GaussianMixture(
+            target.weights, math.sqrt(a) * target.means, target.covariance(a), event_shape=target.event_shape
+        )
+    return GaussianMixture(
+        target.weights,
+        math.sqrt(a) * target.means,
+        factors=math.sqrt(a) * target.factors,
+        diag=a * target.diag + (1 - a),
+        event_shape=target.event_shape,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -486,5 +545,10 @@ def fit_fashion_mnist_mixture(rank: int = 16, diag_floor: float = 1e-3, split: s
         means.append(m)
         factors.append(u)
         diags.append(resid.clamp(min=diag_floor))
-    return GaussianMixture(torch.tensor(weights), torch.stack(means), factors=torch.stack(factors),
-                           diag=torch.stack(diags), event_shape=(1, 28, 28))
+    return GaussianMixture(
+        torch.tensor(weights),
+        torch.stack(means),
+        factors=torch.stack(factors),
+        diag=torch.stack(diags),
+        event_shape=(1, 28, 28),
+    )

@@ -27,8 +27,16 @@ def _label(m: str) -> str:
     return samplers.label(m)
 
 
-def order_figure(results: dict, *, methods=None, style: dict | None = None, schedules=("paper", "linear"),
-                 title: str = "", ylim=(-3.0, 0.0), figsize=(6.8, 7.6)):
+def order_figure(
+    results: dict,
+    *,
+    methods=None,
+    style: dict | None = None,
+    schedules=("paper", "linear"),
+    title: str = "",
+    ylim=(-3.0, 0.0),
+    figsize=(6.8, 7.6),
+):
     """The order plot of one target: for each schedule (one panel each) the local slopes
     (``results[schedule][sampler]["local_slopes"]``) of every sampler of ``methods`` (default: all in
     ``results``) against NFE on a log axis, the claimed exponents of :data:`orders.CLAIMS` as horizontal lines,
@@ -50,9 +58,17 @@ def order_figure(results: dict, *, methods=None, style: dict | None = None, sche
         for e, ms in sorted(by_exponent.items()):
             ax.axhline(e, color="gray", lw=1, ls="--", zorder=0)
             text = ", ".join(_label(m) for m in ms if orders.CLAIMS[m]["source"].startswith("paper"))
-            ax.text(0.01, e, f"claimed {e:g}" + (f": {text}" if text else " (peers' nominal order)"),
-                    transform=ax.get_yaxis_transform(), ha="left", va="bottom", fontsize=7, color="dimgray",
-                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.7, pad=0.5))
+            ax.text(
+                0.01,
+                e,
+                f"claimed {e:g}" + (f": {text}" if text else " (peers' nominal order)"),
+                transform=ax.get_yaxis_transform(),
+                ha="left",
+                va="bottom",
+                fontsize=7,
+                color="dimgray",
+                bbox=dict(facecolor="white", edgecolor="none", alpha=0.7, pad=0.5),
+            )
         lo, hi = R[names[0]]["verdict"]["window_nfe"]
         ax.axvspan(lo, hi, color="0.9", zorder=-1)
         ax.axvline(orders.PRACTICAL_NFE, color="k", ls=":", lw=1)
@@ -75,8 +91,9 @@ def verdict_rows(targets: dict, methods=CLAIM_SAMPLERS, schedules=("paper", "lin
         for tname, res in targets.items():
             for s in schedules:
                 r = res[s][m]
-                rows.append({"sampler": m, "target": tname, "schedule": s, **r["verdict"],
-                             "practical": r.get("practical")})
+                rows.append(
+                    {"sampler": m, "target": tname, "schedule": s, **r["verdict"], "practical": r.get("practical")}
+                )
     return rows
 
 
@@ -106,11 +123,13 @@ def format_verdicts(rows: list[dict], *, practical: bool = False) -> str:
             src = "paper" if orders.CLAIMS[current]["source"].startswith("paper") else "nominal order"
             out.append(f"{_label(current)}: claimed slope {v['claimed']:g} ({src})")
             if practical:
-                out.append(f"  {'target':10s}{'schedule':9s}{'T':>5s}  {'range':14s}{'slope':>6s}  "
-                           f"{'settled':8s}verdict")
+                out.append(
+                    f"  {'target':10s}{'schedule':9s}{'T':>5s}  {'range':14s}{'slope':>6s}  {'settled':8s}verdict"
+                )
             else:
-                out.append(f"  {'target':10s}{'schedule':9s}{'T':>5s}  {'slope':>6s} {'T/logT':>7s}  "
-                           f"{'settled':8s}verdict")
+                out.append(
+                    f"  {'target':10s}{'schedule':9s}{'T':>5s}  {'slope':>6s} {'T/logT':>7s}  {'settled':8s}verdict"
+                )
         T = str(v["T_max"])
         head = f"  {r['target']:10s}{r['schedule']:9s}{T:>5s}  "
         if practical:

@@ -56,8 +56,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_fashion_mnist
-from .paths import (FolderInUseError, atomic_write_bytes, atomic_write_text, check_replaceable, dumps_strict,
-                    folder_lock, replace_folder, write_sha256sums)
+from .paths import (
+    FolderInUseError,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_replaceable,
+    dumps_strict,
+    folder_lock,
+    replace_folder,
+    write_sha256sums,
+)
 from ..integrity import CHECKED_SUFFIXES, verify_sha256sums
 from ..schedules import DiscreteSchedule
 
@@ -89,8 +97,16 @@ LOSS_LOG = "loss.csv"
 TRAINING_STATE = "training_state.json"
 EXPORT_KIND = "ddpm-export"
 # what an export folder holds besides the marker and SHA256SUMS (the card and figures: model_card, by hand)
-EXPORT_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json", TRAINING_STATE,
-                LOSS_LOG, "MODEL_CARD.md", "loss_curve.png", "samples.png")
+EXPORT_FILES = (
+    "config.json",
+    "diffusion_pytorch_model.safetensors",
+    "scheduler_config.json",
+    TRAINING_STATE,
+    LOSS_LOG,
+    "MODEL_CARD.md",
+    "loss_curve.png",
+    "samples.png",
+)
 # an export written before the marker existed (data/fmnist-ddpm): its SHA256SUMS lists these
 LEGACY_EXPORT = ("config.json", "diffusion_pytorch_model.safetensors", TRAINING_STATE)
 NORM_GROUPS = 8  # GroupNorm groups of build_unet: every level's channels must be a multiple
@@ -180,8 +196,10 @@ def check_architecture(block_out_channels, layers_per_block: int = 1) -> None:
         raise ValueError(f"{n} levels need 28 divisible by 2**{n - 1}; use 2 or 3 levels for 28x28 images")
     bad = [c for c in block_out_channels if c < 1 or c % NORM_GROUPS]
     if bad:
-        raise ValueError(f"block_out_channels must be positive multiples of {NORM_GROUPS} (the GroupNorm groups), "
-                         f"got {list(block_out_channels)}")
+        raise ValueError(
+            f"block_out_channels must be positive multiples of {NORM_GROUPS} (the GroupNorm groups), "
+            f"got {list(block_out_channels)}"
+        )
     if layers_per_block < 1:
         raise ValueError(f"layers_per_block must be >= 1, got {layers_per_block}")
 
@@ -209,7 +227,9 @@ def images_to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float() / 127.5 - 1.0
 
 
-def diffusion_loss(model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bars: torch.Tensor) -> torch.Tensor:
+def diffusion_loss(
+    model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bars: torch.Tensor
+) -> torch.Tensor:
     r"""Ho et al. (2020) eq. 14: ``|| eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2`` (mean).
 
     ``t`` holds 0-based training indices (diffusers' convention: index ``t`` has ``alpha_bar = alpha_bars[t]``).
@@ -236,8 +256,9 @@ def ema_decay_at(step: int, ema_decay: float) -> float:
     return min(ema_decay, (1 + step) / (10 + step))
 
 
-def learning_rate(step: int, lr: float, warmup: int, *, start: int = 0, steps: int | None = None,
-                  lr_final: float | None = None) -> float:
+def learning_rate(
+    step: int, lr: float, warmup: int, *, start: int = 0, steps: int | None = None, lr_final: float | None = None
+) -> float:
     """Linear warm-up over ``warmup`` steps from ``start`` to ``lr``, then constant (as in DDPM's training), or,
     with ``lr_final``, a cosine decay from ``lr`` at ``start`` to ``lr_final`` at ``steps``:
     ``lr_final + (lr - lr_final) * (1 + cos(pi * (step - start) / (steps - start))) / 2``."""
@@ -264,11 +285,15 @@ class Trainer:
         self.device = torch.device(self.cfg.device)
         self.data = images_to_unit_range(images).to(self.device)
         torch.manual_seed(self.cfg.seed)  # the initial weights (drawn on the CPU, so the same on every device)
-        self.model = build_unet(self.cfg.block_out_channels, self.cfg.layers_per_block, self.cfg.attention).to(self.device)
+        self.model = build_unet(self.cfg.block_out_channels, self.cfg.layers_per_block, self.cfg.attention).to(
+            self.device
+        )
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
-        sched = DiscreteSchedule.from_diffusers("linear", self.cfg.num_train_timesteps, self.cfg.beta_start, self.cfg.beta_end)
+        sched = DiscreteSchedule.from_diffusers(
+            "linear", self.cfg.num_train_timesteps, self.cfg.beta_start, self.cfg.beta_end
+        )
         self.alpha_bars = sched.alpha_bars.to(torch.float32).to(self.device)
         self.step = 0
         self.elapsed = 0.0
@@ -279,8 +304,13 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return dict(
-            cfg=dict(self.cfg), step=self.step, elapsed=self.elapsed, model=self.model.state_dict(),
-            ema=self.ema.state_dict(), opt=self.opt.state_dict(), gen=self.gen.get_state(),
+            cfg=dict(self.cfg),
+            step=self.step,
+            elapsed=self.elapsed,
+            model=self.model.state_dict(),
+            ema=self.ema.state_dict(),
+            opt=self.opt.state_dict(),
+            gen=self.gen.get_state(),
         )
 
     def save_checkpoint(self) -> Path:
@@ -381,7 +411,14 @@ class Trainer:
                 bar.update(1)
                 self.elapsed = time.perf_counter() - t0
                 if self.step % c.log_every == 0 or self.step == target:
-                    writer.writerow([self.step, f"{sum(window) / len(window):.6f}", f"{self.opt.param_groups[0]['lr']:.3g}", f"{self.elapsed:.1f}"])
+                    writer.writerow(
+                        [
+                            self.step,
+                            f"{sum(window) / len(window):.6f}",
+                            f"{self.opt.param_groups[0]['lr']:.3g}",
+                            f"{self.elapsed:.1f}",
+                        ]
+                    )
                     log.flush()
                     bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
                     window = []
@@ -389,7 +426,14 @@ class Trainer:
                 if self.step % c.checkpoint_every == 0 or self.step == target or out_of_time:
                     self.save_checkpoint()
                 if out_of_time and window:  # the partial logging window (nothing if this step was just logged)
-                    writer.writerow([self.step, f"{sum(window) / len(window):.6f}", f"{self.opt.param_groups[0]['lr']:.3g}", f"{self.elapsed:.1f}"])
+                    writer.writerow(
+                        [
+                            self.step,
+                            f"{sum(window) / len(window):.6f}",
+                            f"{self.opt.param_groups[0]['lr']:.3g}",
+                            f"{self.elapsed:.1f}",
+                        ]
+                    )
                 if out_of_time:
                     print(f"time limit reached: stopped at step {self.step}")
                     break
@@ -449,8 +493,11 @@ def read_export_state(folder, cfg: dict) -> dict:
         float(state["elapsed_s"])
     except (ValueError, KeyError, TypeError) as err:
         raise UsageError(f"--init-from: {folder}: {err}") from None
-    mismatch = {k: (config.get(k), cfg[k]) for k in ("block_out_channels", "layers_per_block", "attention")
-                if _norm(config.get(k)) != _norm(cfg[k])}
+    mismatch = {
+        k: (config.get(k), cfg[k])
+        for k in ("block_out_channels", "layers_per_block", "attention")
+        if _norm(config.get(k)) != _norm(cfg[k])
+    }
     if mismatch:
         raise UsageError(f"--init-from: {folder} was trained with different settings (export, now): {mismatch}")
     if step >= cfg["steps"]:
@@ -496,8 +543,13 @@ def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool
     with replace_folder(dest, EXPORT_KIND, files=EXPORT_FILES, legacy=LEGACY_EXPORT) as tmp:
         (trainer.ema if use_ema else trainer.model).save_pretrained(tmp, safe_serialization=True)
         build_scheduler(trainer.cfg).save_pretrained(tmp)
-        info = dict(step=trainer.step, elapsed_s=round(trainer.elapsed, 1), weights="ema" if use_ema else "raw",
-                    num_parameters=trainer.num_parameters, config=dict(trainer.cfg))
+        info = dict(
+            step=trainer.step,
+            elapsed_s=round(trainer.elapsed, 1),
+            weights="ema" if use_ema else "raw",
+            num_parameters=trainer.num_parameters,
+            config=dict(trainer.cfg),
+        )
         atomic_write_text(tmp / "training_state.json", dumps_strict(info, indent=2) + "\n")
         if (trainer.out / LOSS_LOG).exists():
             shutil.copyfile(trainer.out / LOSS_LOG, tmp / LOSS_LOG)
@@ -507,8 +559,11 @@ def export_diffusers(trainer: Trainer, dest: str | os.PathLike, *, use_ema: bool
 
 def _parser() -> argparse.ArgumentParser:
     d = _default_config()
-    p = argparse.ArgumentParser(prog="python -m accelerated_diffusion.experiments.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m accelerated_diffusion.experiments.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--out", default="runs/fmnist-ddpm", help="run folder (checkpoint.pt, loss.csv)")
     p.add_argument("--steps", type=int, default=d["steps"], help="total optimiser steps")
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -524,14 +579,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-images", type=int, default=None, help="use only the first N training images")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt (an error if missing)")
-    p.add_argument("--export", default=None, help="after training, write the EMA weights in diffusers format here "
-                   "(a new folder or an earlier export; never --out)")
+    p.add_argument(
+        "--export",
+        default=None,
+        help="after training, write the EMA weights in diffusers format here "
+        "(a new folder or an earlier export; never --out)",
+    )
     p.add_argument("--export-only", action="store_true", help="only export the checkpoint in --out (no training)")
-    p.add_argument("--time-limit-min", type=float, default=None, help="stop (with a checkpoint) after this many minutes")
-    p.add_argument("--lr-final", type=float, default=None,
-                   help="decay the learning rate to this value at --steps (cosine); default: constant")
-    p.add_argument("--init-from", default=None,
-                   help="start from an exported model folder (its EMA weights and step; fresh optimiser)")
+    p.add_argument(
+        "--time-limit-min", type=float, default=None, help="stop (with a checkpoint) after this many minutes"
+    )
+    p.add_argument(
+        "--lr-final",
+        type=float,
+        default=None,
+        help="decay the learning rate to this value at --steps (cosine); default: constant",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from an exported model folder (its EMA weights and step; fresh optimiser)",
+    )
     p.add_argument("--device", default="cpu", help='"cpu", "cuda", ...: where the network trains')
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -540,8 +608,11 @@ def _parser() -> argparse.ArgumentParser:
 def check_config(cfg: dict) -> None:
     """Check the command's settings before any data is loaded; raises :class:`UsageError` with a one-line message
     naming every problem."""
-    problems = [f"--{k.replace('_', '-')} must be >= 1, got {cfg[k]}"
-                for k in ("steps", "batch_size", "checkpoint_every", "log_every") if cfg[k] < 1]
+    problems = [
+        f"--{k.replace('_', '-')} must be >= 1, got {cfg[k]}"
+        for k in ("steps", "batch_size", "checkpoint_every", "log_every")
+        if cfg[k] < 1
+    ]
     if not (math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
         problems.append(f"--lr must be a positive number, got {cfg['lr']}")
     if cfg["warmup"] < 0:
@@ -553,8 +624,10 @@ def check_config(cfg: dict) -> None:
     try:
         check_architecture(cfg["block_out_channels"], cfg["layers_per_block"])
     except ValueError as err:
-        problems.append(f"--block-out-channels {' '.join(map(str, cfg['block_out_channels']))} / --layers-per-block "
-                        f"{cfg['layers_per_block']}: {err}")
+        problems.append(
+            f"--block-out-channels {' '.join(map(str, cfg['block_out_channels']))} / --layers-per-block "
+            f"{cfg['layers_per_block']}: {err}"
+        )
     if cfg["max_train_images"] is not None and cfg["max_train_images"] < 1:
         problems.append(f"--max-train-images must be >= 1, got {cfg['max_train_images']}")
     if cfg.get("lr_final") is not None and not (math.isfinite(cfg["lr_final"]) and 0 <= cfg["lr_final"] <= cfg["lr"]):
@@ -578,7 +651,9 @@ def _check_command(a: argparse.Namespace, cfg: dict) -> dict | None:
     try:
         torch.empty(0, device=a.device)
     except (RuntimeError, AssertionError) as err:
-        raise UsageError(f"--device {a.device} is not usable here: {str(err).splitlines()[0] if str(err) else err}") from None
+        raise UsageError(
+            f"--device {a.device} is not usable here: {str(err).splitlines()[0] if str(err) else err}"
+        ) from None
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
@@ -591,8 +666,10 @@ def _check_command(a: argparse.Namespace, cfg: dict) -> dict | None:
     st = None
     if a.resume or a.export_only:
         if not ck.is_file():
-            raise UsageError(f"{'--export-only' if a.export_only else '--resume'}: no checkpoint at {ck}; "
-                             "start a new run without --resume")
+            raise UsageError(
+                f"{'--export-only' if a.export_only else '--resume'}: no checkpoint at {ck}; "
+                "start a new run without --resume"
+            )
         st = read_checkpoint(ck)
         check_checkpoint(st, cfg, ck)
     elif ck.exists():
@@ -606,16 +683,31 @@ def run_command(argv: list[str] | None = None) -> Trainer:
     """Parse the command line, check it (:class:`UsageError` before any data is loaded), train (resuming if asked)
     with ``--out`` locked, export if asked; returns the :class:`Trainer`."""
     a = _parser().parse_args(argv)
-    cfg = dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay, seed=a.seed,
-               block_out_channels=list(a.block_out_channels), layers_per_block=a.layers_per_block,
-               attention=not a.no_attention, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
-               max_train_images=a.max_train_images, threads=a.threads, lr_final=a.lr_final, device=a.device)
+    cfg = dict(
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        warmup=a.warmup,
+        ema_decay=a.ema_decay,
+        seed=a.seed,
+        block_out_channels=list(a.block_out_channels),
+        layers_per_block=a.layers_per_block,
+        attention=not a.no_attention,
+        checkpoint_every=a.checkpoint_every,
+        log_every=a.log_every,
+        max_train_images=a.max_train_images,
+        threads=a.threads,
+        lr_final=a.lr_final,
+        device=a.device,
+    )
     st = _check_command(a, cfg)
     if a.threads:
         torch.set_num_threads(a.threads)
     with folder_lock(a.out, "train"):
         if st is None and not a.resume and (Path(a.out) / CHECKPOINT).exists():  # written since the check
-            raise UsageError(f"{Path(a.out) / CHECKPOINT} exists: pass --resume to continue it, or choose another --out")
+            raise UsageError(
+                f"{Path(a.out) / CHECKPOINT} exists: pass --resume to continue it, or choose another --out"
+            )
         tr = Trainer(cfg, a.out)
         if st is not None:
             tr.load_checkpoint(st)
@@ -623,8 +715,10 @@ def run_command(argv: list[str] | None = None) -> Trainer:
         if a.init_from:
             tr.init_from_export(a.init_from)
             print(f"initialised from {a.init_from} at step {tr.step}")
-        print(f"UNet2DModel with {tr.num_parameters:,} parameters; {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"UNet2DModel with {tr.num_parameters:,} parameters; {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads"
+        )
         if not a.export_only:
             tr.run(progress=not a.no_progress, time_limit_s=None if a.time_limit_min is None else 60 * a.time_limit_min)
         if a.export:
