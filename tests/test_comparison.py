@@ -13,8 +13,11 @@ from accelerated_diffusion.experiments import comparison as C, features
 from accelerated_diffusion.schedules import DiscreteSchedule
 
 SCHED = DiscreteSchedule.from_diffusers("linear")
-TARGET = ad.GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=torch.float64),
-                            torch.stack([0.05 * torch.eye(2, dtype=torch.float64)] * 2))
+TARGET = ad.GaussianMixture(
+    torch.tensor([0.3, 0.7]),
+    torch.tensor([[-1.0, 0.5], [1.0, -0.5]], dtype=torch.float64),
+    torch.stack([0.05 * torch.eye(2, dtype=torch.float64)] * 2),
+)
 
 
 def test_grid_timesteps_checks_the_nfe():
@@ -51,7 +54,8 @@ def test_frechet_interval_contains_the_value_and_shrinks():
     assert large["ci"][0] < 1.0 < large["ci"][1]  # the population value: |mean shift|^2 = 4 * 0.25
     f = rng.normal(size=(30, 4))
     assert features.frechet_with_interval(f, ref)["value"] == features.frechet_distance_from_stats(
-        *features.feature_statistics(f), *ref)
+        *features.feature_statistics(f), *ref
+    )
 
 
 def _cell(v, lo, hi):
@@ -59,8 +63,10 @@ def _cell(v, lo, hi):
 
 
 def test_separated_map_and_recommendation():
-    comp = {"uniform": {"ddim": {"5": _cell(10, 9, 11)}, "accelerated_ode": {"5": _cell(5, 4, 6)}},
-            "trailing": {"ddim": {"5": _cell(6, 5.5, 12)}, "accelerated_ode": {"5": _cell(50, 40, 60)}}}
+    comp = {
+        "uniform": {"ddim": {"5": _cell(10, 9, 11)}, "accelerated_ode": {"5": _cell(5, 4, 6)}},
+        "trailing": {"ddim": {"5": _cell(6, 5.5, 12)}, "accelerated_ode": {"5": _cell(50, 40, 60)}},
+    }
     names = ("ddim", "accelerated_ode")
     grids = ("uniform", "trailing")
     assert C.separated(comp["uniform"]["accelerated_ode"]["5"]["fd"], comp["uniform"]["ddim"]["5"]["fd"]) == -1
@@ -73,10 +79,128 @@ def test_separated_map_and_recommendation():
     assert C.comparison_map(comp, 5, "pf", grids=grids, names=names)["ddim"]["uniform"] is None
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Paired comparisons (samplers share their starting noises)
+# ----------------------------------------------------------------------------------------------------------------
+def _null_column_features(n=64, d=4, seed=0):
+    """Features with a last column that is 0 in every row (and in the reference): shifting it by ``delta`` adds
+    exactly ``delta**2`` to the Fréchet distance of *any* subset of the rows."""
+    f = np.random.default_rng(seed).normal(size=(n, d))
+    f[:, -1] = 0.0
+    return f, (np.zeros(d), np.diag([1.0] * (d - 1) + [0.0]))
+
+
+def test_paired_fd_resamples_the_same_rows():
+    """Identical sets give exactly 0 [0, 0]; a copy shifted along the null column gives the shift, delta**2, with
+    an interval of width 0: only possible when every resample takes the same rows of both sets."""
+    f, ref = _null_column_features()
+    shifted = f.copy()
+    shifted[:, -1] = 0.5
+    feats = {("uniform", "ddim", 5): f, ("uniform", "accelerated_ode", 5): shifted, ("trailing", "ddim", 5): f.copy()}
+    out = C.paired_fd(
+        feats, ref, grids=("uniform", "trailing"), names=("ddim", "accelerated_ode"), nfes=(5,), replicates=50
+    )
+    u = out["paired"]["uniform"]["5"]
+    assert u["ddim"] == {"vs": "ddim", "diff": {"value": 0.0, "ci": [0.0, 0.0]}}
+    d = u["accelerated_ode-ddim"]
+    assert d["value"] == pytest.approx(0.25, abs=1e-9) and d["ci"] == pytest.approx([0.25, 0.25], abs=1e-9)
+    assert u["accelerated_ode"]["vs"] == "ddim" and u["accelerated_ode"]["diff"] == d
+    m = out["paired_map"]["5"]
+    assert m["best"] in ({"grid": "uniform", "sampler": "ddim"}, {"grid": "trailing", "sampler": "ddim"})
+    assert m["diff"]["trailing"]["ddim"] == {"value": 0.0, "ci": [0.0, 0.0]}  # the same samples on two grids
+    # the library's one paired interval (model_quality re-exports it) gives the same
+    from accelerated_diffusion.experiments import model_quality
+
+    assert model_quality.paired_difference(shifted, f, ref, replicates=50) == d
+    with pytest.raises(ValueError, match="same shape"):
+        C.paired_fd(
+            {("uniform", "ddim", 5): f, ("uniform", "accelerated_ode", 5): f[:-1]},
+            ref,
+            grids=("uniform",),
+            names=("ddim", "accelerated_ode"),
+            nfes=(5,),
+        )
+
+
+def test_paired_pf_resamples_the_same_noises():
+    sq = np.random.default_rng(1).gamma(2.0, size=16)
+    out = C.paired_pf(
+        {
+            ("trailing", "ddim", 5): sq,
+            ("trailing", "accelerated_ode", 5): sq.copy(),
+            ("trailing", "ddim", 10): sq,
+            ("trailing", "accelerated_ode", 10): 4 * sq,
+        },
+        grids=("trailing",),
+        names=("ddim", "accelerated_ode"),
+        nfes=(5, 10),
+        replicates=100,
+    )
+    assert out["paired"]["trailing"]["5"]["accelerated_ode-ddim"] == {"value": 0.0, "ci": [0.0, 0.0]}
+    d = out["paired"]["trailing"]["10"]["accelerated_ode-ddim"]
+    assert d["value"] == pytest.approx(math.sqrt(sq.mean()))  # RMS doubles: the difference is the RMS itself
+    assert d["ci"][0] > 0  # separated, although the RMS of 16 gamma draws varies by tens of per cent
+    with pytest.raises(ValueError, match="same number"):
+        C.rms_bootstraps({"a": sq, "b": sq[:-1]})
+
+
+def test_classification_and_map_use_the_paired_difference():
+    """Marginal intervals that overlap widely, a paired difference that excludes 0: the verdict and the map's
+    ties follow the paired difference."""
+    f, ref = _null_column_features(n=40)
+    shifted = f.copy()
+    shifted[:, -1] = 0.5
+    feats = {("uniform", "ddim", 5): f, ("uniform", "accelerated_ode", 5): shifted}
+    names, grids = ("ddim", "accelerated_ode"), ("uniform",)
+    comp = {
+        "uniform": {
+            s: {"5": {"fd": features.frechet_with_interval(feats["uniform", s, 5], ref, num_boot=50), "pf": None}}
+            for s in names
+        }
+    }
+    a, b = comp["uniform"]["accelerated_ode"]["5"]["fd"], comp["uniform"]["ddim"]["5"]["fd"]
+    assert C.separated(a, b) == 0  # the marginal intervals overlap
+    out = C.paired_fd(feats, ref, grids=grids, names=names, nfes=(5,), replicates=50)
+    assert C.classify(out["paired"]["uniform"]["5"]["accelerated_ode-ddim"]) == 1  # worse, by the paired interval
+    assert C.classify({"value": -1.0, "ci": [-2.0, -0.5]}) == -1 and C.classify(None) == 0
+    unpaired = C.recommend(comp, 5, grids=grids, names=names)
+    paired = C.recommend(comp, 5, grids=grids, names=names, paired=out["paired_map"]["5"])
+    assert [t["sampler"] for t in unpaired["ties"]] == ["accelerated_ode"] and paired["ties"] == []
+    assert paired["paired"] and not unpaired["paired"]
+    assert (
+        "*"
+        not in C.format_map(comp, 5, grids=grids, names=names, paired=out["paired_map"]["5"])
+        .split("acc. ODE")[1]
+        .split("\n")[0]
+    )
+    block = C.grid_block(out["paired"], "uniform", 5)
+    assert C.recommend(comp, 5, grids=grids, names=names, paired=block)["ties"] == []
+    with pytest.raises(ValueError, match="taken against"):
+        C.recommend(
+            comp,
+            5,
+            grids=grids,
+            names=names,
+            paired={"best": {"grid": "uniform", "sampler": "accelerated_ode"}, "diff": {}},
+        )
+
+
+def test_pf_reference_check_reports_flags_and_refuses():
+    out = C.check_pf_reference({800: 0.2, 999: 0.01}, {800: [2.0, 8.0], 999: [1.0, 5.0]})
+    assert out["800"] == {"rms_vs_half": 0.2, "smallest_distance": 2.0, "ratio": 0.1, "ok": False}
+    assert out["999"]["ratio"] == pytest.approx(0.01) and out["999"]["ok"]
+    assert C.check_pf_reference({800: 0.2}, {})["800"]["ok"] is False  # nothing measured: not passed
+    with pytest.raises(C.PFReferenceError, match=r"t = 800 \(ratio 0.100\)"):
+        C.check_pf_reference({800: 0.2, 999: 0.01}, {800: [2.0], 999: [1.0]}, strict=True)
+    assert C.check_pf_reference({800: 0.2}, {800: [2.0]}, max_ratio=0.2, strict=True)["800"]["ok"]
+
+
 def test_text_outputs_fit_the_width():
     grids = ("uniform", "quadratic", "trailing", "logsnr")
-    comp = {g: {n: {"5": _cell(1234.5 + i, 1000.0, 1500.0 + j)} for j, n in enumerate(C.COMPARED)}
-            for i, g in enumerate(grids)}
+    comp = {
+        g: {n: {"5": _cell(1234.5 + i, 1000.0, 1500.0 + j)} for j, n in enumerate(C.COMPARED)}
+        for i, g in enumerate(grids)
+    }
     one_table = C.format_map(comp, 5, grids=grids, width=200)
     assert "\n\n" not in one_table and max(map(len, one_table.splitlines())) > 76
     split = C.format_map(comp, 5, grids=grids)
@@ -122,6 +246,13 @@ def test_exact_score_control_reference_converged_and_ddim_first_order(one_thread
     hybrid = C.hybrid_eps_fn(lambda y, t: torch.zeros_like(y), C.exact_eps_fn(TARGET, SCHED), 999)
     assert torch.equal(hybrid(x, 999), C.exact_eps_fn(TARGET, SCHED)(x, 999))
     assert torch.equal(hybrid(x, 500), torch.zeros_like(x))
+    two = C.hybrid_eps_fn(lambda y, t: torch.zeros_like(y), C.exact_eps_fn(TARGET, SCHED), (999, 799))
+    assert torch.equal(two(x, 799), C.exact_eps_fn(TARGET, SCHED)(x, 799))
+    assert torch.equal(two(x, 500), torch.zeros_like(x))
+    p = out["paired"]["trailing"]["5"]  # accelerated ODE minus DDIM, paired over the same noises
+    v = out["values"]["trailing"]
+    assert p["value"] == pytest.approx(v["accelerated_ode"]["5"]["value"] - v["ddim"]["5"]["value"])
+    assert p["ci"][0] <= p["value"] <= p["ci"][1]
 
 
 def test_diffusers_peers_agree_with_the_library(one_thread):
@@ -140,23 +271,34 @@ def test_pf_reference_from_its_start(one_thread):
     ref = C.pf_reference(fn, SCHED, 800, x, nfe=60)
     assert ref["t_start"] == 800 and ref["rms_vs_half"] < 1e-2
     y = C.generate(fn, SCHED, "dpm_solver_pp_2m", "quadratic", 10, x)  # quadratic starts at 800
-    assert C.pf_distance(y, ref["solution"])["value"] < C.pf_distance(
-        C.generate(fn, SCHED, "ddim", "quadratic", 10, x), ref["solution"])["value"]
+    assert (
+        C.pf_distance(y, ref["solution"])["value"]
+        < C.pf_distance(C.generate(fn, SCHED, "ddim", "quadratic", 10, x), ref["solution"])["value"]
+    )
     assert math.isfinite(ref["rms_vs_half"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # One generation wrapper, the registry's lists (issue 21)
 # ----------------------------------------------------------------------------------------------------------------
-def _old_comparison_generate(eps_fn, schedule, name, grid, nfe, noise, *, seed=0, batch_size=256, final_noise=False,
-                             timesteps=None):
+def _old_comparison_generate(
+    eps_fn, schedule, name, grid, nfe, noise, *, seed=0, batch_size=256, final_noise=False, timesteps=None
+):
     """comparison.generate as it was before the one wrapper (verbatim, on the public run_sampler)."""
     ts = C.grid_timesteps(schedule, nfe, grid) if timesteps is None else torch.as_tensor(timesteps)
     gen = torch.Generator(noise.device).manual_seed(int(seed)) if name in ad.samplers.STOCHASTIC else None
     out = []
     for i in range(0, len(noise), batch_size):
-        x, used = ad.run_sampler(eps_fn, noise[i:i + batch_size], name, schedule, ts, generator=gen,
-                                 final_noise=final_noise, return_nfe=True)
+        x, used = ad.run_sampler(
+            eps_fn,
+            noise[i : i + batch_size],
+            name,
+            schedule,
+            ts,
+            generator=gen,
+            final_noise=final_noise,
+            return_nfe=True,
+        )
         assert used == len(ts)
         out.append(x.cpu())
     return torch.cat(out)
@@ -189,13 +331,15 @@ def test_the_wrappers_give_what_they_gave_before(one_thread):
                 old = _old_comparison_generate(fn, SCHED, name, grid, 5, x, seed=3, batch_size=4, final_noise=final)
                 assert new.device.type == "cpu" and torch.equal(new, old), (name, grid, final)
             new, ts = G.run_sampler(fn, x, name, 5, SCHED, spacing=grid, generator=torch.Generator().manual_seed(1))
-            old, ts_old = _old_generate_run_sampler(fn, x, name, 5, SCHED, spacing=grid,
-                                                    generator=torch.Generator().manual_seed(1))
+            old, ts_old = _old_generate_run_sampler(
+                fn, x, name, 5, SCHED, spacing=grid, generator=torch.Generator().manual_seed(1)
+            )
             assert ts == ts_old and torch.equal(new, old), (name, grid)
     ts = ad.schedules.logsnr_timesteps(SCHED.alpha_bars, 6, t_max=700)
-    assert torch.equal(C.generate(fn, SCHED, "dpm_solver_pp_2m", "logsnr", 6, x64, batch_size=3, timesteps=ts),
-                       _old_comparison_generate(fn, SCHED, "dpm_solver_pp_2m", "logsnr", 6, x64, batch_size=3,
-                                                timesteps=ts))
+    assert torch.equal(
+        C.generate(fn, SCHED, "dpm_solver_pp_2m", "logsnr", 6, x64, batch_size=3, timesteps=ts),
+        _old_comparison_generate(fn, SCHED, "dpm_solver_pp_2m", "logsnr", 6, x64, batch_size=3, timesteps=ts),
+    )
     with pytest.raises(ValueError, match="divide"):
         G.run_sampler(fn, x64, "ddim", 7, SCHED, spacing="uniform")
 
@@ -218,8 +362,13 @@ def test_unknown_names_raise_before_any_model_call():
 def test_compared_samplers_and_labels_derive_from_the_registry():
     S = ad.samplers
     assert C.COMPARED == tuple(m for m in S.table_order() if m != "ddim_type")
-    assert C.SHORT_LABELS.items() >= {"accelerated_ode": "acc. ODE", "accelerated_sde": "acc. SDE",
-                                      "dpm_solver_pp_2m": "DPM++2M"}.items()
+    assert (
+        C.SHORT_LABELS.items()
+        >= {"accelerated_ode": "acc. ODE", "accelerated_sde": "acc. SDE", "dpm_solver_pp_2m": "DPM++2M"}.items()
+    )
     assert all(C.short_label(n) == S.spec(n).short_label for n in S.SAMPLERS)
     assert C._PEER_PAIRS == tuple((n, s.same_rule_as) for n, s in S.SAMPLERS.items() if s.same_rule_as)
-    assert C._PEER_PAIRS[:2] == (("diffusers_dpm_solver_pp_2m", "dpm_solver_pp_2m"), ("diffusers_unipc_bh2", "unipc_bh2"))
+    assert C._PEER_PAIRS[:2] == (
+        ("diffusers_dpm_solver_pp_2m", "dpm_solver_pp_2m"),
+        ("diffusers_unipc_bh2", "unipc_bh2"),
+    )

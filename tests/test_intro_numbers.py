@@ -33,27 +33,67 @@ def _fd(cell):
 
 
 def test_rate_slopes_are_the_current_ones(glance):
+    """The rates rows quote local slopes at the largest T (the `verdict` and `practical` entries of the results
+    files, experiments.orders) and the verdicts they support."""
     G = _results("rates_gaussian.json")["results"]
     X = _results("rates_exact_1d.json")["results"]
-    gauss = lambda s, m: {"value": G[s][m]["slopes"]["tv"]["slope"], "ci": G[s][m]["slopes"]["tv"]["ci"]}
+    v = lambda R, s, m: R[s][m]["verdict"]
+    num = lambda x: f"${x:.2f}$"
     expected = [
-        _slope(gauss("paper", "accelerated_ode")), _slope(gauss("linear", "accelerated_ode")),
-        f"${gauss('paper', 'ddim')['value']:.2f}$", f"${gauss('linear', 'ddim')['value']:.2f}$",
-        _slope(X["paper"]["accelerated_ode"]["slope"]), _slope(X["linear"]["accelerated_ode"]["slope"]),
-        f"${X['linear']['ddpm_type']['slope']['value']:.2f}$",
-        f"${X['linear']['accelerated_sde']['slope']['value']:.2f}$",
+        num(v(G, "paper", "accelerated_ode")["local_slope_at_max_T"]),
+        num(v(G, "paper", "accelerated_ode")["local_slope_at_max_T_vs_T_over_logT"]),
+        num(v(G, "linear", "accelerated_ode")["local_slope_at_max_T"]),
+        num(v(G, "paper", "ddim_type")["local_slope_at_max_T"]),
+        num(v(G, "linear", "ddim_type")["local_slope_at_max_T"]),
+        num(v(X, "paper", "accelerated_ode")["local_slope_at_max_T"]),
+        num(v(X, "linear", "accelerated_ode")["local_slope_at_max_T"]),
+        num(v(G, "linear", "accelerated_sde")["local_slope_at_max_T"]),
+        num(v(G, "linear", "ddpm_type")["local_slope_at_max_T"]),
+        num(v(X, "linear", "ddpm_type")["local_slope_at_max_T"]),
+        num(v(X, "linear", "accelerated_sde")["local_slope_at_max_T"]),
     ]
+    lo, hi = X["linear"]["ddpm_type"]["practical"]["slope_range"]
+    expected.append(f"${lo:.2f}$ to ${hi:.2f}$")
     missing = [e for e in expected if e not in glance]
     assert not missing, f"the intro quotes other numbers than the results files: {missing}"
+    # the verdicts the rows state
+    assert v(G, "paper", "accelerated_ode")["verdict"] == "agrees up to log T"
+    for R, s in ((G, "linear"), (X, "paper"), (X, "linear")):
+        assert v(R, s, "accelerated_ode")["verdict"].startswith("not settled")
+    assert v(X, "linear", "ddpm_type")["verdict"].startswith("not settled")
+    assert X["linear"]["ddpm_type"]["practical"]["verdict"] == "agrees"
+    assert all(
+        v(R, s, "ddpm_type")["verdict"] == "faster"
+        for R in (G, X)
+        for s in ("paper", "linear")
+        if v(R, s, "ddpm_type")["settled"]
+    )
 
 
 def test_five_nfe_distances_are_the_current_ones(glance):
     C = _results("learned_fmnist.json")["comparison"]
     expected = [_fd(C["uniform"]["ddim"]["5"]), _fd(C["uniform"]["accelerated_ode"]["5"])]
-    expected += [f"{C[g][m]['5']['fd']['value']:.0f}" for g in ("quadratic", "trailing", "logsnr")
-                 for m in ("ddim", "accelerated_ode")]
+    expected += [
+        f"{C[g][m]['5']['fd']['value']:.0f}"
+        for g in ("quadratic", "trailing", "logsnr")
+        for m in ("ddim", "accelerated_ode")
+    ]
     missing = [e for e in expected if e not in glance]
     assert not missing, f"the intro quotes other numbers than learned_fmnist.json: {missing}"
+
+
+def _diff(d):
+    return f"{d['value']:.0f} $[{d['ci'][0]:.0f}, {d['ci'][1]:.0f}]$"
+
+
+def test_paired_differences_are_the_current_ones(glance):
+    """The accelerated-minus-DDIM differences the intro quotes: paired over the same noises, from the results."""
+    P = _results("learned_fmnist.json")["paired"]
+    expected = [_diff(P["uniform"]["5"]["accelerated_ode-ddim"])]
+    expected += [_diff(P[g]["10"]["accelerated_ode-ddim"]) for g in ("uniform", "quadratic", "trailing")]
+    missing = [e for e in expected if e not in glance]
+    assert not missing, f"the intro quotes other paired differences than learned_fmnist.json: {missing}"
+    assert all(P[g]["10"]["accelerated_ode-ddim"]["ci"][1] < 0 for g in ("uniform", "quadratic", "trailing"))
 
 
 def _ci1(c):

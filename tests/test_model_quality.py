@@ -88,21 +88,24 @@ def _scheduler_only(folder):
     return folder
 
 
-@pytest.mark.parametrize("bad,match", [
-    (["--replicates", "5"], "--replicates must be >= 20"),
-    (["--name", "../x"], "--name: results name must be a plain file name"),
-    (["--n", "2"], r"--n must lie in \[3, 60,000\]"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--threads", "0"], "--threads must be >= 1"),
-    (["--nfe", "0"], "--nfe must be >= 1"),
-    (["--nfe", "3000"], "num_steps must be in"),
-    (["--sampler", "diffusers_unipc_bh2", "--spacing", "logsnr"], "diffusers' UniPCMultistepScheduler cannot"),
-    (["--shipped-step", "7"], "--shipped-step 7 is none of the --model steps"),
-    (["--features-only"], "--features-only needs --cache"),
-    (["--cache", "CACHE"], "no diffusion_pytorch_model.safetensors"),
-    (["--model", "5=MODEL"], "--model lists a step twice"),
-    (["--model", "6=nowhere"], "--model 6=nowhere: no such folder"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (["--replicates", "5"], "--replicates must be >= 20"),
+        (["--name", "../x"], "--name: results name must be a plain file name"),
+        (["--n", "2"], r"--n must lie in \[3, 60,000\]"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--nfe", "0"], "--nfe must be >= 1"),
+        (["--nfe", "3000"], "num_steps must be in"),
+        (["--sampler", "diffusers_unipc_bh2", "--spacing", "logsnr"], "diffusers' UniPCMultistepScheduler cannot"),
+        (["--shipped-step", "7"], "--shipped-step 7 is none of the --model steps"),
+        (["--features-only"], "--features-only needs --cache"),
+        (["--cache", "CACHE"], "no diffusion_pytorch_model.safetensors"),
+        (["--model", "5=MODEL"], "--model lists a step twice"),
+        (["--model", "6=nowhere"], "--model 6=nowhere: no such folder"),
+    ],
+)
 def test_every_argument_is_checked_before_any_data_or_model_load(tmp_path, monkeypatch, capsys, bad, match):
     def no_loading(*a, **k):
         raise AssertionError("data or a model was loaded before the arguments were checked")

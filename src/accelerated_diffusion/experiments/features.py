@@ -57,6 +57,10 @@ __all__ = [
     "bootstrap_frechet_distances",
     "bootstrap_interval",
     "frechet_with_interval",
+    "paired_bootstraps",
+    "difference_interval",
+    "paired_differences",
+    "paired_difference",
     "frechet_distance",
     "subset_indices",
     "real_data_frechet_distance",
@@ -74,8 +78,12 @@ class FashionCNN(nn.Module):
     def __init__(self, feature_dim: int = FEATURE_DIM, num_classes: int = 10, dropout: float = 0.3):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 14
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14 -> 7
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 28 -> 14
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 14 -> 7
             nn.Flatten(),
         )
         self.features = nn.Linear(64 * 7 * 7, feature_dim)
@@ -95,8 +103,6 @@ def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
     return images_uint8.float() / 127.5 - 1.0
-
-
 
 
 def default_classifier_dir() -> Path:
@@ -278,7 +284,8 @@ def frechet_with_interval(feats, reference=None, *, num_boot: int = 200, seed: i
     seeded resamples of the rows (:func:`bootstrap_frechet_distances`), their quantile range centred on the value
     (:func:`bootstrap_interval`).  The interval is the sampling variability of the distance *at this sample
     size*; the small-sample bias (compare :func:`real_data_frechet_distance` at the same ``n``) is in the value
-    and common to every sample set of that size.  Resampled sets repeat rows (about 37 %), so their distances
+    and is not the same for every sample set (its trace term grows with the set's own feature spread), so compare
+    sample sets drawn from the same noises by :func:`paired_differences`.  Resampled sets repeat rows (about 37 %), so their distances
     sit above the value (``bootstrap_mean``) and their spread (``bootstrap_sd``) overstates the spread over fresh
     samples: the interval is conservative.  The one Fréchet distance with an interval of this package (the
     sampler comparison and the model-quality measurement).
@@ -289,14 +296,75 @@ def frechet_with_interval(feats, reference=None, *, num_boot: int = 200, seed: i
     if num_boot < 20 or not 0 < level < 1:
         raise ValueError(f"need num_boot >= 20 and 0 < level < 1, got num_boot={num_boot}, level={level}")
     value, reps = bootstrap_frechet_distances(f, reference, num_boot=num_boot, seed=seed)
-    return {"value": value, "ci": bootstrap_interval(value, reps, level), "num_samples": int(f.shape[0]),
-            "num_boot": int(num_boot), "bootstrap_sd": float(reps.std(ddof=1)), "bootstrap_mean": float(reps.mean())}
+    return {
+        "value": value,
+        "ci": bootstrap_interval(value, reps, level),
+        "num_samples": int(f.shape[0]),
+        "num_boot": int(num_boot),
+        "bootstrap_sd": float(reps.std(ddof=1)),
+        "bootstrap_mean": float(reps.mean()),
+    }
 
 
-def frechet_distance(images, reference="test", *, path=None, device="cpu", batch_size: int = 500, progress: bool = False) -> float:
+def paired_bootstraps(feats_by_key: dict, reference=None, *, replicates: int = 200, seed: int = 0) -> dict:
+    """``{key: (value, resampled)}``: :func:`bootstrap_frechet_distances` of every feature set of ``feats_by_key``
+    (arrays ``(n, d)`` whose row ``i`` comes from the same starting noise, one shape for all) with one ``seed``,
+    so every set is resampled at the *same* rows (the index draw depends only on ``n``)."""
+    arrays = {k: np.asarray(f, dtype=np.float64) for k, f in feats_by_key.items()}
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"paired feature sets need the same shape, got {sorted(shapes)}")
+    return {k: bootstrap_frechet_distances(a, reference, num_boot=replicates, seed=seed) for k, a in arrays.items()}
+
+
+def difference_interval(boot_a, boot_b, level: float = 0.95) -> dict:
+    """``{"value": a - b, "ci": [lo, hi]}`` from two ``(value, resampled)`` pairs resampled at the same rows
+    (:func:`paired_bootstraps`): resample ``r`` of the difference is ``a_r - b_r``, so what the two sets share
+    cancels; the interval is :func:`bootstrap_interval` of those differences, not clipped at 0.  An interval that
+    excludes 0 calls the difference; identical sets give exactly ``0 [0, 0]``."""
+    (va, ra), (vb, rb) = boot_a, boot_b
+    ra, rb = np.asarray(ra, dtype=np.float64), np.asarray(rb, dtype=np.float64)
+    if ra.shape != rb.shape:
+        raise ValueError(f"paired resamples need the same number of replicates, got {ra.shape} and {rb.shape}")
+    value = float(va) - float(vb)
+    return {"value": value, "ci": bootstrap_interval(value, ra - rb, level, lower_bound=None)}
+
+
+def paired_differences(
+    feats_by_key: dict, pairs, reference=None, *, replicates: int = 200, level: float = 0.95, seed: int = 0
+) -> dict:
+    """Differences of Fréchet distances between feature sets whose row ``i`` comes from the same starting noise,
+    each with its paired bootstrap interval: ``{(a, b): {"value": FD(a) - FD(b), "ci": [lo, hi]}}`` for every
+    pair ``(a, b)`` of keys of ``feats_by_key``.  Each set is resampled once (:func:`paired_bootstraps`) and every
+    difference gets :func:`difference_interval`."""
+    pairs = [tuple(p) for p in pairs]
+    keys = list(dict.fromkeys(k for p in pairs for k in p))
+    missing = [k for k in keys if k not in feats_by_key]
+    if missing:
+        raise KeyError(f"no features for {missing}")
+    boot = paired_bootstraps({k: feats_by_key[k] for k in keys}, reference, replicates=replicates, seed=seed)
+    return {(a, b): difference_interval(boot[a], boot[b], level) for a, b in pairs}
+
+
+def paired_difference(
+    feats, base, reference=None, *, replicates: int = 200, level: float = 0.95, seed: int = 0
+) -> dict:
+    """FD of ``feats`` minus FD of ``base`` (two ``(n, d)`` feature sets whose row ``i`` comes from the same
+    starting noise) with its paired bootstrap interval, ``{"value", "ci"}``: :func:`paired_differences` of the one
+    pair."""
+    return paired_differences({0: feats, 1: base}, [(0, 1)], reference, replicates=replicates, level=level, seed=seed)[
+        0, 1
+    ]
+
+
+def frechet_distance(
+    images, reference="test", *, path=None, device="cpu", batch_size: int = 500, progress: bool = False
+) -> float:
     """Fréchet distance between the classifier features of ``images`` (float in ``[-1, 1]``) and a reference:
     ``"test"`` (shipped statistics of the test split), or a ``(mu, sigma)`` pair, or another image batch."""
-    mu1, s1 = feature_statistics(extract_features(images, path=path, device=device, batch_size=batch_size, progress=progress))
+    mu1, s1 = feature_statistics(
+        extract_features(images, path=path, device=device, batch_size=batch_size, progress=progress)
+    )
     if isinstance(reference, str):
         mu2, s2 = load_reference_stats(reference, path)
     elif isinstance(reference, tuple) and len(reference) == 2:
@@ -313,7 +381,9 @@ def subset_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].numpy()
 
 
-def real_data_frechet_distance(n: int, split: str = "train", *, seed: int = 0, reference: str = "test", path=None) -> float:
+def real_data_frechet_distance(
+    n: int, split: str = "train", *, seed: int = 0, reference: str = "test", path=None
+) -> float:
     """FD of ``n`` real Fashion-MNIST images of ``split`` (a seeded subset, :func:`subset_indices`) against the
     reference statistics: the value a perfect sampler would get at this ``n`` (the small-sample bias).  Use
     ``split="train"`` (independent of the test-split reference)."""

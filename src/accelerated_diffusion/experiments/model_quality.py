@@ -29,6 +29,7 @@ from ..samplers import SAMPLERS, STOCHASTIC, run_sampler, spec
 from ..schedules import SPACINGS
 from . import features
 from .data import load_fashion_mnist
+from .features import paired_difference  # the one paired interval, shared with the sampler comparison
 from .paths import _results_path, atomic_write_bytes, save_results
 
 __all__ = [
@@ -51,8 +52,17 @@ class UsageError(ValueError):
     """A bad command line, found before any data or model is loaded (reported in one line, exit status 2)."""
 
 
-def sample_features(model_dir, n: int = 1000, *, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
-                    batch_size: int = 250, seed: int = 1000, progress: bool = True) -> np.ndarray:
+def sample_features(
+    model_dir,
+    n: int = 1000,
+    *,
+    nfe: int = 100,
+    sampler: str = "ddim",
+    spacing: str = "leading",
+    batch_size: int = 250,
+    seed: int = 1000,
+    progress: bool = True,
+) -> np.ndarray:
     """Classifier features ``(n, 128)`` of ``n`` samples of the model in ``model_dir``: ``sampler`` with ``nfe``
     steps on ``schedule.subsample(nfe, spacing)``, from noise drawn batch by batch (batch ``b`` seeded
     ``seed + b``), so every model of a comparison starts from the same noises; samples are clipped to ``[-1, 1]``."""
@@ -76,22 +86,6 @@ def sample_features(model_dir, n: int = 1000, *, nfe: int = 100, sampler: str = 
     return np.concatenate(out)
 
 
-def paired_difference(feats, base, reference=None, *, replicates: int = 200, level: float = 0.95,
-                      seed: int = 0) -> dict:
-    """FD of ``feats`` minus FD of ``base`` (two ``(n, d)`` feature sets whose row ``i`` comes from the same
-    starting noise, as :func:`sample_features` makes them), with a paired bootstrap interval: every resample takes
-    the same rows of both sets (one seeded index draw), so the noise they share cancels; the difference's
-    interval is :func:`.features.bootstrap_interval` of the paired resamples (not clipped at 0: a difference may
-    be negative).  An interval that excludes 0 calls the change.  Returns ``{"value", "ci"}``."""
-    a, b = np.asarray(feats, dtype=np.float64), np.asarray(base, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired feature sets need the same shape, got {a.shape} and {b.shape}")
-    va, ra = features.bootstrap_frechet_distances(a, reference, num_boot=replicates, seed=seed)
-    vb, rb = features.bootstrap_frechet_distances(b, reference, num_boot=replicates, seed=seed)  # same rows
-    value = va - vb
-    return {"value": float(value), "ci": features.bootstrap_interval(value, ra - rb, level, lower_bound=None)}
-
-
 def real_data_floor(n: int, *, seeds=range(20), replicates: int = 200, level: float = 0.95) -> dict:
     """The FD of ``n`` real training images against the test-split statistics: what a perfect model would score
     at this ``n``. ``value`` is :func:`.features.real_data_frechet_distance` ``(n)`` (the first seed's subset);
@@ -110,12 +104,29 @@ def real_data_floor(n: int, *, seeds=range(20), replicates: int = 200, level: fl
         if boot is None:
             boot = features.frechet_with_interval(f, ref, num_boot=replicates, level=level)
     lo, hi = np.quantile(by_seed, [(1 - level) / 2, (1 + level) / 2])
-    return {"n": n, "split": "train", "reference": "test", "value": by_seed[0], "ci": [float(lo), float(hi)],
-            "seeds": seeds, "by_seed": by_seed, "bootstrap": boot}
+    return {
+        "n": n,
+        "split": "train",
+        "reference": "test",
+        "value": by_seed[0],
+        "ci": [float(lo), float(hi)],
+        "seeds": seeds,
+        "by_seed": by_seed,
+        "bootstrap": boot,
+    }
 
 
-def record(feats_by_step: dict, *, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
-           batch_size: int = 250, seed: int = 1000, replicates: int = 200, shipped_step: int | None = None) -> dict:
+def record(
+    feats_by_step: dict,
+    *,
+    nfe: int = 100,
+    sampler: str = "ddim",
+    spacing: str = "leading",
+    batch_size: int = 250,
+    seed: int = 1000,
+    replicates: int = 200,
+    shipped_step: int | None = None,
+) -> dict:
     """The ``model_quality_*.json`` record from ``{step: features}`` (each ``(n, 128)``, same ``n``, made by
     :func:`sample_features` with these settings): every step's FD with its interval, its change from the first
     step's FD with a paired interval (:func:`paired_difference`; ``None`` for the first), and the floor at
@@ -128,15 +139,32 @@ def record(feats_by_step: dict, *, nfe: int = 100, sampler: str = "ddim", spacin
     n = next(iter(ns.values()))
     steps = sorted(feats_by_step)
     base = steps[0]
-    rows = [{"step": int(step), "fd": features.frechet_with_interval(feats_by_step[step], num_boot=replicates),
-             "change": None if step == base else {
-                 "from_step": int(base),
-                 **paired_difference(feats_by_step[step], feats_by_step[base], replicates=replicates)}}
-            for step in steps]
-    return {"nfe": nfe, "sampler": sampler, "spacing": spacing, "n": n, "noise_seeds": f"{seed} + batch index",
-            "batch_size": batch_size, "bootstrap_replicates": replicates, "level": 0.95,
-            "real_data_floor": real_data_floor(n, replicates=replicates), "checkpoints": rows,
-            "shipped_step": shipped_step}
+    rows = [
+        {
+            "step": int(step),
+            "fd": features.frechet_with_interval(feats_by_step[step], num_boot=replicates),
+            "change": None
+            if step == base
+            else {
+                "from_step": int(base),
+                **paired_difference(feats_by_step[step], feats_by_step[base], replicates=replicates),
+            },
+        }
+        for step in steps
+    ]
+    return {
+        "nfe": nfe,
+        "sampler": sampler,
+        "spacing": spacing,
+        "n": n,
+        "noise_seeds": f"{seed} + batch index",
+        "batch_size": batch_size,
+        "bootstrap_replicates": replicates,
+        "level": 0.95,
+        "real_data_floor": real_data_floor(n, replicates=replicates),
+        "checkpoints": rows,
+        "shipped_step": shipped_step,
+    }
 
 
 def _cached_features(folder, n: int, cache_dir, progress: bool, **settings) -> np.ndarray:
@@ -161,9 +189,20 @@ def _cached_features(folder, n: int, cache_dir, progress: bool, **settings) -> n
     return feats
 
 
-def measure(checkpoints: dict, *, n: int = 1000, nfe: int = 100, sampler: str = "ddim", spacing: str = "leading",
-            batch_size: int = 250, seed: int = 1000, replicates: int = 200, shipped_step: int | None = None,
-            progress: bool = True, cache_dir=None) -> dict:
+def measure(
+    checkpoints: dict,
+    *,
+    n: int = 1000,
+    nfe: int = 100,
+    sampler: str = "ddim",
+    spacing: str = "leading",
+    batch_size: int = 250,
+    seed: int = 1000,
+    replicates: int = 200,
+    shipped_step: int | None = None,
+    progress: bool = True,
+    cache_dir=None,
+) -> dict:
     """Sample every ``{step: model_dir}`` of ``checkpoints`` from the same noises and :func:`record` it; with
     ``cache_dir``, features already sampled with the same weights and settings are read from there."""
     if not checkpoints:
@@ -236,8 +275,11 @@ def check_args(a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m accelerated_diffusion.experiments.model_quality --model STEP=DIR [...]``: check every argument
     (one-line error, exit status 2), then measure and save."""
-    p = argparse.ArgumentParser(prog="accelerated-diffusion model-quality",
-                                description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="accelerated-diffusion model-quality",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model", type=_checkpoint, action="append", required=True, help="STEP=DIR (repeatable)")
     p.add_argument("--shipped-step", type=int, default=None, help="the step whose weights are shipped")
     p.add_argument("--n", type=int, default=1000)
@@ -260,11 +302,29 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     if a.features_only:
         for folder in dict(a.model).values():
-            _cached_features(folder, a.n, a.cache, True, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing,
-                             batch_size=a.batch_size, seed=1000)
+            _cached_features(
+                folder,
+                a.n,
+                a.cache,
+                True,
+                nfe=a.nfe,
+                sampler=a.sampler,
+                spacing=a.spacing,
+                batch_size=a.batch_size,
+                seed=1000,
+            )
         return 0
-    res = measure(dict(a.model), n=a.n, nfe=a.nfe, sampler=a.sampler, spacing=a.spacing, batch_size=a.batch_size,
-                  replicates=a.replicates, shipped_step=a.shipped_step, cache_dir=a.cache)
+    res = measure(
+        dict(a.model),
+        n=a.n,
+        nfe=a.nfe,
+        sampler=a.sampler,
+        spacing=a.spacing,
+        batch_size=a.batch_size,
+        replicates=a.replicates,
+        shipped_step=a.shipped_step,
+        cache_dir=a.cache,
+    )
     # what decides the numbers (not where features were cached or the file's name)
     params = {k: v for k, v in vars(a).items() if k not in ("cache", "features_only", "name")}
     print(save_results(a.name, res, params=params))
