@@ -6,6 +6,7 @@ its public ``HF_ENDPOINT`` setting (read at import, hence a subprocess), the dat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -197,10 +198,9 @@ def test_load_from_a_drip_hub_fails_within_the_deadlines(drip, tmp_path):
     assert any(not r.startswith("HEAD /api/models/") for r in server.requests)  # a download was tried
 
 
-def test_fashion_mnist_download_from_a_prompt_server_completes_and_is_md5_checked(tmp_path):
-    """The deadline does not cut a normal transfer: 300 kB served at once arrive whole, and then the MD5 check
-    (not a timeout) refuses them; nothing is left in the cache."""
-    payload = bytes(range(256)) * 1200
+@contextlib.contextmanager
+def prompt_server(payload: bytes):
+    """A server on 127.0.0.1 that answers every GET at once with ``payload``; yields its base URL."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -216,11 +216,18 @@ def test_fashion_mnist_download_from_a_prompt_server_completes_and_is_md5_checke
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     try:
-        with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz has MD5 .* \(corrupt download\)"):
-            data._download(tmp_path / "cache", timeout=2.0, url=f"http://127.0.0.1:{httpd.server_address[1]}")
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_fashion_mnist_download_from_a_prompt_server_completes_and_is_md5_checked(tmp_path):
+    """The deadline does not cut a normal transfer: 300 kB served at once arrive whole, and then the MD5 check
+    (not a timeout) refuses them; nothing is left in the cache."""
+    with prompt_server(bytes(range(256)) * 1200) as url:
+        with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz has MD5 .* \(corrupt download\)"):
+            data._download(tmp_path / "cache", timeout=2.0, url=url)
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -230,27 +237,12 @@ def test_fashion_mnist_download_lands_with_the_umask_permissions(tmp_path, monke
     import hashlib
 
     payload = b"fashion" * 1000
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
     monkeypatch.setattr(data, "FILES", {"probe.gz": (hashlib.md5(payload).hexdigest(), "")})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     mask = os.umask(0o022)
     try:
-        data._download(tmp_path / "cache", timeout=2.0, url=f"http://127.0.0.1:{httpd.server_address[1]}")
+        with prompt_server(payload) as url:
+            data._download(tmp_path / "cache", timeout=2.0, url=url)
     finally:
         os.umask(mask)
-        httpd.shutdown()
-        httpd.server_close()
     f = tmp_path / "cache" / "probe.gz"
     assert f.read_bytes() == payload and (f.stat().st_mode & 0o777) == 0o644
