@@ -139,9 +139,9 @@ def test_report_tables_and_order_figure():
     text = report.format_verdicts(rows)
     assert "accelerated ODE: claimed slope -2 (paper)" in text and "not settled (steepening)" in text
     assert text.count("agrees") == 6
-    assert "[-0.60,-0.51]  -0.60 yes     agrees" in report.format_verdicts(rows, practical=True)
+    assert "[-0.60,-0.51] -0.60 yes     agrees" in report.format_verdicts(rows, practical=True)
     # both tables fit the book's text column (about 80 characters of output)
-    assert max(len(line) for t in (text, report.format_verdicts(rows, practical=True)) for line in t.splitlines()) <= 79
+    assert max(len(line) for t in (text, report.format_verdicts(rows, practical=True)) for line in t.splitlines()) <= 77
     assert report.format_window_fits(res["linear"]).splitlines()[1].split()[-1] == "-2.00"
     fig = report.order_figure(res, style=rates.STYLE, title="synthetic")
     ax = fig.axes[0]

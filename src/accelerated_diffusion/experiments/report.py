@@ -123,17 +123,19 @@ def format_verdicts(rows: list[dict], *, practical: bool = False) -> str:
             src = "paper" if orders.CLAIMS[current]["source"].startswith("paper") else "nominal order"
             out.append(f"{_label(current)}: claimed slope {v['claimed']:g} ({src})")
             if practical:
-                out.append(f"  {'target':10s}{'schedule':8s}{'T':>5s} {'range':13s} {'slope':>6s} {'settled':8s}verdict")
+                out.append(
+                    f"  {'target':10s}{'schedule':8s}{'T':>4s} {'range':13s} {'slope':>5s} {'settled':8s}verdict"
+                )
             else:
                 out.append(
                     f"  {'target':10s}{'schedule':9s}{'T':>5s}  {'slope':>6s} {'T/logT':>7s}  {'settled':8s}verdict"
                 )
         T = str(v["T_max"])
         head = f"  {r['target']:10s}{r['schedule']:9s}{T:>5s}  "
-        if practical:  # narrower columns: the rows stay within 78 characters, the width of the book's text column
+        if practical:  # narrower columns: the rows stay within 77 characters, the width of the book's text column
             rng = f"[{v['slope_range'][0]:.2f},{v['slope_range'][1]:.2f}]"
-            head = f"  {r['target']:10s}{r['schedule']:8s}{T:>5s} "
-            out.append(f"{head}{rng:13s} {v['local_slope_at_max_T']:6.2f} {_settled(v):8s}{_short(v['verdict'])}")
+            head = f"  {r['target']:10s}{r['schedule']:8s}{T:>4s} "
+            out.append(f"{head}{rng:13s} {v['local_slope_at_max_T']:5.2f} {_settled(v):8s}{_short(v['verdict'])}")
         else:
             g = v.get("local_slope_at_max_T_vs_T_over_logT")
             g = f"{g:7.2f}" if g is not None else " " * 7
