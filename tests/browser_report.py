@@ -175,8 +175,9 @@ def close_driver(drv) -> None:
             shutil.rmtree(profile, ignore_errors=True)
 
 
-# Runs in the page: waits for MathJax, opens every collapsed block, measures, returns plain data.
-MEASURE_JS = r"""
+# The start of every script run in a page: wait (at most 15 s) for MathJax where Sphinx loads it, then for its
+# first typesetting; ``mathjax`` says whether it loaded.
+WAIT_FOR_MATHJAX_JS = r"""
 const done = arguments[arguments.length - 1];
 (async () => {
   const t0 = Date.now();
@@ -185,6 +186,13 @@ const done = arguments[arguments.length - 1];
     await new Promise(r => setTimeout(r, 50));
   const mathjax = !!(window.MathJax && MathJax.startup && MathJax.startup.promise);
   if (mathjax) { try { await MathJax.startup.promise; } catch (e) {} }
+"""
+
+
+# Runs in the page: waits for MathJax, opens every collapsed block, measures, returns plain data.
+MEASURE_JS = (
+    WAIT_FOR_MATHJAX_JS
+    + r"""
   // open collapsed content (hide-input, hide-output, dropdowns), so that it is measured too
   document.querySelectorAll('details').forEach(d => d.open = true);
   document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
@@ -309,17 +317,13 @@ const done = arguments[arguments.length - 1];
   return out;
 })().then(done, e => done({error: String(e && e.stack || e)}));
 """
+)
 
 
 # Runs in the page at any size: content cut off without its own scroll box, and the search boxes shown.
-LAYOUT_JS = r"""
-const done = arguments[arguments.length - 1];
-(async () => {
-  const t0 = Date.now();
-  const wantsMathJax = !!document.querySelector('script[src*="mathjax"]');  // Sphinx loads it only where there is maths
-  while (wantsMathJax && !(window.MathJax && MathJax.startup && MathJax.startup.promise) && Date.now() - t0 < 15000)
-    await new Promise(r => setTimeout(r, 50));
-  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { try { await MathJax.startup.promise; } catch (e) {} }
+LAYOUT_JS = (
+    WAIT_FOR_MATHJAX_JS
+    + r"""
   document.querySelectorAll('details').forEach(d => d.open = true);
   document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
   await new Promise(r => setTimeout(r, 100));
@@ -377,6 +381,7 @@ const done = arguments[arguments.length - 1];
   return {vw, docWidth: document.documentElement.scrollWidth, clipped, searches, ms: Date.now() - t0};
 })().then(done, e => done({error: String(e && e.stack || e)}));
 """
+)
 
 
 def measure_layout(drv) -> dict:

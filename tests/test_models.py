@@ -94,19 +94,7 @@ def test_schedule_from_config():
 
 
 def test_pipeline_layout_and_eps_fn_dtype(tmp_path):
-    from diffusers import UNet2DModel
-
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    )
-    unet.save_pretrained(tmp_path / "unet")
+    _tiny_unet().save_pretrained(tmp_path / "unet")
     (tmp_path / "scheduler").mkdir()
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "linear"}))
     loaded = models.load_unet(tmp_path, dtype=torch.float64)
