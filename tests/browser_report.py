@@ -193,6 +193,8 @@ const done = arguments[arguments.length - 1];
 MEASURE_JS = (
     WAIT_FOR_MATHJAX_JS
     + r"""
+  // the page as a reader first gets it (collapsed blocks closed): its height
+  const pageHeight = document.documentElement.scrollHeight;
   // open collapsed content (hide-input, hide-output, dropdowns), so that it is measured too
   document.querySelectorAll('details').forEach(d => d.open = true);
   document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
@@ -230,7 +232,7 @@ MEASURE_JS = (
   };
   const out = {url: location.href, title: document.title, mathjax, mathjaxVersion: mathjax ? MathJax.version : null,
                colWidth: Math.round(colWidth), equations: [], code: [], outputs: [], tables: [], images: [],
-               links: [], rawTex: [], mjErrors: 0, scripts: []};
+               links: [], rawTex: [], mjErrors: 0, scripts: [], pageHeight, emptyOutputs: []};
   // display maths: in the text (equations) and in cell outputs
   article.querySelectorAll('div.math').forEach(el => {
     if (!visible(el)) return;
@@ -265,8 +267,11 @@ MEASURE_JS = (
     const o = overflow(el);
     const lines = el.textContent.replace(/\n$/, '').split('\n');
     const longest = Math.max(...lines.map(l => l.length));
+    // input shown on the page, or collapsed behind a toggle (hide-input, hide-cell)
+    const hidden = !!el.closest('details.hide, .tag_hide-input .cell_input, .tag_hide-cell');
     const rec = Object.assign(context(el), {over: o.over, width: o.width, longest, lines: lines.length,
-                 first: lines[0].slice(0, 100), long: lines.filter(l => l.length > cap).length});
+                 first: lines[0].slice(0, 100), long: lines.filter(l => l.length > cap).length, hidden,
+                 where: where(el)});
     if (where(el) === 'output') out.outputs.push(Object.assign({kind: 'text'}, rec));
     else out.code.push(rec);
   });
@@ -289,6 +294,10 @@ MEASURE_JS = (
     const r = el.getBoundingClientRect();
     out.images.push(Object.assign(context(el), {src: el.getAttribute('src'), loaded: el.complete && el.naturalWidth > 0,
                      natural: el.naturalWidth, shown: Math.round(r.width), alt,
+                     // the width the page asks for (a 2x PNG is drawn at half its pixels), else the natural one
+                     intended: parseFloat(el.style.width) || parseFloat(el.getAttribute('width')) || el.naturalWidth,
+                     aspect: r.height > 0 && el.naturalHeight > 0
+                       ? (r.width / r.height) / (el.naturalWidth / el.naturalHeight) : 1,
                      caption: cap ? cap.textContent.trim().replace(/\s+/g, ' ').slice(0, 100) : '',
                      numbered: !!num, id: fig ? (fig.id || '') : '', where: where(el)}));
   });
@@ -309,6 +318,13 @@ MEASURE_JS = (
     const m = n.textContent.match(texRe);
     if (m) out.rawTex.push(n.textContent.trim().slice(0, 120));
   }
+  // output boxes a reader sees empty: no text, no image, no maths, no table
+  article.querySelectorAll('div.cell_output > *').forEach(el => {
+    if (!visible(el)) return;
+    if ((el.textContent || '').trim() || el.querySelector('img, svg, mjx-container, table, iframe, video')) return;
+    out.emptyOutputs.push(Object.assign(context(el), {height: Math.round(el.getBoundingClientRect().height),
+                                                        cls: String(el.className).slice(0, 60)}));
+  });
   out.mjErrors = document.querySelectorAll('mjx-merror, [data-mjx-error]').length;
   out.hasMath = !!article.querySelector('.math, mjx-container');
   document.querySelectorAll('script[src]').forEach(s => out.scripts.push(s.src));
@@ -324,6 +340,7 @@ MEASURE_JS = (
 LAYOUT_JS = (
     WAIT_FOR_MATHJAX_JS
     + r"""
+  const pageHeight = document.documentElement.scrollHeight;  // collapsed blocks closed, as a reader gets it
   document.querySelectorAll('details').forEach(d => d.open = true);
   document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
   await new Promise(r => setTimeout(r, 100));
@@ -378,7 +395,7 @@ LAYOUT_JS = (
     .filter(el => !el.closest('.search-button__wrapper, dialog') && el.getClientRects().length
             && getComputedStyle(el).visibility !== 'hidden'
             && el.getBoundingClientRect().width > 0).length;
-  return {vw, docWidth: document.documentElement.scrollWidth, clipped, searches, ms: Date.now() - t0};
+  return {vw, docWidth: document.documentElement.scrollWidth, clipped, searches, pageHeight, ms: Date.now() - t0};
 })().then(done, e => done({error: String(e && e.stack || e)}));
 """
 )
@@ -489,7 +506,11 @@ class PageReport:
         if what == "images_caption":
             return sum(not (i["caption"] and i["numbered"]) for i in imgs), len(imgs)
         if what == "images_small":
-            return sum(bool(i["natural"]) and i["shown"] < SMALL_FIGURE * i["natural"] for i in imgs), len(imgs)
+            return sum(_small(i) for i in imgs), len(imgs)
+        if what == "images_aspect":
+            return sum(abs(i.get("aspect", 1) - 1) > 0.02 for i in imgs), len(imgs)
+        if what == "empty_outputs":
+            return len(r.get("emptyOutputs", [])), len(r["outputs"])
         if what == "links":
             return len(self.broken), len(r["links"])
         if what == "clipped":
@@ -502,6 +523,37 @@ class PageReport:
             counts = [r.get("layout", {}).get("searches"), r.get("phone", {}).get("searches")]
             return sum(c != 1 for c in counts), len(counts)
         raise KeyError(what)
+
+    def size(self, what: str) -> int | None:
+        """A measure of the page (not a check): see :data:`SIZES`."""
+        r = self.raw
+        if what == "height":
+            return r.get("pageHeight")
+        if what == "phone_height":
+            return r.get("phone", {}).get("pageHeight")
+        if what == "code_lines_visible":
+            return sum(c["lines"] for c in r["code"] if c["where"] == "input" and not c.get("hidden"))
+        if what == "code_lines_all":
+            return sum(c["lines"] for c in r["code"] if c["where"] == "input")
+        if what == "tables":
+            return len(r["tables"])
+        raise KeyError(what)
+
+
+def _small(i: dict) -> bool:
+    """Shown below SMALL_FIGURE of the width the page asks for (a 2x PNG asks for half its pixels)."""
+    want = i.get("intended") or i["natural"]
+    return bool(want) and i["shown"] < SMALL_FIGURE * want
+
+
+# Measures of each page printed next to the checks: (column header, explanation)
+SIZES = {
+    "height": ("h1280", "page height at 1280 px, collapsed blocks closed (CSS px)"),
+    "phone_height": ("h390", f"page height at {PHONE[0]}x{PHONE[1]}, collapsed blocks closed (CSS px)"),
+    "code_lines_visible": ("vis", "lines of code cells shown on the page (hide-input cells not counted)"),
+    "code_lines_all": ("code", "lines of all code cells on the page (collapsed ones included)"),
+    "tables": ("tabs", "HTML tables in the main content"),
+}
 
 
 CHECKS = {
@@ -516,7 +568,9 @@ CHECKS = {
     "images_broken": ("img!", "images that did not load"),
     "images_alt": ("alt", "images without alt text (or with a file name as alt text)"),
     "images_caption": ("cap", "images not inside a numbered figure with a caption"),
-    "images_small": ("small", f"images shown below {SMALL_FIGURE:.0%} of their natural width"),
+    "images_small": ("small", f"images shown below {SMALL_FIGURE:.0%} of their width (a 2x PNG: half its pixels)"),
+    "images_aspect": ("asp", "images drawn with another aspect ratio than their pixels (squashed)"),
+    "empty_outputs": ("empty", "cell output boxes with nothing in them (no text, image, maths or table)"),
     "links": ("link", "internal links whose file or anchor is missing"),
     "clipped": ("cut", f"constructs cut off at {PHONE[0]}x{PHONE[1]} without a sideways-scrolling box of their own"),
     "console": ("js!", "errors in the browser console (both sizes)"),
@@ -557,6 +611,18 @@ def table(reports: list[PageReport], checks=CHECKS) -> str:
     fmt = lambda r: "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
     lines = [fmt(heads), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     legend = ["", "bad/total per page; columns:"] + [f"  {checks[c][0]:>5}: {checks[c][1]}" for c in checks]
+    return "\n".join(lines + legend)
+
+
+def sizes_table(reports: list[PageReport], sizes=SIZES) -> str:
+    """Per-page measures (page heights, code lines shown, tables), with totals."""
+    heads = ["page"] + [sizes[c][0] for c in sizes]
+    rows = [[rep.page] + [rep.size(c) if rep.size(c) is not None else "-" for c in sizes] for rep in reports]
+    rows.append(["TOTAL"] + [sum(v for v in col if isinstance(v, int)) for col in list(zip(*rows))[1:]])
+    widths = [max(len(str(r[i])) for r in rows + [heads]) for i in range(len(heads))]
+    fmt = lambda r: "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    lines = [fmt(heads), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    legend = ["", "measures per page; columns:"] + [f"  {sizes[c][0]:>5}: {sizes[c][1]}" for c in sizes]
     return "\n".join(lines + legend)
 
 
@@ -608,13 +674,18 @@ def findings(reports: list[PageReport]) -> str:
                 probs.append(f"alt text {i['alt'][:40]!r}")
             if not (i["caption"] and i["numbered"]):
                 probs.append("no numbered caption")
-            if i["natural"] and i["shown"] < SMALL_FIGURE * i["natural"]:
-                probs.append(f"shown at {i['shown'] / i['natural']:.0%} ({i['shown']} of {i['natural']} px)")
+            if _small(i):
+                want = i.get("intended") or i["natural"]
+                probs.append(f"shown at {i['shown'] / want:.0%} ({i['shown']} of {want:.0f} px)")
+            if abs(i.get("aspect", 1) - 1) > 0.02:
+                probs.append(f"aspect ratio drawn {i['aspect']:.2f} x its own")
             if probs:
                 items.append(
                     f"  image {Path(i['src'] or '').name[:12]}... {', '.join(probs)}{_where(i)}"
                     + (f"; caption {i['caption'][:60]!r}" if i["caption"] else "")
                 )
+        for e in r.get("emptyOutputs", []):
+            items.append(f"  empty output box ({e['height']} px, {e['cls']!r}){_where(e)}")
         for c in r.get("phone", {}).get("clipped", []):
             items.append(
                 f"  clipped at {PHONE[0]} px: {c['kind']} {c['width']} px reaching {c['right']} px, cut by "
@@ -706,6 +777,8 @@ def main(argv=None) -> int:
     t2 = time.perf_counter()
     text = (
         table(reports)
+        + "\n\n"
+        + sizes_table(reports)
         + "\n\n"
         + describe_metrics(metrics)
         + (f"\nbuild {t1 - t0:.1f} s, browser {t2 - t1:.1f} s for {len(reports)} pages\n")

@@ -77,6 +77,62 @@ def test_accelerated_ode_coefficient_matches_library():
     )
 
 
+def test_accelerated_ode_lambda_coefficient_matches_library():
+    """The safeguarded ``accelerated_ode_lambda``: the derived coefficient (eps linear in lambda) == the library's
+    float closed form (expm1 / log1p), on random levels and on a step to clean data (the library's limit)."""
+    _assert_coefficients_match(
+        _derived([D.in_alpha_bar(D.accelerated_ode_lambda_coefficient())]),
+        lambda n, t, p: (updates.accelerated_ode_lambda_coefficient(n, t, p),),
+    )
+    f = _lambdify(D.accelerated_ode_lambda_coefficient(), (D.sigma_next, D.sigma_t, D.sigma_prev, D.alpha_bar_prev))
+    sig = oracles.sigma_of
+    for a_next, a_t, _ in LEVELS[:5]:  # sigma_prev = 0: sigma_prev log sigma_prev -> 0
+        near = f(sig(a_next), sig(a_t), 1e-300, 1.0)
+        assert near == pytest.approx(updates.accelerated_ode_lambda_coefficient(a_next, a_t, 1.0), rel=1e-12)
+
+
+RHOS = (0.0, 0.3, 1.0, 2.5, 10.0)
+
+
+def test_capped_correction_matches_library():
+    """The safeguarded ``accelerated_ode_capped``: the derived piecewise coefficient (split integral) == the
+    library's closed form on random levels and caps, both branches (cap inside the step or not) exercised."""
+    f = _lambdify(D.capped_correction(), (*LEVEL_SYMBOLS, D.max_ratio))
+    branches = set()
+    for a_next, a_t, a_prev in LEVELS:
+        ratio = (a_prev - a_t) / (a_t - a_next)
+        for rho in RHOS:
+            if abs(ratio - rho) < 1e-9:
+                continue
+            branches.add(ratio <= rho)
+            want = updates.accelerated_ode_capped_coefficient(a_next, a_t, a_prev, rho)
+            np.testing.assert_allclose(f(a_next, a_t, a_prev, rho), want, rtol=1e-10, atol=1e-12)
+    assert branches == {True, False}
+
+
+def test_capped_correction_claims():
+    """The residuals behind the capped coefficient vanish: u(sigma) decreasing, the pieces meet at ratio = rho,
+    rho = 0 is exact DDIM, the library's closed form G(u_*) is the split integral, G' = sigma."""
+    assert D.capped_correction_checks() == {
+        "monotone": 0,
+        "continuity": 0,
+        "no_cap": 0,
+        "closed_form": 0,
+        "antiderivative": 0,
+    }
+
+
+def test_the_safeguarded_comparisons_catch_a_wrong_coefficient(monkeypatch):
+    """Power: the paper's coefficient in place of either variant's makes its comparison fail."""
+    paper = updates.accelerated_ode_coefficient
+    monkeypatch.setattr(updates, "accelerated_ode_lambda_coefficient", paper)
+    with pytest.raises(AssertionError):
+        test_accelerated_ode_lambda_coefficient_matches_library()
+    monkeypatch.setattr(updates, "accelerated_ode_capped_coefficient", lambda n, t, p, rho=1.0: paper(n, t, p))
+    with pytest.raises(AssertionError):
+        test_capped_correction_matches_library()
+
+
 def test_accelerated_sde_noise_scale_matches_library():
     scale = _lambdify(D.accelerated_sde_noise_scale().subs(D.alpha_t, D.alpha_bar_t / D.alpha_bar_prev), LEVEL_SYMBOLS)
     _assert_coefficients_match(lambda *a: (scale(*a),), lambda n, t, p: (updates.accelerated_sde_noise_scale(t, p),))
@@ -133,6 +189,12 @@ def _tensors(n=3, shape=(6,)):
         ("ddim_type", lambda x, e, en, n, t, p: updates.ddim_type_step(x, e, t, p)),
         ("accelerated_ode", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),
         ("accelerated", lambda x, e, en, n, t, p: updates.accelerated_ode_step(x, e, t, p, en, n)),  # the older name
+        (
+            "accelerated_ode_lambda",
+            lambda x, e, en, n, t, p: updates.accelerated_ode_step(
+                x, e, t, p, en, n, updates.accelerated_ode_lambda_coefficient
+            ),
+        ),
     ],
 )
 def test_deterministic_steps_match_library(method, library):
@@ -143,6 +205,27 @@ def test_deterministic_steps_match_library(method, library):
         np.testing.assert_allclose(
             got, f(xv.numpy(), ev.numpy(), env.numpy(), a_next, a_t, a_prev), rtol=1e-10, atol=1e-12
         )
+
+
+def test_capped_step_matches_library():
+    """The whole capped step (``ode_step("accelerated_ode_capped")``, an expression in ``max_ratio`` too) == the
+    library's step with the capped coefficient, on random tensors, levels and caps."""
+    f = _lambdify(D.ode_step("accelerated_ode_capped"), (D.x, D.eps, D.eps_next, *LEVEL_SYMBOLS, D.max_ratio), "numpy")
+    xv, ev, env = _tensors()
+    for a_next, a_t, a_prev in LEVELS[:8]:
+        for rho in RHOS:
+            got = updates.accelerated_ode_step(
+                xv,
+                ev,
+                a_t,
+                a_prev,
+                env,
+                a_next,
+                lambda n, t, p: updates.accelerated_ode_capped_coefficient(n, t, p, rho),
+            ).numpy()
+            with np.errstate(invalid="ignore"):  # numpy evaluates both branches: the unused one may be NaN
+                want = f(xv.numpy(), ev.numpy(), env.numpy(), a_next, a_t, a_prev, rho)
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["ddim", "ddim_type", "accelerated_ode"])

@@ -266,9 +266,32 @@ def test_every_library_sampler_has_a_k_function():
         assert fn.__name__ == f"sample_{name}" and getattr(ks, fn.__name__) is fn and fn.__name__ in ks.__all__
         params = inspect.signature(fn).parameters
         expected = k_params + (["noise_sampler"] if spec(name).stochastic else [])
-        assert list(params) == expected, name
+        assert list(params)[: len(expected)] == expected, name
         assert all(params[p].default is None for p in expected[3:]), name
+        # any further keyword is one of the sampler's options, with the registry's default
+        extra = list(params)[len(expected) :]
+        assert all(p in spec(name).options and params[p].default == spec(name).options[p] for p in extra), name
         assert ":func:`~accelerated_diffusion.updates." in fn.__doc__, name  # cites its update rule
+    assert list(inspect.signature(ks.sample_accelerated_ode_capped).parameters)[-1] == "max_ratio"
+
+
+def test_capped_k_function_passes_its_cap():
+    """``max_ratio`` reaches the loop: inf is the paper's sampler, 0 exact DDIM (k-diffusion's Euler), the
+    default the registry's; a bad cap is refused before the denoiser is called."""
+    sigmas = SCHEDULES["uneven"]
+    x = start(sigmas)
+    model = exact_denoiser()
+    capped = ks.sample_accelerated_ode_capped
+    assert torch.equal(capped(model, x, sigmas, max_ratio=math.inf), ks.sample_accelerated_ode(model, x, sigmas))
+    assert torch.equal(capped(model, x, sigmas, max_ratio=0.0), ks.sample_ddim(model, x, sigmas))
+    path = 1.0 / (1.0 + sigmas**2)
+    ref = ad.sample(TARGET.eps, x * torch.sqrt(path[0]), path, "accelerated_ode_capped", options={"max_ratio": 0.5})
+    torch.testing.assert_close(capped(model, x, sigmas, max_ratio=0.5), ref, rtol=0, atol=1e-10)
+    assert not torch.allclose(capped(model, x, sigmas), ks.sample_accelerated_ode(model, x, sigmas))
+    calls = []
+    with pytest.raises(ValueError, match="max_ratio"):
+        capped(exact_denoiser(calls=calls), x, sigmas, max_ratio=-1.0)
+    assert calls == []
 
 
 BAD_SIGMAS = {

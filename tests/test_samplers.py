@@ -245,6 +245,12 @@ def test_registry_derived_lists():
     # (a new sampler may come anywhere; these keep their order)
     pinned = ("ddim_type", "ddim", "accelerated_ode", "dpm_solver_pp_2m", "unipc_bh2", "ddpm_type", "accelerated_sde")
     assert tuple(n for n in order if n in pinned) == pinned
+    # the book's safeguarded variants: registered, not paper samplers, last in the tables (the others keep their
+    # places and figure colours)
+    safeguarded = ("accelerated_ode_lambda", "accelerated_ode_capped")
+    assert tuple(n for n in S.LIBRARY_SAMPLERS if S.spec(n).role == "safeguarded") == safeguarded
+    assert order[-len(safeguarded) :] == safeguarded and not set(safeguarded) & set(S.PAPER_SAMPLERS)
+    assert "safeguarded" in S.ROLES and dict(S.spec("accelerated_ode_capped").options) == {"max_ratio": 2.0}
     markers = [s.marker for s in S.SAMPLERS.values()]
     assert len(set(markers)) == len(markers) and all(markers)
     for s in S.SAMPLERS.values():  # each sampler runs exactly one way
@@ -381,3 +387,59 @@ def test_run_grid_checks_the_grid_and_batches_like_one_run():
         S.run_grid(_never, x, "ddim", SCHED, 7, "uniform")
     with pytest.raises(ValueError, match="2 timesteps given for nfe=3"):
         S.run_grid(_never, x, "ddim", SCHED, 3, timesteps=[999, 500])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The safeguarded variants of the accelerated ODE: one loop with the coefficient as its argument
+# --------------------------------------------------------------------------------------------------------------
+def _trailing_path(nfe=5):
+    return SCHED.path(SCHED.subsample(nfe, "trailing"), final_alpha_bar=1.0)
+
+
+def test_capped_sampler_limits():
+    """``accelerated_ode_capped``: the paper's sampler (bit for bit) when no ratio exceeds the cap (``max_ratio``
+    above every ratio of the path, or inf), exact DDIM at ``max_ratio = 0``, and different from both with the
+    default cap on the 5-step ``trailing`` grid (ratios up to 16)."""
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for path in (PATH, _trailing_path()):
+        lv = path.tolist()
+        top = max((c - b) / (b - a) for a, b, c in zip(lv, lv[1:], lv[2:]))
+        paper = ad.sample(TARGET.eps, x, path, "accelerated_ode")
+        for rho in (2 * top, math.inf):
+            assert torch.equal(
+                ad.sample(TARGET.eps, x, path, "accelerated_ode_capped", options={"max_ratio": rho}), paper
+            )
+        zero = ad.sample(TARGET.eps, x, path, "accelerated_ode_capped", options={"max_ratio": 0.0})
+        assert torch.equal(zero, ad.sample(TARGET.eps, x, path, "ddim"))
+    path = _trailing_path()
+    capped = ad.sample(TARGET.eps, x, path, "accelerated_ode_capped")
+    assert not torch.allclose(capped, ad.sample(TARGET.eps, x, path, "accelerated_ode"))
+    assert not torch.allclose(capped, ad.sample(TARGET.eps, x, path, "ddim"))
+    assert torch.equal(capped, ad.sample(TARGET.eps, x, path, "accelerated_ode_capped", options={"max_ratio": 2.0}))
+
+
+def test_safeguarded_loops_apply_their_coefficients():
+    """Both variants by hand: DDIM first, then ``accelerated_ode_step`` with the variant's coefficient."""
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    path = _trailing_path()
+    lv = path.tolist()
+    coefficients = {
+        "accelerated_ode_lambda": ad.updates.accelerated_ode_lambda_coefficient,
+        "accelerated_ode_capped": lambda n, t, p: ad.updates.accelerated_ode_capped_coefficient(n, t, p, 0.7),
+    }
+    for name, coef in coefficients.items():
+        y, eps_next = x, None
+        for i in range(len(lv) - 1):
+            eps = TARGET.eps(y, lv[i])
+            y = ad.updates.accelerated_ode_step(y, eps, lv[i], lv[i + 1], eps_next, lv[i - 1] if i else None, coef)
+            eps_next = eps
+        opts = {"max_ratio": 0.7} if name == "accelerated_ode_capped" else None
+        assert torch.equal(ad.sample(TARGET.eps, x, path, name, options=opts), y), name
+
+
+@pytest.mark.parametrize("bad,err", [(-1.0, ValueError), (float("nan"), ValueError), ("1.0", TypeError)])
+def test_capped_sampler_refuses_a_bad_cap_before_any_model_call(bad, err):
+    with pytest.raises(err, match="max_ratio"):
+        ad.sample(_never, torch.zeros(1, 2), PATH, "accelerated_ode_capped", options={"max_ratio": bad})
+    with pytest.raises(ValueError, match="no option"):
+        ad.sample(_never, torch.zeros(1, 2), PATH, "accelerated_ode_lambda", options={"max_ratio": 1.0})

@@ -233,3 +233,119 @@ def test_split_at_evaluation():
     for bad in ((phi,), (psi, psi)):
         with pytest.raises(ValueError, match="exactly one half-step that evaluates"):
             updates.split_at_evaluation(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The safeguarded variants of the accelerated ODE (eps extrapolated in lambda; the paper's extrapolation capped)
+# ---------------------------------------------------------------------------------------------------------------
+def _half_log_snr(a):
+    return 0.5 * math.log(a / (1.0 - a))
+
+
+STEP_TRIPLES = [(0.02, 0.05, 0.2), (0.25, 0.3, 0.31), (0.4, 0.6, 0.9), (0.85, 0.9, 0.99), (4.0e-5, 1.53e-3, 2.59e-2)]
+
+
+@pytest.mark.parametrize("a_next,a_t,a_prev", STEP_TRIPLES)
+def test_accelerated_ode_lambda_is_exact_integral_with_lambda_extrapolation(a_next, a_t, a_prev, rng):
+    """Oracle: numerical integration of dy = eps d sigma with eps linear in lambda = log(sqrt(a / (1 - a)))."""
+    x, eps_t, eps_next = (rng.standard_normal(5) for _ in range(3))
+    lam_t, lam_next = _half_log_snr(a_t), _half_log_snr(a_next)
+    slope = (eps_t - eps_next) / (lam_t - lam_next)
+    ref = oracles.flow_integrate(x, a_t, a_prev, lambda a: eps_t + (_half_log_snr(a) - lam_t) * slope)
+    T = torch.tensor
+    got = updates.accelerated_ode_step(
+        T(x), T(eps_t), a_t, a_prev, T(eps_next), a_next, updates.accelerated_ode_lambda_coefficient
+    )
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("max_ratio", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("a_next,a_t,a_prev", STEP_TRIPLES)
+def test_accelerated_ode_capped_is_exact_integral_with_saturated_extrapolation(a_next, a_t, a_prev, max_ratio, rng):
+    """Oracle: numerical integration with eps(a) = eps_t + slope min(a - a_t, rho (a_t - a_next)), slope the
+    paper's (linear in alpha_bar); integrated in two pieces at the kink, where the cap sets in inside the step."""
+    x, eps_t, eps_next = (rng.standard_normal(5) for _ in range(3))
+    cap = max_ratio * (a_t - a_next)
+    slope = (eps_t - eps_next) / (a_t - a_next)
+
+    def eps_of(a):
+        return eps_t + slope * min(a - a_t, cap)
+
+    kink = a_t + cap
+    if a_t < kink < a_prev:
+        ref = oracles.flow_integrate(oracles.flow_integrate(x, a_t, kink, eps_of), kink, a_prev, eps_of)
+    else:
+        ref = oracles.flow_integrate(x, a_t, a_prev, eps_of)
+    T = torch.tensor
+
+    def coefficient(n, t, p):
+        return updates.accelerated_ode_capped_coefficient(n, t, p, max_ratio)
+
+    got = updates.accelerated_ode_step(T(x), T(eps_t), a_t, a_prev, T(eps_next), a_next, coefficient)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-9)
+
+
+def test_accelerated_ode_lambda_coefficient_precision():
+    """The float64 coefficient against a 50-digit evaluation of sqrt(1 - a_prev) (e^h - 1 - h) / (lambda_t -
+    lambda_next) on every step of the 1000-step linear schedule (tiny steps: no cancellation), and at a_prev = 1
+    the limit sigma_t / (lambda_t - lambda_next), which the 50-digit formula approaches as a_prev -> 1."""
+    mpmath.mp.dps = 50
+
+    def exact(a_next, a_t, a_prev):
+        A_n, A_t, A_p = (mpmath.mpf(v) for v in (a_next, a_t, a_prev))
+        lam = lambda a: mpmath.log(a / (1 - a)) / 2  # noqa: E731
+        h = lam(A_p) - lam(A_t)
+        return mpmath.sqrt(1 - A_p) * (mpmath.expm1(h) - h) / (lam(A_t) - lam(A_n))
+
+    abar = ad.DiscreteSchedule.from_diffusers("linear").alpha_bars.tolist()[::-1]
+    worst = 0.0
+    for a_next, a_t, a_prev in zip(abar[:-2], abar[1:-1], abar[2:]):
+        ref = float(exact(a_next, a_t, a_prev))
+        worst = max(worst, abs(updates.accelerated_ode_lambda_coefficient(a_next, a_t, a_prev) - ref) / ref)
+    assert worst < 1e-12
+    a_next, a_t = 0.4, 0.6
+    limit = updates.accelerated_ode_lambda_coefficient(a_next, a_t, 1.0)
+    assert limit == pytest.approx(math.sqrt(0.4 / 0.6) / (_half_log_snr(a_t) - _half_log_snr(a_next)), rel=1e-14)
+    near = exact(a_next, a_t, mpmath.mpf(1) - mpmath.mpf(10) ** -40)
+    assert float(near) == pytest.approx(limit, rel=1e-15)
+
+
+def test_accelerated_ode_capped_coefficient_limits():
+    """The paper's coefficient when the extrapolation ratio is at most rho (bit for bit: same formula), 0 at rho = 0
+    (exact DDIM), nondecreasing and continuous in rho, the paper's again for rho = inf; bad rho refused."""
+    paper, capped = updates.accelerated_ode_coefficient, updates.accelerated_ode_capped_coefficient
+    for a_next, a_t, a_prev in STEP_TRIPLES:
+        ratio = (a_prev - a_t) / (a_t - a_next)
+        assert capped(a_next, a_t, a_prev, 2 * ratio) == paper(a_next, a_t, a_prev)
+        assert capped(a_next, a_t, a_prev, math.inf) == paper(a_next, a_t, a_prev)
+        assert capped(a_next, a_t, a_prev, 0.0) == 0.0
+        rhos = np.linspace(0.0, 1.5 * ratio, 61)
+        cs = [capped(a_next, a_t, a_prev, float(r)) for r in rhos]
+        assert all(b >= a for a, b in zip(cs, cs[1:]))
+        assert capped(a_next, a_t, a_prev, ratio * (1 - 1e-12)) == pytest.approx(paper(a_next, a_t, a_prev), rel=1e-9)
+        if ratio > 1.0:  # the default cap acts: strictly smaller than the paper's
+            assert capped(a_next, a_t, a_prev) < paper(a_next, a_t, a_prev)
+    for bad, err in ((-0.5, ValueError), (float("nan"), ValueError), ("1", TypeError), (True, TypeError)):
+        with pytest.raises(err, match="max_ratio"):
+            capped(0.2, 0.3, 0.5, bad)
+    with pytest.raises(ValueError, match="noisier"):
+        capped(0.3, 0.2, 0.5)
+    with pytest.raises(ValueError, match="noisier"):
+        updates.accelerated_ode_lambda_coefficient(0.3, 0.2, 0.5)
+
+
+def test_accelerated_ode_step_takes_the_coefficient_function(gen):
+    """One update rule: the variants differ only in the coefficient (the default is the paper's)."""
+    x, eps, eps_next = (torch.randn(4, dtype=torch.float64, generator=gen) for _ in range(3))
+    base = updates.ddim_step(x, eps, 0.3, 0.7)
+    for coef in (
+        updates.accelerated_ode_coefficient,
+        updates.accelerated_ode_lambda_coefficient,
+        updates.accelerated_ode_capped_coefficient,
+    ):
+        got = updates.accelerated_ode_step(x, eps, 0.3, 0.7, eps_next, 0.1, coef)
+        torch.testing.assert_close(got, base + coef(0.1, 0.3, 0.7) * (eps_next - eps), rtol=0, atol=1e-15)
+    assert torch.equal(
+        updates.accelerated_ode_step(x, eps, 0.3, 0.7, eps_next, 0.1),
+        updates.accelerated_ode_step(x, eps, 0.3, 0.7, eps_next, 0.1, updates.accelerated_ode_coefficient),
+    )

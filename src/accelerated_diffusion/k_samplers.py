@@ -27,7 +27,9 @@ of :mod:`accelerated_diffusion.updates`; nothing is re-typed here) on the sampli
 so ``sigma = 0`` is the clean-data level ``alpha_bar = 1``, where the two scalings coincide, and the samples are
 those of the alpha_bar-path loops on the same levels. The stochastic samplers add no noise on the last step, as
 k-diffusion never does at ``sigma = 0`` (the loops' ``final_noise=False``, the authors' image code).
-:data:`K_SAMPLERS` maps every name of :data:`~accelerated_diffusion.samplers.LIBRARY_SAMPLERS` to its function.
+:data:`K_SAMPLERS` maps every name of :data:`~accelerated_diffusion.samplers.LIBRARY_SAMPLERS` to its function;
+a sampler's own options that change its samples are keywords after k-diffusion's (``max_ratio`` of
+``sample_accelerated_ode_capped``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ __all__ = [
     "sample_accelerated_sde",
     "sample_dpm_solver_pp_2m",
     "sample_unipc_bh2",
+    "sample_accelerated_ode_lambda",
+    "sample_accelerated_ode_capped",
 ]
 
 
@@ -161,9 +165,11 @@ def _noise_hook(name, x, s, vals, noise_sampler):
 
 
 @torch.no_grad()
-def _run(name, model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
-    """Loop ``name`` of :mod:`.samplers` on the alpha_bar path of ``sigmas`` with the denoiser ``model``."""
+def _run(name, model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None, options=None):
+    """Loop ``name`` of :mod:`.samplers` on the alpha_bar path of ``sigmas`` with the denoiser ``model`` (and the
+    sampler's ``options``, checked before any model call)."""
     s, vals, path = _check(x, sigmas)
+    options = samplers.spec(name).check_options(options)
     extra_args = {} if extra_args is None else extra_args
     s_in = x.new_ones([x.shape[0]])
     bar = tqdm(total=len(vals) - 1, disable=disable)
@@ -192,6 +198,7 @@ def _run(name, model, x, sigmas, extra_args=None, callback=None, disable=None, n
             timesteps=list(range(len(vals) - 1)),
             final_noise=False,
             noise_sampler=hook,
+            options=options,
         )
     finally:  # at sigma = 0 (alpha_bar = 1) the VP iterate is the VE one
         bar.close()
@@ -248,6 +255,26 @@ def sample_unipc_bh2(model, x, sigmas, extra_args=None, callback=None, disable=N
     r"""UniPC-bh2, order 2 (Zhao et al. 2023, Algorithm 3): the DPM-Solver++(2M) predictor and the UniC corrector
     (:func:`~accelerated_diffusion.updates.unipc_bh2_corrector_step`) with diffusers' order schedule."""
     return _run("unipc_bh2", model, x, sigmas, extra_args, callback, disable)
+
+
+def sample_accelerated_ode_lambda(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    r"""The accelerated ODE with ``eps`` extrapolated linearly in the half log-SNR ``lambda = -log sigma``:
+    ``x_{t-1} = DDIM(x_t, eps_t) + c (eps_{t+1} - eps_t)`` with
+    :func:`~accelerated_diffusion.updates.accelerated_ode_lambda_coefficient` (the multistep second-order
+    DPM-Solver in eps form, :func:`~accelerated_diffusion.updates.accelerated_ode_step`); one evaluation per step,
+    the first step plain DDIM."""
+    return _run("accelerated_ode_lambda", model, x, sigmas, extra_args, callback, disable)
+
+
+def sample_accelerated_ode_capped(model, x, sigmas, extra_args=None, callback=None, disable=None, max_ratio=2.0):
+    r"""The accelerated ODE with the paper's extrapolation of ``eps`` (linear in ``alpha_bar``) held constant beyond
+    ``max_ratio`` times the last interval
+    (:func:`~accelerated_diffusion.updates.accelerated_ode_capped_coefficient`,
+    :func:`~accelerated_diffusion.updates.accelerated_ode_step`): the paper's sampler on every step whose
+    extrapolation ratio is at most ``max_ratio``, exact DDIM at ``max_ratio = 0``."""
+    return _run(
+        "accelerated_ode_capped", model, x, sigmas, extra_args, callback, disable, options={"max_ratio": max_ratio}
+    )
 
 
 #: Every library sampler (:data:`~accelerated_diffusion.samplers.LIBRARY_SAMPLERS`) with its k-diffusion function;

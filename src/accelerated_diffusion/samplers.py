@@ -188,17 +188,34 @@ def _transition_loop(s: _Stepper, transitions) -> torch.Tensor:
     return x
 
 
-def _accelerated_ode_loop(s: _Stepper) -> torch.Tensor:
+def _accelerated_ode_loop(s: _Stepper, coefficient=None) -> torch.Tensor:
     """Accelerated deterministic sampler (:func:`updates.accelerated_ode_step`), multistep: the first step is
-    plain DDIM, every later step reuses the previous model output, so NFE = number of steps."""
+    plain DDIM, every later step reuses the previous model output, so NFE = number of steps.  ``coefficient``:
+    the correction's coefficient function (default the paper's :func:`updates.accelerated_ode_coefficient`; the
+    safeguarded variants pass theirs)."""
     x, eps_next, a_next = s.x, None, None
     for i in range(len(s)):
         a_t, a_prev = s.levels[i], s.levels[i + 1]
         eps = s.eps(x, i)  # eps_t(x_t)
-        x = updates.accelerated_ode_step(x, eps, a_t, a_prev, eps_next, a_next)
+        x = updates.accelerated_ode_step(x, eps, a_t, a_prev, eps_next, a_next, coefficient)
         eps_next, a_next = eps, a_t  # becomes eps_{t+1}, abar_{t+1} of the next step
         s.done(i, x)
     return x
+
+
+def _accelerated_ode_lambda_loop(s: _Stepper) -> torch.Tensor:
+    """The accelerated ODE with ``eps`` extrapolated linearly in the half log-SNR
+    (:func:`updates.accelerated_ode_lambda_coefficient`: multistep DPM-Solver-2 in eps form)."""
+    return _accelerated_ode_loop(s, updates.accelerated_ode_lambda_coefficient)
+
+
+def _accelerated_ode_capped_loop(s: _Stepper, max_ratio: float = 2.0) -> torch.Tensor:
+    """The accelerated ODE with the paper's extrapolation saturated after ``max_ratio`` times the last interval
+    (:func:`updates.accelerated_ode_capped_coefficient`); ``max_ratio`` is checked before the first model call."""
+    rho = updates.check_max_ratio(max_ratio)
+    return _accelerated_ode_loop(
+        s, lambda a_next, a_t, a_prev: updates.accelerated_ode_capped_coefficient(a_next, a_t, a_prev, rho)
+    )
 
 
 def _dpm_solver_pp_2m_loop(s: _Stepper, lower_order_final: bool = True) -> torch.Tensor:
@@ -243,8 +260,9 @@ def _unipc_bh2_loop(s: _Stepper) -> torch.Tensor:
 # The registry: one name per sampler, used by the code, the results files and the book's labels
 # --------------------------------------------------------------------------------------------------------------
 #: What a sampler is for the tables: the paper's first-order ``"baseline"``\ s, its ``"accelerated"`` samplers,
-#: ``"exact"`` DDIM, and the ``"peer"`` solvers of other papers.
-ROLES = ("baseline", "accelerated", "exact", "peer")
+#: ``"exact"`` DDIM, the ``"peer"`` solvers of other papers, and the book's ``"safeguarded"`` variants of the
+#: accelerated deterministic sampler (its correction limited where the extrapolation overshoots).
+ROLES = ("baseline", "accelerated", "exact", "peer", "safeguarded")
 
 
 @dataclass(frozen=True)
@@ -383,6 +401,27 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "unipc_bh2", "UniPC-bh2", False, "Zhao et al. 2023, bh2, order 2 (peer)", "peer", "D", loop=_unipc_bh2_loop
         ),
         SamplerSpec(
+            "accelerated_ode_lambda",
+            "accelerated ODE, λ-extrapolated",
+            False,
+            "the book's safeguarded variant: eps linear in the half log-SNR (multistep DPM-Solver-2, eps form)",
+            "safeguarded",
+            "h",
+            loop=_accelerated_ode_lambda_loop,
+            short_label="acc. ODE-λ",
+        ),
+        SamplerSpec(
+            "accelerated_ode_capped",
+            "accelerated ODE, capped",
+            False,
+            "the book's safeguarded variant: the paper's extrapolation held beyond max_ratio times the last step",
+            "safeguarded",
+            "*",
+            loop=_accelerated_ode_capped_loop,
+            options={"max_ratio": 2.0},
+            short_label="acc. ODE-cap",
+        ),
+        SamplerSpec(
             "diffusers_dpm_solver_pp_2m",
             "DPM-Solver++(2M), diffusers",
             False,
@@ -408,8 +447,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 #: The samplers implemented here, which run on any path (:func:`sample`).
 LIBRARY_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if s.runs_on_any_path)
-#: The paper's four samplers and exact DDIM (the library's samplers that are not peers).
-PAPER_SAMPLERS = tuple(n for n in LIBRARY_SAMPLERS if SAMPLERS[n].role != "peer")
+#: The paper's four samplers and exact DDIM (the library's samplers that are neither peers nor the book's
+#: safeguarded variants).
+PAPER_SAMPLERS = tuple(n for n in LIBRARY_SAMPLERS if SAMPLERS[n].role not in ("peer", "safeguarded"))
 STOCHASTIC = frozenset(n for n, s in SAMPLERS.items() if s.stochastic)
 DETERMINISTIC = tuple(n for n in LIBRARY_SAMPLERS if n not in STOCHASTIC)
 
@@ -417,10 +457,16 @@ DETERMINISTIC = tuple(n for n in LIBRARY_SAMPLERS if n not in STOCHASTIC)
 def table_order(names=None) -> tuple[str, ...]:
     """``names`` (default :data:`LIBRARY_SAMPLERS`) in the order of the book's tables and figures: the
     deterministic samplers before the stochastic ones, within each the paper's baseline first, otherwise in the
-    order of :data:`SAMPLERS`.  Unknown names raise."""
+    order of :data:`SAMPLERS`; the book's safeguarded variants last (so the others keep their places, and their
+    colours in the figures).  Unknown names raise."""
     names = LIBRARY_SAMPLERS if names is None else tuple(names)
     order = {n: i for i, n in enumerate(SAMPLERS)}
-    return tuple(sorted(names, key=lambda n: (spec(n).stochastic, spec(n).role != "baseline", order[n])))
+    return tuple(
+        sorted(
+            names,
+            key=lambda n: (spec(n).role == "safeguarded", spec(n).stochastic, spec(n).role != "baseline", order[n]),
+        )
+    )
 
 
 def scheduler_class(name: str) -> type | None:
@@ -496,7 +542,8 @@ def sample(
         The path: strictly increasing levels in (0, 1], noisiest first, output level last.
     method:
         A name of :data:`LIBRARY_SAMPLERS`: the paper's ``"ddim_type"``, ``"ddpm_type"``, ``"accelerated_ode"``,
-        ``"accelerated_sde"``, exact ``"ddim"``, and the peers ``"dpm_solver_pp_2m"``, ``"unipc_bh2"``
+        ``"accelerated_sde"``, exact ``"ddim"``, the peers ``"dpm_solver_pp_2m"``, ``"unipc_bh2"``, and the book's
+        safeguarded ``"accelerated_ode_lambda"``, ``"accelerated_ode_capped"`` (option ``max_ratio``)
         (``ValueError`` listing the names for any other).
     timesteps:
         What to pass to ``eps_fn`` at each step (a model's integer timesteps); default ``alpha_bars[:-1]`` as

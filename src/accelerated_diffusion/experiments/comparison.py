@@ -86,9 +86,12 @@ __all__ = [
 GRIDS = ("uniform", "quadratic", "trailing", "logsnr")
 #: The samplers compared (registry names): the library's samplers in the order of the tables
 #: (:func:`accelerated_diffusion.samplers.table_order`) without the deterministic baseline (DDIM-type, which costs
-#: what exact DDIM costs): four deterministic, then the paper's two stochastic ones.
+#: what exact DDIM costs) and the book's safeguarded variants: four deterministic, then the paper's two stochastic
+#: ones.
 COMPARED = tuple(
-    n for n in samplers.table_order() if samplers.spec(n).stochastic or samplers.spec(n).role != "baseline"
+    n
+    for n in samplers.table_order()
+    if samplers.spec(n).role != "safeguarded" and (samplers.spec(n).stochastic or samplers.spec(n).role != "baseline")
 )
 #: Short labels for the fixed-width text tables, from the registry (``SamplerSpec.short_label``; figures and prose
 #: use the registry's :func:`samplers.label`).

@@ -27,6 +27,9 @@ Contents
 * accelerated ODE: the correction from integrating ``dy = eps d sigma`` exactly with ``eps`` extrapolated linearly
   in a chosen variable (``alpha_bar`` gives the paper's arcsin coefficient, ``lambda_`` and ``sigma`` give the
   DPM-Solver-type and Adams-Bashforth-type relatives), local truncation errors on a Gaussian test problem;
+* safeguarded accelerated ODE: the ``lambda_`` extrapolation (sampler ``accelerated_ode_lambda``) and the paper's
+  extrapolation in ``alpha_bar`` saturated after ``rho`` times the last interval (:func:`capped_correction`,
+  sampler ``accelerated_ode_capped``);
 * accelerated SDE: one-step moments on a Gaussian target, compared with the exact reverse transition.
 
 Everything here is the book's own derivation; where a rule is *defined* by the paper or its official code
@@ -83,6 +86,7 @@ __all__ = [
     "random_levels",
     # baselines
     "exponential_euler_step",
+    "eps_form",
     "eps_form_coefficients",
     "ddpm_type_coefficients",
     "ddim_type_coefficients",
@@ -96,6 +100,12 @@ __all__ = [
     "extrapolated_correction",
     "in_alpha_bar",
     "accelerated_ode_coefficient",
+    "accelerated_ode_lambda_coefficient",
+    "max_ratio",
+    "alpha_bar_star",
+    "sigma_star",
+    "capped_correction",
+    "capped_correction_checks",
     "atan_sigma_identity_residual",
     "ode_step",
     "ODE_METHODS",
@@ -128,6 +138,9 @@ sigma_, sigma_t, sigma_prev, sigma_next = sp.symbols(r"\sigma \sigma_t \sigma_{t
 x, x0, y, eps, eps_next, score, z, z_plus = sp.symbols(
     r"x x_0 y_t \varepsilon_t \varepsilon_{t+1} s_t Z_t Z_t^+", real=True
 )
+#: the cap of the safeguarded correction (extrapolation ratio), and the level / sigma where it saturates
+max_ratio = sp.Symbol(r"\rho", nonnegative=True)
+alpha_bar_star, sigma_star = sp.symbols(r"\bar\alpha_* \sigma_*", positive=True)
 data_mean = sp.Symbol("m", real=True)  #: mean of a one-dimensional Gaussian target
 data_var = sp.Symbol("v", positive=True)  #: variance of a one-dimensional Gaussian target
 var_t = sp.Symbol(r"\varsigma_t^2", positive=True)  #: variance of q_t for a Gaussian target, abar v + 1 - abar
@@ -337,10 +350,15 @@ def exponential_euler_step(score_weight, noise_weight):
     return (x + score_weight * (1 - alpha_t) * score + noise_weight * sp.sqrt(1 - alpha_t) * z) / sp.sqrt(alpha_t)
 
 
+def eps_form(expr):
+    r"""``expr`` (in score form) written along a path: :math:`s_t = -\varepsilon_t/\sqrt{1-\bar\alpha_t}` and
+    :math:`\alpha_t = \bar\alpha_t/\bar\alpha_{t-1}`."""
+    return expr.subs(score, -eps / sp.sqrt(1 - alpha_bar_t)).subs(alpha_t, alpha_bar_t / alpha_bar_prev)
+
+
 def eps_form_coefficients(step) -> tuple:
-    r"""Write a step given in score form as ``c_x x + c_eps eps + c_z z`` along a path
-    (:math:`\alpha_t = \bar\alpha_t/\bar\alpha_{t-1}`, :math:`s_t = -\varepsilon_t/\sqrt{1-\bar\alpha_t}`)."""
-    e = sp.expand(step.subs(score, -eps / sp.sqrt(1 - alpha_bar_t)).subs(alpha_t, alpha_bar_t / alpha_bar_prev))
+    r"""Write a step given in score form as ``c_x x + c_eps eps + c_z z`` along a path (:func:`eps_form`)."""
+    e = sp.expand(eps_form(step))
     return tuple(sp.simplify(e.coeff(v)) for v in (x, eps, z))
 
 
@@ -452,6 +470,7 @@ def in_alpha_bar(expr):
     by :func:`atan_sigma_identity_residual`), so the arcsin form of the official README appears.
     """
     pairs = [(sigma_t, alpha_bar_t), (sigma_prev, alpha_bar_prev), (sigma_next, alpha_bar_next)]
+    pairs.append((sigma_star, alpha_bar_star))  # the saturation point of capped_correction
     for s, a in pairs:
         expr = expr.subs(sp.atan(s), sp.pi / 2 - sp.asin(sp.sqrt(a)))
     return expr.subs({s: sigma_of(a) for s, a in pairs})
@@ -472,13 +491,100 @@ def accelerated_ode_coefficient():
     return sp.simplify(in_alpha_bar(extrapolated_correction("alpha_bar")))
 
 
+@lru_cache(maxsize=None)
+def accelerated_ode_lambda_coefficient():
+    r"""The correction coefficient of the safeguarded sampler ``accelerated_ode_lambda``: :func:`extrapolated_correction`
+    with ``eps`` linear in the half log-SNR :math:`\lambda = -\log\sigma`, in the sigma symbols (eq.
+    ``deriv-correction-general``):
+
+    .. math:: c = \sqrt{\bar\alpha_{t-1}}\,
+              \frac{\sigma_t - \sigma_{t-1} - \sigma_{t-1}\log(\sigma_t/\sigma_{t-1})}{\log(\sigma_{t+1}/\sigma_t)}
+              = \sqrt{1-\bar\alpha_{t-1}}\,\frac{e^h - 1 - h}{\lambda_t - \lambda_{t+1}},
+              \quad h = \lambda_{t-1} - \lambda_t,
+
+    the multistep DPM-Solver-2 in noise prediction (checked against the published update in the tests).  Use
+    :func:`in_alpha_bar` for ``alpha_bar`` levels."""
+    return sp.factor_terms(sp.expand(extrapolated_correction("lambda")))
+
+
+def _capped_parts(rho=max_ratio) -> dict:
+    r"""The two pieces of the capped correction in the sigma symbols (saturation at the symbol ``sigma_star``)."""
+    u = alpha_bar_of_sigma
+    delta = u(sigma_t) - u(sigma_next)  # the last interval in alpha_bar
+    ramp = sp.integrate(u(sigma_) - u(sigma_t), (sigma_, sigma_t, sigma_star))  # eps still linear in alpha_bar
+    flat = sp.integrate(rho * delta, (sigma_, sigma_star, sigma_prev))  # eps held at its value at sigma_star
+    return {"delta": delta, "ramp": ramp, "flat": flat, "saturated": -sp.sqrt(alpha_bar_prev) * (ramp + flat) / delta}
+
+
+@lru_cache(maxsize=None)
+def capped_correction():
+    r"""Coefficient ``c`` of :math:`x_{t-1} = \mathrm{DDIM}(x_t, \varepsilon_t) + c\,(\varepsilon_{t+1} -
+    \varepsilon_t)` for the safeguarded sampler ``accelerated_ode_capped``: the
+    paper's extrapolation linear in :math:`u = \bar\alpha`, saturated after :math:`\rho` (symbol ``max_ratio``)
+    times the last interval,
+
+    .. math::
+        \varepsilon(u) = \varepsilon_t + \frac{\varepsilon_t - \varepsilon_{t+1}}{u_t - u_{t+1}}
+                         \min\big(u - u_t,\ \rho\,(u_t - u_{t+1})\big),
+
+    integrated exactly along :math:`dy = \varepsilon\,d\sigma`.  Since :math:`u(\sigma) = 1/(1+\sigma^2)` decreases
+    in :math:`\sigma`, the minimum is the ramp :math:`u - u_t` on :math:`[\sigma_*, \sigma_t]` and the constant
+    :math:`\rho\,(u_t - u_{t+1})` on :math:`[\sigma_{t-1}, \sigma_*]`, where
+    :math:`u(\sigma_*) = u_* = u_t + \rho\,(u_t - u_{t+1})`; it saturates inside the step exactly when the
+    extrapolation ratio :math:`(u_{t-1} - u_t)/(u_t - u_{t+1})` exceeds :math:`\rho`.  Returns a ``Piecewise`` in the
+    ``alpha_bar`` levels and ``max_ratio``: :func:`accelerated_ode_coefficient` when the ratio is at most
+    :math:`\rho`, the split integral (rewritten by :func:`in_alpha_bar`, :math:`u_*` substituted) otherwise.
+    :func:`capped_correction_checks` verifies the claims made here."""
+    parts = _capped_parts()
+    saturated = in_alpha_bar(parts["saturated"]).subs(
+        alpha_bar_star, alpha_bar_t + max_ratio * (alpha_bar_t - alpha_bar_next)
+    )
+    ratio = (alpha_bar_prev - alpha_bar_t) / (alpha_bar_t - alpha_bar_next)
+    return sp.Piecewise((accelerated_ode_coefficient(), ratio <= max_ratio), (saturated, True))
+
+
+def capped_correction_checks() -> dict:
+    r"""Residuals (each simplifies to 0) behind :func:`capped_correction` and its closed form in
+    :func:`accelerated_diffusion.updates.accelerated_ode_capped_coefficient`:
+
+    * ``monotone``: :math:`du/d\sigma + 2\sigma/(1+\sigma^2)^2` (so :math:`du/d\sigma < 0`: the ramp comes first);
+    * ``continuity``: the saturated piece at :math:`\sigma_* = \sigma_{t-1}` minus the paper's
+      :func:`extrapolated_correction` (the two pieces meet where the ratio equals :math:`\rho`);
+    * ``no_cap``: the saturated piece at :math:`\rho = 0` (:math:`\sigma_* = \sigma_t`): exact DDIM, no correction;
+    * ``closed_form``: the saturated piece minus
+      :math:`\frac{\sqrt{\bar\alpha_{t-1}}}{u_t - u_{t+1}}\big(G(u_*) - G(u_t) - (u_* - u_t)\,\sigma_{t-1}\big)`
+      with :math:`G(a) = \sqrt{a(1-a)} + \arcsin\sqrt a` (the paper's form with :math:`G(u_{t-1})` replaced by
+      :math:`G(u_*)`), in ``alpha_bar`` levels, :math:`u_* = u_t + \rho\,(u_t - u_{t+1})`;
+    * ``antiderivative``: :math:`G'(a) - \sigma(a)`.
+    """
+    parts = _capped_parts()
+    G = lambda a: sp.sqrt(a) * sp.sqrt(1 - a) + sp.asin(sp.sqrt(a))  # noqa: E731
+    closed = (
+        sp.sqrt(alpha_bar_prev)
+        / (alpha_bar_t - alpha_bar_next)
+        * (G(alpha_bar_star) - G(alpha_bar_t) - (alpha_bar_star - alpha_bar_t) * sigma_of(alpha_bar_prev))
+    )
+    # in terms of u_*: rho = (u_* - u_t) / (u_t - u_{t+1})
+    rho_of_star = (alpha_bar_star - alpha_bar_t) / (alpha_bar_t - alpha_bar_next)
+    saturated_levels = in_alpha_bar(parts["saturated"]).subs(max_ratio, rho_of_star)
+    paper = extrapolated_correction("alpha_bar")
+    return {
+        "monotone": sp.simplify(sp.diff(alpha_bar_of_sigma(sigma_), sigma_) + 2 * sigma_ / (1 + sigma_**2) ** 2),
+        "continuity": sp.simplify(parts["saturated"].subs(sigma_star, sigma_prev) - paper),
+        "no_cap": sp.simplify(parts["saturated"].subs({max_ratio: 0, sigma_star: sigma_t})),
+        "closed_form": sp.simplify(saturated_levels - closed),
+        "antiderivative": sp.simplify(sp.diff(G(alpha_bar), alpha_bar) - sigma_of(alpha_bar)),
+    }
+
+
 def ode_step(method: str):
     r"""A whole deterministic step as an expression in ``x``, ``eps`` (:math:`\varepsilon_t`), ``eps_next``
     (:math:`\varepsilon_{t+1}`) and the levels.
 
     ``"ddim"``: exact DDIM; ``"ddim_type"``: the paper's DDIM-type update; ``"accelerated_ode"`` (also accepted
-    as ``"accelerated"``), ``"lambda"``, ``"sigma"``: exact DDIM plus :func:`extrapolated_correction` for that
-    variable (in ``alpha_bar`` levels).
+    as ``"accelerated"``), ``"lambda"`` (also accepted by its sampler name ``"accelerated_ode_lambda"``),
+    ``"sigma"``: exact DDIM plus :func:`extrapolated_correction` for that variable (in ``alpha_bar`` levels);
+    ``"accelerated_ode_capped"``: exact DDIM plus :func:`capped_correction` (an expression in ``max_ratio`` too).
     """
     if method == "ddim_type":
         c_x, c_eps = ddim_type_coefficients()
@@ -487,6 +593,8 @@ def ode_step(method: str):
     base = c_x * x + c_eps * eps
     if method == "ddim":
         return base
+    if method == "accelerated_ode_capped":
+        return base + capped_correction() * (eps_next - eps)
     variable = _EXTRAPOLATED.get(method)
     if variable is None:
         raise ValueError(f"unknown method {method!r}; expected one of {ODE_METHODS[:5]}")
@@ -497,10 +605,18 @@ def ode_step(method: str):
 #: The deterministic steps derived here: the library's samplers by their registry names
 #: (:data:`accelerated_diffusion.samplers.SAMPLERS`) and the relatives that are derived only: ``"lambda"`` and
 #: ``"sigma"`` (the accelerated correction with ``eps`` extrapolated in another variable) and ``"dpm_solver_2"``.
+#: ``"lambda"`` is also the library's safeguarded sampler ``accelerated_ode_lambda`` (:func:`ode_step` accepts that
+#: name); the capped one, ``"accelerated_ode_capped"``, is derived by :func:`capped_correction`.
 ODE_METHODS = ("ddim", "ddim_type", "accelerated_ode", "lambda", "sigma", "dpm_solver_2", "dpm_solver_pp_2m")
 #: The extrapolation variable of each multistep correction; ``"accelerated"`` is the older name of
 #: ``"accelerated_ode"``, still accepted.
-_EXTRAPOLATED = {"accelerated_ode": "alpha_bar", "accelerated": "alpha_bar", "lambda": "lambda", "sigma": "sigma"}
+_EXTRAPOLATED = {
+    "accelerated_ode": "alpha_bar",
+    "accelerated": "alpha_bar",
+    "lambda": "lambda",
+    "accelerated_ode_lambda": "lambda",
+    "sigma": "sigma",
+}
 
 
 def ode_step_sigma(method: str):

@@ -67,8 +67,8 @@ CRITERION = (
 )
 
 #: The exponent of NFE claimed for each sampler's total-variation error, and where the claim comes from.  The
-#: paper's abstract gives the four paper samplers and DDIM; the two peers are listed with the nominal order of the
-#: method, which is not a claim of the paper.
+#: paper's abstract gives the four paper samplers and DDIM; the two peers and the book's two safeguarded variants are
+#: listed with the nominal order of the method, which is not a claim of the paper.
 CLAIMS = {
     "ddim_type": {"exponent": -1.0, "source": "paper (abstract): DDIM-type baseline, 1/T"},
     "ddim": {"exponent": -1.0, "source": "paper (abstract): DDIM, 1/T"},
@@ -77,6 +77,8 @@ CLAIMS = {
     "unipc_bh2": {"exponent": -2.0, "source": "nominal order 2 of the method, bh2 (not a claim of the paper)"},
     "ddpm_type": {"exponent": -0.5, "source": "paper (abstract): DDPM-type baseline, 1/sqrt(T)"},
     "accelerated_sde": {"exponent": -1.0, "source": "paper (abstract): accelerated stochastic sampler, 1/T"},
+    "accelerated_ode_lambda": {"exponent": -2.0, "source": "nominal order 2 of the method (the book's variant)"},
+    "accelerated_ode_capped": {"exponent": -2.0, "source": "nominal order 2 of the method (the book's variant)"},
 }
 
 
