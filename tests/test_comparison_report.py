@@ -244,3 +244,24 @@ def test_figure_rows_leave_a_gap_where_a_grid_cannot_have_the_steps():
     assert [x is None for x in rows["uniform", "ddim"]] == [False] * 4
     assert [x is None for x in rows["quadratic", "ddim"]] == [False, False, True, True]
     assert rep.row_label(("quadratic", "ddim")) == "DDIM\nquadratic"
+
+
+def test_advice_numbers_quote_the_cells_and_paired_verdicts_of_the_results():
+    """The advice page's numbers: every quoted cell is the results' interval, the lowest cells come from the
+    paired map, and the best stochastic cell at 5 NFE is separated (higher) from the lowest cell."""
+    res = json.loads((Path(__file__).resolve().parents[1] / "data/results/learned_fmnist.json").read_text())
+    out = rep.advice_numbers(res)
+    comp = res["comparison"]
+    assert out["ws-n"] == str(res["fd_num_samples"])
+    for s, g, k in rep.ADVICE_CELLS:
+        assert out[f"ws-{s}-{g}-{k}"] == rep.interval(comp[g][s][str(k)]["fd"])
+    for k in (5, 10):
+        best = cmp.recommend(
+            comp, k, "fd", grids=res["grids"], names=list(res["samplers"]), paired=res["paired_map"][str(k)]
+        )
+        assert out[f"ws-best{k}"].endswith(rep.interval(best["best"]))
+        assert out[f"ws-best{k}"].startswith(f"{cmp.samplers.label(best['best']['sampler'])} on {best['best']['grid']}")
+    assert out["ws-sto-diff5"].endswith(", higher")
+    lo, hi = out["ws-ddpm-range"].split(" to ")
+    values = [comp[g]["ddpm_type"][k]["fd"]["value"] for g in res["grids"] for k in ("5", "10")]
+    assert (lo, hi) == (f"{min(values):,.0f}", f"{max(values):,.0f}")

@@ -95,6 +95,7 @@ def alpha_bars_from_betas(betas: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+# fmt: off
 def paper_betas(
     T: int,
     c0: float = 2.0,
@@ -123,17 +124,26 @@ def paper_betas(
     if T < 2:
         raise ValueError(f"T must be >= 2, got {T}")
     if c0 <= 0 or c1 <= 0:
-        raise ValueError(f"c0 and c1 must be positive, got c0={c0}, c1={c1}")
+        raise ValueError(
+            f"c0 and c1 must be positive, got c0={c0}, c1={c1}"
+        )
     rate = c1 * math.log(T) / T
     if rate >= 1:
-        raise ValueError(f"c1 log T / T = {rate:.3g} >= 1: T is too small for c1={c1} (betas would reach 1)")
+        raise ValueError(
+            f"c1 log T / T = {rate:.3g} >= 1: T is too small for c1={c1} "
+            "(betas would reach 1)"
+        )
     beta1 = T ** (-c0)
     t = torch.arange(1, T, dtype=torch.float64)
     # beta_1 (1 + rate)^t computed as exp(log(beta_1) + t log1p(rate))
     # to avoid overflow for large t.
     growth = torch.exp(math.log(beta1) + t * math.log1p(rate))
-    betas = torch.cat([torch.tensor([beta1], dtype=torch.float64), rate * torch.clamp(growth, max=1.0)])
+    betas = torch.cat([
+        torch.tensor([beta1], dtype=torch.float64),
+        rate * torch.clamp(growth, max=1.0),
+    ])
     return betas.to(dtype)
+# fmt: on
 
 
 def is_integer_dtype(dtype: torch.dtype) -> bool:

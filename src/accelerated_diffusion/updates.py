@@ -89,16 +89,21 @@ def eps_to_score(eps: torch.Tensor, alpha_bar_t) -> torch.Tensor:
     return eps * (-1.0 / math.sqrt(1.0 - _level(alpha_bar_t, "alpha_bar_t")))
 
 
-def eps_to_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t) -> torch.Tensor:
+# fmt: off
+def eps_to_x0(
+    x: torch.Tensor, eps: torch.Tensor, alpha_bar_t
+) -> torch.Tensor:
     r"""Tweedie's denoised estimate
     ``x0 = (x - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
     a = _level(alpha_bar_t, "alpha_bar_t")
     return (x - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
+# fmt: on
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Exact DDIM (eta = 0)
 # --------------------------------------------------------------------------------------------------------------
+# fmt: off
 def ddim_coefficients(alpha_bar_t, alpha_bar_prev) -> tuple[float, float]:
     r"""``(c_x, c_eps)`` with ``DDIM(x, eps) = c_x x + c_eps eps``:
 
@@ -116,8 +121,12 @@ def ddim_coefficients(alpha_bar_t, alpha_bar_prev) -> tuple[float, float]:
     step_alpha(alpha_bar_t, alpha_bar_prev)
     a_t, a_prev = float(alpha_bar_t), float(alpha_bar_prev)
     c_x = math.sqrt(a_prev / a_t)
-    c_eps = math.sqrt(1.0 - a_prev) - math.sqrt(a_prev) * math.sqrt((1.0 - a_t) / a_t)
+    c_eps = (
+        math.sqrt(1.0 - a_prev)
+        - math.sqrt(a_prev) * math.sqrt((1.0 - a_t) / a_t)
+    )
     return c_x, c_eps
+# fmt: on
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_prev) -> torch.Tensor:
@@ -151,7 +160,10 @@ def ddim_type_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar_t, alpha_bar_pr
     return c_x * x + c_eps * eps
 
 
-def ddpm_type_coefficients(alpha_bar_t, alpha_bar_prev) -> tuple[float, float, float]:
+# fmt: off
+def ddpm_type_coefficients(
+    alpha_bar_t, alpha_bar_prev
+) -> tuple[float, float, float]:
     r"""``(c_x, c_eps, c_z)`` of the DDPM-type update:
     ``c_x = 1/sqrt(alpha_t)``,
     ``c_eps = -(1 - alpha_t) / (sqrt(alpha_t) sqrt(1 - abar_t))``,
@@ -163,6 +175,7 @@ def ddpm_type_coefficients(alpha_bar_t, alpha_bar_prev) -> tuple[float, float, f
         -(1.0 - alpha) / (math.sqrt(alpha) * math.sqrt(1.0 - a_t)),
         math.sqrt((1.0 - alpha) / alpha),
     )
+# fmt: on
 
 
 def ddpm_type_step(
@@ -206,7 +219,10 @@ def _arcsin_correction(a_next: float, a_t: float, a_prev: float, a_end: float) -
     return math.sqrt(a_prev) / (a_t - a_next) * bracket
 
 
-def accelerated_ode_coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_prev) -> float:
+# fmt: off
+def accelerated_ode_coefficient(
+    alpha_bar_next, alpha_bar_t, alpha_bar_prev
+) -> float:
     r"""Coefficient ``c`` of the accelerated correction
     ``c * (eps_{t+1} - eps_t)``:
 
@@ -229,8 +245,11 @@ def accelerated_ode_coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_prev) -> 
     the correction stays below 1e-12 for any step of a 1000-step
     schedule (tested against mpmath).
     """
-    a_next, a_t, a_prev = _correction_levels(alpha_bar_next, alpha_bar_t, alpha_bar_prev)
+    a_next, a_t, a_prev = _correction_levels(
+        alpha_bar_next, alpha_bar_t, alpha_bar_prev
+    )
     return _arcsin_correction(a_next, a_t, a_prev, a_prev)
+# fmt: on
 
 
 def _expm1_minus_h(h: float) -> float:
@@ -323,6 +342,7 @@ def accelerated_ode_capped_coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_pr
     return _arcsin_correction(a_next, a_t, a_prev, a_end)
 
 
+# fmt: off
 def accelerated_ode_step(
     x: torch.Tensor,
     eps: torch.Tensor,
@@ -339,8 +359,8 @@ def accelerated_ode_step(
         x_{t-1} = \mathrm{DDIM}(x_t, \varepsilon_t)
                   + c\,(\varepsilon_{t+1} - \varepsilon_t),
 
-    with ``c = coefficient(abar_{t+1}, abar_t, abar_{t-1})``, by default the paper's
-    :func:`accelerated_ode_coefficient`,
+    with ``c = coefficient(abar_{t+1}, abar_t, abar_{t-1})``, by default
+    the paper's :func:`accelerated_ode_coefficient`,
     ``eps_t = eps_theta(x_t, t)`` and ``eps_next`` = ``eps_{t+1}`` the
     model output at the previous (noisier) iterate, level
     ``alpha_bar_next``.  Without a previous evaluation (first step) it is
@@ -349,19 +369,22 @@ def accelerated_ode_step(
     from ``abar_t`` to ``abar_{t-1}`` with ``eps`` extrapolated linearly
     in ``abar`` through ``(abar_{t+1}, eps_{t+1})`` and
     ``(abar_t, eps_t)`` gives this formula (chapter *Accelerated ODE*).
-    The book's safeguarded variants are this step with another extrapolation of ``eps``:
-    :func:`accelerated_ode_lambda_coefficient` (linear in the half log-SNR) and
-    :func:`accelerated_ode_capped_coefficient` (linear in ``abar``, saturated).
+    The book's safeguarded variants are this step with another
+    extrapolation of ``eps``: :func:`accelerated_ode_lambda_coefficient`
+    (linear in the half log-SNR) and
+    :func:`accelerated_ode_capped_coefficient` (linear in ``abar``,
+    saturated).
     """
     out = ddim_step(x, eps, alpha_bar_t, alpha_bar_prev)
     if eps_next is None:
         return out
     if alpha_bar_next is None:
         raise ValueError("eps_next given without alpha_bar_next")
-    c = (accelerated_ode_coefficient if coefficient is None else coefficient)(
-        alpha_bar_next, alpha_bar_t, alpha_bar_prev
-    )
+    if coefficient is None:
+        coefficient = accelerated_ode_coefficient
+    c = coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_prev)
     return out + c * (eps_next - eps)
+# fmt: on
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -372,7 +395,10 @@ def accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev) -> float:
     return math.sqrt((1.0 - step_alpha(alpha_bar_t, alpha_bar_prev)) / 2.0)
 
 
-def accelerated_sde_perturb(x: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor) -> torch.Tensor:
+# fmt: off
+def accelerated_sde_perturb(
+    x: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise: torch.Tensor
+) -> torch.Tensor:
     r"""First half of the accelerated stochastic step (official README):
 
     .. math::
@@ -380,8 +406,10 @@ def accelerated_sde_perturb(x: torch.Tensor, alpha_bar_t, alpha_bar_prev, noise:
     """
     scale = accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev)
     return x + scale * noise
+# fmt: on
 
 
+# fmt: off
 def accelerated_sde_step(
     x_plus: torch.Tensor,
     eps: torch.Tensor,
@@ -405,6 +433,7 @@ def accelerated_sde_step(
     c_x, c_eps, _ = ddpm_type_coefficients(alpha_bar_t, alpha_bar_prev)
     scale = accelerated_sde_noise_scale(alpha_bar_t, alpha_bar_prev)
     return c_x * x_plus + c_eps * eps + scale * noise
+# fmt: on
 
 
 # --------------------------------------------------------------------------------------------------------------

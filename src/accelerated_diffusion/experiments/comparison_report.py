@@ -59,6 +59,7 @@ __all__ = [
     "control_sentence",
     "final_noise_sentence",
     "checked_summary",
+    "advice_numbers",
     "figure_rows",
     "row_label",
     "last_step_noise_std",
@@ -832,6 +833,42 @@ def checked_summary(results: dict, nfes=(5, 10)) -> str:
         for r in pair_rows(results, k):
             out.append(f"   acc. ODE - DDIM {r['grid']:9s} {interval(r['diff']):>22s}  {r['verdict']}")
     return "\n".join(out)
+
+
+#: The cells the advice page quotes: (sampler, grid, NFE).
+ADVICE_CELLS = (
+    ("ddim", "uniform", 5),
+    ("accelerated_ode", "trailing", 5),
+    ("accelerated_ode", "logsnr", 5),
+    ("accelerated_ode", "logsnr", 10),
+)
+
+
+def advice_numbers(results: dict, cells=ADVICE_CELLS) -> dict[str, str]:
+    """The numbers the page *Which sampler should I use?* quotes, as ``{glue key: text}``: ``ws-n`` (samples per
+    value), ``ws-floor`` (the real-data score at that size), per NFE ``k`` the lowest cell of the map
+    (``ws-best{k}``, ties decided by the paired differences of ``paired_map``), the lowest stochastic cell
+    (``ws-sto-best{k}``) and its paired difference from the lowest cell with its verdict (``ws-sto-diff{k}``),
+    the DDPM-type range (``ws-ddpm-range``) and each cell of ``cells`` (``ws-{sampler}-{grid}-{k}``)."""
+    comp, grids = results["comparison"], results["grids"]
+    names = list(results["samplers"])
+    stochastic = [s for s in names if s in samplers.STOCHASTIC]
+    pmap = results.get("paired_map", {})
+    nfes = sorted({int(k) for g in grids for s in names for k, c in comp[g][s].items() if (c or {}).get("fd")})
+    fd = lambda c: interval(c)  # noqa: E731
+    out = {"ws-n": str(results["fd_num_samples"]), "ws-floor": f"{results['real_data_floor']:.0f}"}
+    for k in nfes:
+        best = cmp.recommend(comp, k, "fd", grids=grids, names=names, paired=pmap.get(str(k)))["best"]
+        out[f"ws-best{k}"] = f"{samplers.label(best['sampler'])} on {best['grid']}, {fd(best)}"
+        sto = cmp.recommend(comp, k, "fd", grids=grids, names=stochastic)["best"]
+        out[f"ws-sto-best{k}"] = f"{samplers.label(sto['sampler'])} on {sto['grid']}, {fd(sto)}"
+        diff = pmap[str(k)]["diff"][sto["grid"]][sto["sampler"]]
+        out[f"ws-sto-diff{k}"] = f"{fd(diff)}, {verdict_word(diff)}"
+    ddpm = [comp[g]["ddpm_type"][str(k)]["fd"]["value"] for g in grids for k in nfes]
+    out["ws-ddpm-range"] = f"{min(ddpm):,.0f} to {max(ddpm):,.0f}"
+    for s, g, k in cells:
+        out[f"ws-{s}-{g}-{k}"] = fd(comp[g][s][str(k)]["fd"])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -388,6 +388,7 @@ def ddpm_type_mean_residual():
     return sp.simplify(posterior_mean - ddpm_mean)
 
 
+# fmt: off
 def exact_ddim_coefficients() -> tuple:
     r"""``(c_x, c_eps)`` of exact DDIM: integrate
     :math:`dy = \varepsilon\,d\sigma` from :math:`\sigma_t` to
@@ -398,6 +399,7 @@ def exact_ddim_coefficients() -> tuple:
     y_prev = x / sp.sqrt(alpha_bar_t) + eps * frozen
     step = sp.expand(in_alpha_bar(sp.sqrt(alpha_bar_prev) * y_prev))
     return sp.simplify(step.coeff(x)), sp.expand(step.coeff(eps))
+# fmt: on
 
 
 def with_step_size(expr, a=alpha_bar_t):
@@ -435,6 +437,7 @@ EXTRAPOLATION_VARIABLES = {
 }
 
 
+# fmt: off
 def extrapolated_correction(variable: str = "alpha_bar"):
     r"""Coefficient ``c`` of
     :math:`x_{t-1} = \mathrm{DDIM}(x_t, \varepsilon_t)
@@ -456,11 +459,16 @@ def extrapolated_correction(variable: str = "alpha_bar"):
     """
     if variable not in EXTRAPOLATION_VARIABLES:
         raise ValueError(
-            f"unknown extrapolation variable {variable!r}; expected one of {list(EXTRAPOLATION_VARIABLES)}"
+            f"unknown extrapolation variable {variable!r}; "
+            f"expected one of {list(EXTRAPOLATION_VARIABLES)}"
         )
     u = EXTRAPOLATION_VARIABLES[variable]
-    integral = sp.integrate(u(sigma_) - u(sigma_t), (sigma_, sigma_t, sigma_prev))
-    return -sp.sqrt(alpha_bar_prev) * integral / (u(sigma_t) - u(sigma_next))
+    integral = sp.integrate(
+        u(sigma_) - u(sigma_t), (sigma_, sigma_t, sigma_prev)
+    )
+    du = u(sigma_t) - u(sigma_next)
+    return -sp.sqrt(alpha_bar_prev) * integral / du
+# fmt: on
 
 
 def in_alpha_bar(expr):
