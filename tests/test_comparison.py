@@ -372,3 +372,31 @@ def test_compared_samplers_and_labels_derive_from_the_registry():
         ("diffusers_dpm_solver_pp_2m", "dpm_solver_pp_2m"),
         ("diffusers_unipc_bh2", "unipc_bh2"),
     )
+
+
+def test_compare_samplers_pairs_every_name_with_every_baseline_on_the_same_noises():
+    """Each name minus each baseline is the difference of their Fréchet distances, with a paired interval; a
+    sampler against itself is exactly 0 [0, 0]; a stochastic name is refused before any model call."""
+    from accelerated_diffusion.experiments import comparison as cmp
+    from accelerated_diffusion.schedules import DiscreteSchedule, betas_for
+
+    sched = DiscreteSchedule(betas_for("linear", 1000, 1e-4, 0.02))
+    calls = []
+
+    def eps_fn(x, t):
+        calls.append(int(t))
+        return 0.3 * x
+
+    noise = cmp.initial_noise(24, (1, 28, 28), seed=1)
+    with pytest.raises(ValueError, match="stochastic"):
+        cmp.compare_samplers(eps_fn, sched, noise, ["accelerated_sde"])
+    assert calls == []
+    out = cmp.compare_samplers(
+        eps_fn, sched, noise, ["ddim", "accelerated_ode_capped"], grids=("trailing",), nfes=(5,), replicates=50
+    )
+    fd, paired = out["fd"]["trailing"], out["paired"]["trailing"]["5"]
+    assert paired["ddim-ddim"] == {"value": 0.0, "ci": [0.0, 0.0]}
+    d = paired["accelerated_ode_capped-accelerated_ode"]
+    assert d["value"] == pytest.approx(fd["accelerated_ode_capped"]["5"]["value"] - fd["accelerated_ode"]["5"]["value"])
+    assert d["ci"][0] <= d["value"] <= d["ci"][1] and d["value"] != 0.0
+    assert out["num_samples"] == 24 and set(fd) == {"ddim", "accelerated_ode", "accelerated_ode_capped"}

@@ -44,6 +44,7 @@ from . import features
 from .rates import rms_with_ci
 
 __all__ = [
+    "compare_samplers",
     "GRIDS",
     "COMPARED",
     "grid_timesteps",
@@ -551,6 +552,56 @@ def step_diagnostics(schedule, grid: str, nfe: int) -> list[dict]:
             row["c"] = updates.accelerated_ode_coefficient(a_next, a_t, a_prev)
         rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A few samplers against fixed baselines
+# ----------------------------------------------------------------------------------------------------------------
+def compare_samplers(
+    eps_fn,
+    schedule,
+    noise: torch.Tensor,
+    names,
+    *,
+    baselines=("ddim", "accelerated_ode"),
+    grids=GRIDS,
+    nfes=(5, 10),
+    classifier=None,
+    reference=None,
+    replicates: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict:
+    """Fréchet distances of ``names`` and ``baselines`` (deterministic registry names) on every grid and NFE, all
+    from the same ``noise``, and each of ``names`` minus each baseline with its paired bootstrap interval
+    (:func:`.features.paired_differences`): ``{"fd": {grid: {sampler: {str(nfe): {"value", "ci"}}}}, "paired":
+    {grid: {str(nfe): {"<name>-<baseline>": {"value", "ci"}}}}, "num_samples"}``.  Names are checked before any
+    model call."""
+    everyone = list(dict.fromkeys([*baselines, *names]))
+    for n in everyone:
+        if samplers.spec(n).stochastic:
+            raise ValueError(f"compare_samplers compares deterministic samplers; {n!r} is stochastic")
+    for g in grids:
+        if g not in GRIDS:
+            raise ValueError(f"unknown grid {g!r}; expected one of {GRIDS}")
+    out = {"fd": {}, "paired": {}, "num_samples": int(noise.shape[0]), "baselines": list(baselines)}
+    jobs = [(g, k) for g in grids for k in nfes]
+    for g, k in tqdm(jobs, desc="safeguarded samplers", disable=not progress, leave=False):
+        feats = {
+            n: image_features(generate(eps_fn, schedule, n, g, k, noise, batch_size=batch_size), classifier)
+            for n in everyone
+        }
+        boot = features.paired_bootstraps(feats, reference, replicates=replicates, seed=seed)
+        for n in everyone:
+            value, resampled = boot[n]
+            ci = features.bootstrap_interval(value, resampled, level)
+            out["fd"].setdefault(g, {}).setdefault(n, {})[str(k)] = {"value": float(value), "ci": ci}
+        out["paired"].setdefault(g, {})[str(k)] = {
+            f"{n}-{b}": features.difference_interval(boot[n], boot[b], level) for n in names for b in baselines
+        }
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

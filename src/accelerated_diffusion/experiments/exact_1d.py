@@ -212,13 +212,16 @@ def eps_derivative(target: GaussianMixture, x: torch.Tensor, alpha_bar: float) -
 run = samplers.sample
 
 
-def flow_map(target: GaussianMixture, path, method: str, x) -> dict:
+def flow_map(target: GaussianMixture, path, method: str, x, *, eps_and_derivative=None) -> dict:
     r"""``Phi(x)`` and ``Phi'(x)`` of a deterministic sampler on a one-dimensional target, exactly.
 
     The library loop runs on the stacked batch ``(x, 1)``; the noise prediction returns ``(eps(x), eps'(x) dx)``.
     Because every update rule is linear in its tensor arguments, the second half of the output is ``Phi'(x)``.
     Also returns ``tangent_min``: the smallest ``d x_i / d x`` over the start points at the input of every step
-    (and, last, at the output): where it first becomes ``<= 0`` the map from the start to that level folds."""
+    (and, last, at the output): where it first becomes ``<= 0`` the map from the start to that level folds.
+    ``eps_and_derivative(y, alpha_bar) -> (eps, d eps / dy)`` (both shaped like ``y``, ``(n, 1)`` float64)
+    replaces the exact noise prediction and its derivative (default ``target.eps`` and :func:`eps_derivative`),
+    e.g. a perturbed prediction (:mod:`.perturbations`)."""
     if _stochastic(method):
         raise ValueError(f"{method} is stochastic: it has no flow map")
     x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, 1)
@@ -228,6 +231,9 @@ def flow_map(target: GaussianMixture, path, method: str, x) -> dict:
     def eps_fn(xs, t):
         y, dy = xs[:n], xs[n:]
         mins.append(float(dy.min()))
+        if eps_and_derivative is not None:
+            e, de = eps_and_derivative(y, float(t))
+            return torch.cat([e, de * dy])
         return torch.cat([target.eps(y, float(t)), eps_derivative(target, y, float(t)) * dy])
 
     out = samplers.sample(
@@ -246,10 +252,10 @@ def _start_grid(target, a_start: float, num_points: int, width: float) -> np.nda
     return np.linspace((mu - width * sd).min(), (mu + width * sd).max(), num_points)
 
 
-def _resolved_flow(target, path, method, x, a0, a1, dy_frac, rounds, max_split):
+def _resolved_flow(target, path, method, x, a0, a1, dy_frac, rounds, max_split, eps_and_derivative=None):
     """``flow_map`` on ``x``, then up to ``rounds`` batched passes that split every cell whose image is longer
     than ``dy_frac`` times the narrowest output standard deviation (where the flow stretches: between modes)."""
-    fm = flow_map(target, path, method, x)
+    fm = flow_map(target, path, method, x, eps_and_derivative=eps_and_derivative)
     phi, dphi, mins = fm["phi"], fm["dphi"], np.array(fm["tangent_min"])
     dy_max = dy_frac * float(level_components(target, a1)[2].min())
     for _ in range(rounds):
@@ -260,7 +266,7 @@ def _resolved_flow(target, path, method, x, a0, a1, dy_frac, rounds, max_split):
             break
         k = np.minimum(np.ceil(dy[bad] / dy_max).astype(int), max_split)
         new = np.concatenate([x[i] + (x[i + 1] - x[i]) * np.arange(1, j) / j for i, j in zip(bad, k)])
-        f2 = flow_map(target, path, method, new)
+        f2 = flow_map(target, path, method, new, eps_and_derivative=eps_and_derivative)
         mins = np.minimum(mins, np.array(f2["tangent_min"]))
         x = np.concatenate([x, new])
         order = np.argsort(x, kind="stable")
@@ -280,6 +286,7 @@ def deterministic_tv(
     rounds: int = 3,
     max_split: int = 256,
     fold_points: int = 20001,
+    eps_and_derivative=None,
 ) -> dict:
     r"""Exact ``TV(q_out, p_out)`` of a deterministic sampler started from the exact ``q`` at ``path[0]``, output
     compared with ``q`` at ``path[-1]``.  ``num_points`` uniform start points cover ``width`` standard deviations
@@ -290,11 +297,22 @@ def deterministic_tv(
     Returns ``tv``, ``folded`` (``Phi'`` changes sign over the start points carrying mass) and, when it folds,
     ``fold`` = {``x_range`` of the start points with ``Phi' <= 0``, their ``mass`` under ``q_start``, ``y_range``
     of their images, ``first_step`` and ``first_level``: the first level of the path at which the map from the
-    start has folded}; ``crossings``: number of sign changes of the density difference; ``num_points``."""
+    start has folded}; ``crossings``: number of sign changes of the density difference; ``num_points``.
+    ``eps_and_derivative``: a replacement noise prediction with its derivative, as in :func:`flow_map` (the
+    sampler then runs on it; start and output are still compared with the exact ``q``)."""
     path = torch.as_tensor(path, dtype=torch.float64)
     a0, a1 = float(path[0]), float(path[-1])
     x, phi, dphi, mins = _resolved_flow(
-        target, path, method, _start_grid(target, a0, num_points, width), a0, a1, dy_frac, rounds, max_split
+        target,
+        path,
+        method,
+        _start_grid(target, a0, num_points, width),
+        a0,
+        a1,
+        dy_frac,
+        rounds,
+        max_split,
+        eps_and_derivative,
     )
     q0 = density(target, x, a0)
     mass = q0 > 1e-300
@@ -329,7 +347,7 @@ def deterministic_tv(
         hx = x[i + 1] - x[i]
         phi_c, _ = _hermite3((c - x[i]) / hx, phi[i], phi[i + 1], hx * dphi[i], hx * dphi[i + 1])
     for _ in range(refine + 1):  # regula falsi, all crossings in one run of the sampler
-        f = flow_map(target, path, method, c)
+        f = flow_map(target, path, method, c, eps_and_derivative=eps_and_derivative)
         phi_c = f["phi"]
         gc = density(target, phi_c, a1) * f["dphi"] - density(target, c, a0)
         left = np.sign(gc) == np.sign(glo)
