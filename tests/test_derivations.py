@@ -456,3 +456,11 @@ def test_random_levels():
             assert all(b - a >= gap for a, b in zip(levels, levels[1:]))
     with pytest.raises(ValueError):
         D.random_levels(gen, 3, min_gap=0.5)
+
+
+def test_safeguarded_coefficient_gaps_cover_both_branches_and_vanish():
+    """The chapter's check of the safeguarded coefficients: sympy and float64 agree to 1e-12 on random levels,
+    and the capped branch where the cap acts is among the draws."""
+    gaps = D.safeguarded_coefficient_gaps(num_draws=8, seed=3)
+    assert gaps["accelerated_ode_lambda"] < 1e-12 and gaps["accelerated_ode_capped"] < 1e-12
+    assert 0 < gaps["capped_saturated"] < 8 * 4

@@ -43,7 +43,7 @@ from functools import lru_cache
 import sympy as sp
 import torch
 
-from .. import samplers
+from .. import samplers, updates
 
 __all__ = [
     # symbols
@@ -583,6 +583,30 @@ def capped_correction_checks() -> dict:
         "closed_form": sp.simplify(saturated_levels - closed),
         "antiderivative": sp.simplify(sp.diff(G(alpha_bar), alpha_bar) - sigma_of(alpha_bar)),
     }
+
+
+def safeguarded_coefficient_gaps(num_draws: int = 20, seed: int = 0, ratios=(0.5, 1.0, 2.0, 8.0)) -> dict:
+    r"""Largest absolute gap between the sympy coefficients of the two safeguarded samplers and their float64
+    implementations in :mod:`accelerated_diffusion.updates`, at ``num_draws`` random level triples
+    (:func:`random_levels`, noisiest first) and, for the capped one, at every cap ``rho`` of ``ratios``:
+    ``{"accelerated_ode_lambda": gap, "accelerated_ode_capped": gap, "capped_saturated": number of draws
+    where the cap acted}``.  The lambda coefficient is :func:`accelerated_ode_lambda_coefficient` rewritten in
+    ``alpha_bar`` levels by :func:`in_alpha_bar`; the capped one is :func:`capped_correction` (a ``Piecewise``)."""
+    levels = (alpha_bar_next, alpha_bar_t, alpha_bar_prev)
+    lam = sp.lambdify(levels, in_alpha_bar(accelerated_ode_lambda_coefficient()), "math")
+    cap = sp.lambdify((*levels, max_ratio), capped_correction(), "math")
+    gen = torch.Generator().manual_seed(int(seed))
+    gaps = {"accelerated_ode_lambda": 0.0, "accelerated_ode_capped": 0.0, "capped_saturated": 0}
+    for _ in range(int(num_draws)):
+        a_next, a_t, a_prev = random_levels(gen, 3, min_gap=1e-2)
+        got = updates.accelerated_ode_lambda_coefficient(a_next, a_t, a_prev)
+        gaps["accelerated_ode_lambda"] = max(gaps["accelerated_ode_lambda"], abs(lam(a_next, a_t, a_prev) - got))
+        for rho in ratios:
+            got = updates.accelerated_ode_capped_coefficient(a_next, a_t, a_prev, rho)
+            gap = abs(float(cap(a_next, a_t, a_prev, rho)) - got)
+            gaps["accelerated_ode_capped"] = max(gaps["accelerated_ode_capped"], gap)
+            gaps["capped_saturated"] += int(a_prev - a_t > rho * (a_t - a_next))
+    return gaps
 
 
 def ode_step(method: str):
