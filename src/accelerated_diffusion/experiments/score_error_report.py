@@ -170,8 +170,11 @@ def exact_tv_table(rates_1d: dict, names, nfes=(4, 9, 19, 49, 99, 499), schedule
     )
 
 
-def _share(result: dict, grid: str, variant: str) -> str:
-    return interval(result["hybrids"]["share_removed"][grid][variant]["fd"], minus=MINUS)
+def _share(result: dict, grid: str, variant: str, sign: float = 1.0) -> str:
+    """The share of the model's gap a variant removes (``sign=-1``: by how much it grows the gap), in percent."""
+    c = result["hybrids"]["share_removed"][grid][variant]["fd"]
+    lo, hi = sorted(sign * 100 * v for v in c["ci"])
+    return f"{sign * 100 * c['value']:.0f} % [{lo:.0f}, {hi:.0f}]".replace("-", MINUS)
 
 
 def findings(result: dict, perturb: dict, compared: dict) -> dict[str, str]:
@@ -183,7 +186,7 @@ def findings(result: dict, perturb: dict, compared: dict) -> dict[str, str]:
         if g in h["gap"]:
             out[f"se-gap-{g}"] = interval(h["gap"][g]["model"]["fd"], minus=MINUS)
             out[f"se-share-{g}"] = _share(result, g, f"ref@{first[g]}")
-            out[f"se-share2-{g}"] = _share(result, g, "s=2")
+            out[f"se-grow2-{g}"] = _share(result, g, "s=2", sign=-1.0)
     prof = result["profile"]["train"]["by_t"]
     t_hi = max(prof, key=int)
     out["se-rms-first"] = f"{prof[t_hi]['rms_total']['value']:.4f} at t = {t_hi}"
