@@ -112,3 +112,18 @@ def test_model_card_quotes_the_current_model_quality():
     expected.append(f"**{q['shipped_step']:,}** optimiser steps")
     missing = [e for e in expected if e not in card]
     assert not missing, f"the model card quotes other numbers than model_quality_fmnist.json: {missing}"
+
+
+def test_score_error_row_quotes_the_current_results(glance):
+    """The 'why it fails' row: the share of the trailing gap removed by the exact first prediction and the
+    lambda-extrapolated sampler minus DDIM at 5 NFE, from score_error.json."""
+    r = _results("score_error.json")
+    share = r["hybrids"]["share_removed"]["trailing"]["ref@999"]["fd"]
+    lo, hi = (100 * v for v in share["ci"])
+    expected = [f"${100 * share['value']:.0f}\\,\\%$ $[{lo:.0f}, {hi:.0f}]$"]
+    for g in ("uniform", "trailing", "logsnr"):
+        d = r["safeguards"]["paired"][g]["5"]["accelerated_ode_lambda-ddim"]
+        expected.append(f"${d['value']:.0f}$ $[{d['ci'][0]:.0f}, {d['ci'][1]:.0f}]$")
+        assert d["ci"][1] < 0
+    missing = [e for e in expected if e not in glance]
+    assert not missing, f"the intro quotes other numbers than score_error.json: {missing}"
