@@ -43,3 +43,19 @@ def test_step_table_caps_exactly_the_steps_beyond_the_default_ratio():
     assert seen_capped >= 4
     trailing = [r for r in rows if r[0] == "trailing"]
     assert trailing[0][1:4] == ["799", "16.3", "10"]
+
+
+def test_exponent_table_shows_every_sampler_and_nfe_of_the_results():
+    """One row per kind and sampler, one column per NFE, each exponent with its interval from the results."""
+    import json
+    from pathlib import Path
+
+    r = json.loads((Path(__file__).resolve().parents[1] / "data/results/score_error.json").read_text())
+    p = r["perturbations"]
+    table = rep.exponent_table(p, "fashion_mnist")
+    rows = _rows(table, 5)
+    names = p["settings"]["samplers"]
+    assert len(rows) == 2 * len(names)
+    cell = p["fashion_mnist"]["results"]["uniform"]["5"]["accelerated_ode"]["white"]["exponent"]
+    text = f"{cell['value']:.2f} [{cell['ci'][0]:.2f}, {cell['ci'][1]:.2f}]".replace("-", "\u2212")
+    assert text in [r[2] for r in rows if r[0] == "white" and r[1] == "acc. ODE"]

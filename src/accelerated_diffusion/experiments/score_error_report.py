@@ -13,12 +13,13 @@ from __future__ import annotations
 from .. import samplers, updates
 from . import comparison as cmp
 from .comparison_report import MINUS, html_table, interval, num, verdict_word
-from .perturbations import amplification_rows
+from .perturbations import amplification_rows, exponent_rows
 
 __all__ = [
     "SAFEGUARDED",
     "safeguard_step_table",
     "amplification_table",
+    "exponent_table",
     "share_table",
     "safeguard_table",
     "exact_tv_table",
@@ -91,6 +92,37 @@ def amplification_table(perturb: dict, target: str, sampler: str = "accelerated_
             number,
             f"{names.get(target, target)}: the {samplers.label(sampler)} sampler's change of output under each "
             "perturbation divided by DDIM's (above 1: it amplifies the error more), per grid and NFE.",
+        ),
+    )
+
+
+def exponent_table(perturb: dict, target: str, grid: str = "uniform", kinds=("white", "smooth"), *, number=None):
+    """Fitted exponent of each sampler's change of output in the perturbation size (log-log slope; 1: linear
+    response), with its 95 % interval where the target is sampled: rows kind x sampler, columns NFE, on ``grid``."""
+    rows = [r for r in exponent_rows(perturb, target) if r["grid"] == grid and r["kind"] in kinds]
+    nfes = sorted({r["nfe"] for r in rows})
+    cell = {(r["kind"], r["sampler"], r["nfe"]): r for r in rows}
+    body = []
+    for kind in kinds:
+        for n in dict.fromkeys(r["sampler"] for r in rows):
+            line = [kind, samplers.spec(n).short_label]
+            for k in nfes:
+                r = cell.get((kind, n, k))
+                if r is None or r["exponent"] is None:
+                    line.append("\u2013")
+                elif r["lo"] is None:
+                    line.append(f"{r['exponent']:.2f}".replace("-", MINUS))
+                else:
+                    line.append(f"{r['exponent']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]".replace("-", MINUS))
+            body.append(line)
+    return html_table(
+        ["kind", "sampler", *(f"NFE {k}" for k in nfes)],
+        body,
+        row_labels=2,
+        caption=_caption(
+            number,
+            f"Exponent of each sampler's change of output in the perturbation size on the {grid} grid (1: the "
+            "change grows linearly with the error), for a rough and a smooth field of the same size.",
         ),
     )
 
