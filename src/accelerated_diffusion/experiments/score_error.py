@@ -123,7 +123,12 @@ class EmpiricalTarget:
     ``1 - abar = 1e-4`` a float32 inner product would move a logit by about one unit), over chunks of ``chunk``
     data points with a running maximum (an online log-sum-exp), so memory is ``O(n * chunk)`` beyond the data.
     ``eps(x, alpha_bar)`` has the signature of :mod:`accelerated_diffusion.targets` (``comparison.exact_eps_fn``
-    works with it); results come back in ``x``'s dtype and device."""
+    works with it); results come back in ``x``'s dtype and device.
+
+    At small noise this is the score of the training set *itself*: near ``abar = 1`` the posterior mean of a point
+    that is not a training image is its nearest training image, so a model that generalises (does not memorise)
+    differs from it by about ``(x - sqrt(abar) x_nearest) / sqrt(1 - abar)`` there; compare the levels where the
+    two references (this and the fitted mixture) agree."""
 
     def __init__(self, data, *, chunk: int = 8192, dtype: torch.dtype = torch.float64, device="cpu"):
         x = torch.as_tensor(data)
@@ -556,8 +561,11 @@ def feature_mahalanobis(feats, reference=None) -> np.ndarray:
     r"""The per-sample yardstick: ``(f_i - mu)^T Sigma^{-1} (f_i - mu) / d`` for classifier features ``f_i``
     (``(n, d)``) against the reference statistics (default the shipped test split): the squared Mahalanobis
     distance per feature dimension, 1 on average for test images.  One number per sample, so its mean over the
-    same noises is compared by a cheap paired bootstrap; it sees how far each sample's features fall from the
-    data, not the spread of the set (which the Fréchet distance also sees)."""
+    same noises is compared by a cheap paired bootstrap with narrow intervals; it sees how far each sample's
+    features fall from the data, not the spread of the set (which the Fréchet distance also sees).  So it is a
+    second yardstick, not a substitute: samples collapsed towards the data mean (blurred) score *well* on it, and
+    it can rank two samplers in the opposite order from the Fréchet distance (on the shipped model at 5 NFE on the
+    ``uniform`` grid it prefers DDIM's smoother samples)."""
     mu, sigma = features.load_reference_stats("test") if reference is None else reference
     f = np.asarray(feats, dtype=np.float64) - np.asarray(mu, dtype=np.float64)
     sol = np.linalg.solve(np.asarray(sigma, dtype=np.float64), f.T).T
@@ -762,7 +770,8 @@ def run_score_error(
        :func:`hybrid_metrics` (``num_boot`` paired resamples).
 
     Also ``schema``, ``model_id``, ``device``, ``device_name``, ``torch_threads``, ``execution_s`` (wall time of
-    this call) and ``provenance`` (:func:`.paths.provenance` of the arguments); :func:`save` writes it.  Every
+    this call), ``cpu_total_s`` (its process CPU time), ``timings_s`` / ``cpu_s`` (the same per stage) and
+    ``provenance`` (:func:`.paths.provenance` of the arguments); :func:`save` writes it.  Every
     argument is checked before the model is loaded (:func:`check_arguments`)."""
     t_start, c_start = time.perf_counter(), time.process_time()
     grids, nfes, names, references = list(grids), [int(k) for k in nfes], list(names), list(references)
