@@ -213,10 +213,7 @@ def _toc_files() -> set[str]:
 # The evidence chapters, whose results must be HTML tables (not text dumps); a chapter not yet in _toc.yml is
 # left out. Strict xfail where the chapter still prints its results as text: the mark must go once it does not.
 EVIDENCE_CHAPTERS = ("rates_exact_scores", "learned_scores", "score_error")
-TABLES_NOT_YET = {
-    "rates_exact_scores": "results still printed as text blocks (issue 20, item 2)",
-    "learned_scores": "results still printed as text blocks (issue 20, item 2)",
-}
+TABLES_NOT_YET: dict[str, str] = {}
 
 
 def _evidence_params():

@@ -323,7 +323,7 @@ def test_accelerated_ode_capped_coefficient_limits():
         cs = [capped(a_next, a_t, a_prev, float(r)) for r in rhos]
         assert all(b >= a for a, b in zip(cs, cs[1:]))
         assert capped(a_next, a_t, a_prev, ratio * (1 - 1e-12)) == pytest.approx(paper(a_next, a_t, a_prev), rel=1e-9)
-        if ratio > 1.0:  # the default cap acts: strictly smaller than the paper's
+        if ratio > 2.0:  # the default cap (2) acts: strictly smaller than the paper's
             assert capped(a_next, a_t, a_prev) < paper(a_next, a_t, a_prev)
     for bad, err in ((-0.5, ValueError), (float("nan"), ValueError), ("1", TypeError), (True, TypeError)):
         with pytest.raises(err, match="max_ratio"):
