@@ -776,7 +776,7 @@ def run_score_error(
     t_start, c_start = time.perf_counter(), time.process_time()
     grids, nfes, names, references = list(grids), [int(k) for k in nfes], list(names), list(references)
     scales = list(scales)
-    check_arguments(
+    checks = dict(
         num_samples=num_samples,
         num_boot=num_boot,
         grids=grids,
@@ -789,6 +789,7 @@ def run_score_error(
         scales=scales,
         level=level,
     )
+    check_arguments(**checks)
     params = {
         "num_samples": int(num_samples),
         "num_boot": int(num_boot),
@@ -808,20 +809,7 @@ def run_score_error(
         "batch_size": int(batch_size),
     }
     unet, schedule = _load_model(model_id, device)
-    check_arguments(
-        num_samples=num_samples,
-        num_boot=num_boot,
-        grids=grids,
-        nfes=nfes,
-        names=names,
-        hybrid_nfe=hybrid_nfe,
-        profile_images=profile_images,
-        references=references,
-        hybrid_reference=hybrid_reference,
-        scales=scales,
-        level=level,
-        schedule=schedule,
-    )
+    check_arguments(**checks, schedule=schedule)
     if profile_timesteps is None:
         profile_timesteps = sorted(
             {int(t) for g in grids for t in cmp.grid_timesteps(schedule, hybrid_nfe, g)}, reverse=True
