@@ -218,7 +218,7 @@ def test_text_outputs_fit_the_width():
     long = "x " * 20 + "[1.19e+03, 1.29e+03] " + "y " * 20
     filled = C.fill_text(long, width=30)
     assert "[1.19e+03, 1.29e+03]" in filled and max(map(len, filled.splitlines())) <= 30
-    assert C.ci_text({"value": 1188.2, "ci": [1097.0, 1287.4]}) == "1.19e+03 [1.1e+03, 1.29e+03]"
+    assert C.ci_text({"value": 1188.2, "ci": [1097.0, 1287.4]}) == "1188 [1097, 1287]"  # never in exponent form
     table = C.format_table(["a", "bbb"], [("row", ["1", "22"]), ("longer row", ["333", "4"])])
     assert table.splitlines() == [" " * 16 + "a  bbb", "  row           1   22", "  longer row  333    4"]
     with pytest.raises(ValueError, match="cells"):

@@ -60,28 +60,6 @@ def test_interval_has_one_format():
     assert rr.interval(0.5, (0.25, 0.75), digits=1) == "0.5 [0.2, 0.8]"
 
 
-def test_table_html_has_caption_header_rows_and_grouped_cells():
-    t = rr.Table(
-        ["claim", "target", "slope"],
-        [["a", "x", "-1.00"], ["a", "y", "-2.50"], ["b", "x", "0.10"]],
-        caption="Table 1. <demo>",
-        group=1,
-    )
-    h = t._repr_html_()
-    assert "overflow-x: auto" in h  # scrolls in its own box on a narrow screen
-    assert "<caption>Table 1. &lt;demo&gt;</caption>" in h
-    assert h.count("<th ") == 3 and h.count("<tr>") == 4  # header + 3 rows
-    assert h.count('rowspan="2"') == 1 and h.count(">a</td>") == 1  # "a" merged over its two rows
-    assert "\u22122.50" in h and "-2.50" not in h  # typographic minus
-    assert t.column("slope") == ["-1.00", "-2.50", "0.10"]
-    lines = str(t).splitlines()
-    assert lines[0] == "Table 1. <demo>" and lines[1].split() == ["claim", "target", "slope"]
-    assert lines[3].endswith("-2.50") and len(lines[2]) == len(lines[3])  # numbers right-aligned
-    assert t.plain().splitlines()[2] == "a | y | -2.50"  # checked cells: no padding that a wider number moves
-    with pytest.raises(ValueError, match="2 cells"):
-        rr.Table(["a", "b", "c"], [["1", "2"]])
-
-
 def test_verdict_table_rows_and_cells():
     G = _results(SLOPES)
     X1 = _results(SLOPES, gaussian=False)

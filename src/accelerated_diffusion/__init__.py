@@ -20,6 +20,7 @@ The reproduction (training, metrics, rate measurements, derivations) lives in
 """
 
 from . import (
+    _progress,  # first: silences tqdm.auto's notebook warning before diffusers imports tqdm.auto
     integrity,
     k_samplers,
     metrics,

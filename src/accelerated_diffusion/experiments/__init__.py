@@ -13,6 +13,7 @@ matplotlib, accelerate, transformers); the sympy derivations need the ``book`` e
 * :mod:`.score_error` -- the learned model's score error, how each sampler weights it, and causal hybrids;
 * :mod:`.perturbations` -- controlled perturbations of exact scores: which errors each sampler amplifies;
 * :mod:`.comparison_report`, :mod:`.rates_report`, :mod:`.figures` -- the evidence chapters' tables and figures;
+* :mod:`.tables` -- their one table class and one number format (:func:`~.tables.interval`);
 * :mod:`.derivations` -- the sympy derivations of every update rule;
 * :mod:`.toy_pipelines` -- a tiny random Stable Diffusion pipeline, built offline;
 * :mod:`.cli` -- the ``accelerated-diffusion`` command.

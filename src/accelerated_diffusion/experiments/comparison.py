@@ -42,6 +42,7 @@ from .. import samplers, updates
 from ..schedules import logsnr_timesteps
 from . import features
 from .rates import rms_with_ci
+from .tables import interval, num
 
 __all__ = [
     "compare_samplers",
@@ -379,10 +380,6 @@ def comparison_map(comparison: dict, nfe, metric: str = "fd", *, grids=GRIDS, na
     return {n: {g: _cell(comparison, g, n, nfe, metric) for g in grids} for n in names}
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
-
-
 def short_label(name: str) -> str:
     """The label of sampler ``name`` in the text tables: :data:`SHORT_LABELS`, else the registry's label."""
     return SHORT_LABELS.get(name, samplers.label(name))
@@ -414,9 +411,9 @@ def fill_text(text: str, *, width: int = TEXT_WIDTH, indent: str = "  ") -> str:
 
 
 def ci_text(c: dict) -> str:
-    """An estimate with its interval, ``{"value", "ci": [lo, hi]}``, as ``value [lo, hi]`` (3 significant
-    digits)."""
-    return f"{c['value']:.3g} [{c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
+    """An estimate with its interval, ``{"value", "ci": [lo, hi]}``, as ``value [lo, hi]``: :func:`.tables.interval`
+    (3 significant digits; values of 100 or more as integers, never in exponent form)."""
+    return interval(c)
 
 
 def format_table(header, rows, *, indent: str = "  ", gap: int = 2) -> str:
@@ -456,7 +453,7 @@ def format_map(
     for n in names:
         for g in grids:
             c = m[n][g]
-            value = "-" if c is None else f"{_fmt(c['value'])} [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}]"
+            value = interval(c, missing="-")
             text[n, g] = value + ("*" if (g, n) in tied else " ")
     w = max(len(t) for t in text.values())
     text = {key: t.rjust(w) for key, t in text.items()}  # the same column width in every table
@@ -764,7 +761,7 @@ def map_heatmap(
                 ax.text(
                     j,
                     i,
-                    f"{_fmt(c['value'])}\n[{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}]",
+                    f"{num(c['value'])}\n[{num(c['ci'][0])}, {num(c['ci'][1])}]",
                     ha="center",
                     va="center",
                     fontsize=fontsize - 1,

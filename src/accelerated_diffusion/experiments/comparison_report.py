@@ -5,9 +5,10 @@ Every function here takes the dict the chapter writes to ``data/results/<results
 run, its full-size run (``learned_fmnist_full.json``) and its GPU run.  Nothing here computes a measurement; the
 verdicts come from :mod:`.comparison` (:func:`~.comparison.classify`, :func:`~.comparison.recommend`).
 
-* numbers: :func:`num` and :func:`interval` (``957 [854, 1030]``: values of 100 or more as integers, others to 3
-  significant digits, never in exponent form);
-* HTML tables (:class:`Table`, shown by Jupyter through ``_repr_html_``; :func:`html_table` builds them):
+* numbers: :func:`~.tables.num` and :func:`~.tables.interval` (``957 [854, 1030]``: values of 100 or more as
+  integers, others to 3 significant digits, never in exponent form), re-exported from :mod:`.tables`;
+* HTML tables (:class:`~.tables.Table`, shown by Jupyter through ``_repr_html_``; :func:`~.tables.html_table`
+  builds them; both re-exported from :mod:`.tables`):
   :func:`peer_table`, :func:`pf_check_table`, :func:`pair_table` (accelerated DDIM against DDIM per grid),
   :func:`map_table` (the sampler x grid map with its paired marks), :func:`noise_std_table`,
   :func:`final_noise_table`, :func:`step_table`, :func:`control_table`, :func:`hybrid_table`,
@@ -25,11 +26,11 @@ matplotlib is imported inside the plotting functions only.
 
 from __future__ import annotations
 
-import html
 import math
 
 from .. import samplers, updates
 from . import comparison as cmp
+from .tables import MINUS, Table, html_table, interval, num
 
 __all__ = [
     "MINUS",
@@ -65,142 +66,8 @@ __all__ = [
     "last_step_noise_std",
 ]
 
-#: The minus sign of the HTML tables and the prose (U+2212); the printed text keeps "-".
-MINUS = "\u2212"
 #: The pair the paper's Figures 1 and 2 compare: (accelerated, baseline).
 PAIR = ("accelerated_ode", "ddim")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Numbers
-# ----------------------------------------------------------------------------------------------------------------
-def num(v, *, minus: str = "-") -> str:
-    """``v`` for a table: ``-`` (an en dash) when missing or not finite; values of 100 or more in magnitude as
-    integers (``1033``), others to 3 significant digits (``77.2``, ``0.0083``), never in exponent form; a
-    negative sign written as ``minus``."""
-    if v is None or not math.isfinite(float(v)):
-        return "\u2013"
-    v = float(v)
-    if abs(v) >= 100:
-        text = f"{v:.0f}"
-    elif v == 0:
-        text = "0"
-    else:
-        digits = max(0, 2 - math.floor(math.log10(abs(v))))
-        text = f"{round(v, digits):.{digits}f}"
-        if "." in text:
-            text = text.rstrip("0").rstrip(".")
-    if text in ("-0", "-0.0"):
-        text = "0"
-    return text.replace("-", minus)
-
-
-def interval(c: dict | None, *, minus: str = "-") -> str:
-    """An estimate with its interval, ``{"value", "ci": [lo, hi]}``, as ``value [lo, hi]`` with :func:`num`;
-    ``-`` (an en dash) when missing."""
-    if not c:
-        return "\u2013"
-    lo, hi = c["ci"]
-    return f"{num(c['value'], minus=minus)} [{num(lo, minus=minus)}, {num(hi, minus=minus)}]"
-
-
-def _ci_html(c: dict | None) -> str:
-    """An interval for a table cell: the value, then ``[lo, hi]`` on a second line (narrow columns)."""
-    if not c:
-        return "\u2013"
-    lo, hi = (num(x, minus=MINUS) for x in c["ci"])
-    return f'{num(c["value"], minus=MINUS)}<br><span class="ad-ci">[{lo},&nbsp;{hi}]</span>'
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# HTML tables
-# ----------------------------------------------------------------------------------------------------------------
-class Table:
-    """An HTML table that Jupyter shows (``_repr_html_``); ``str()`` gives the HTML, ``repr()`` one line
-    naming its caption (the plain-text form kept in the notebook)."""
-
-    def __init__(self, html_text: str, caption: str = ""):
-        self.html = html_text
-        self.caption = caption
-
-    def _repr_html_(self) -> str:
-        return self.html
-
-    def __str__(self) -> str:
-        return self.html
-
-    def __repr__(self) -> str:
-        first = self.caption.split(". ")[0] if self.caption.startswith("Table ") else "table"
-        return f"<{first} (HTML)>"
-
-
-def _cell(c, tag: str) -> str:
-    """One cell: a string (escaped), or a dict ``{"text" | "html", "bold", "mark", "shade", "title", "span"}``."""
-    if not isinstance(c, dict):
-        c = {"text": c}
-    body = c["html"] if "html" in c else html.escape(str(c.get("text", "")))
-    if c.get("bold"):
-        body = f"<strong>{body}</strong>"
-    if c.get("mark"):
-        body += f'<sup class="ad-mark">{html.escape(c["mark"])}</sup>'
-    attrs = ""
-    if c.get("shade"):
-        attrs += ' class="ad-shade"'
-    if c.get("title"):
-        attrs += f' title="{html.escape(c["title"])}"'
-    if c.get("span", 1) > 1:
-        attrs += f' rowspan="{c["span"]}"'
-    if tag == "th" and "scope" not in attrs:
-        attrs += ' scope="row"'
-    return f"<{tag}{attrs}>{body}</{tag}>"
-
-
-def html_table(columns, rows, *, caption: str = "", notes: str = "", row_labels: int = 1, groups=None) -> Table:
-    """An HTML table: ``columns`` the column titles, ``rows`` lists of cells (a string, or a dict with
-    ``text`` or ``html`` and optional ``bold``, ``mark``, ``shade``, ``title``), the first ``row_labels`` cells of
-    each row as row headers; a row-header cell equal to the one above it (and to all row headers left of it)
-    is merged into it (``rowspan``).  ``groups``: ``[(title, n_columns), ...]``, a header row above
-    ``columns``.  ``caption`` (plain text; ``Table N.`` first) goes into ``<caption>``, ``notes`` (plain text)
-    under the table."""
-    columns = list(columns)
-    if any(len(r) != len(columns) for r in rows):
-        raise ValueError(f"every row needs {len(columns)} cells, one per column title")
-    # row spans: a row-header cell whose row agrees with the row above in every header column up to it
-    spans = [[1] * len(r) for r in rows]
-    keep = [[True] * len(r) for r in rows]
-    for j in range(row_labels):
-        top = 0
-        for i in range(1, len(rows)):
-            if all(rows[i][m] == rows[i - 1][m] for m in range(j + 1)):
-                keep[i][j] = False
-                spans[top][j] += 1
-            else:
-                top = i
-    out = ['<table class="ad-results">']
-    if caption:
-        out.append(f"<caption>{html.escape(caption)}</caption>")
-    out.append("<thead>")
-    if groups:
-        if sum(n for _, n in groups) != len(columns):
-            raise ValueError("the groups must span every column")
-        out.append(
-            "<tr>" + "".join(f'<th colspan="{n}" scope="colgroup">{html.escape(t)}</th>' for t, n in groups) + "</tr>"
-        )
-    out.append("<tr>" + "".join(f'<th scope="col">{html.escape(str(c))}</th>' for c in columns) + "</tr>")
-    out.append("</thead><tbody>")
-    for i, r in enumerate(rows):
-        cells = []
-        for j, c in enumerate(r):
-            if not keep[i][j]:
-                continue
-            if spans[i][j] > 1:
-                c = {**(c if isinstance(c, dict) else {"text": c}), "span": spans[i][j]}
-            cells.append(_cell(c, "th" if j < row_labels else "td"))
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    if notes:
-        out.append(f'<p class="ad-table-notes">{html.escape(notes)}</p>')
-    return Table('<div class="ad-table">' + "".join(out) + "</div>", caption)
 
 
 def _caption(number, text: str) -> str:
@@ -250,9 +117,9 @@ def pair_table(results: dict, nfes=(5, 10), *, number=None, pair=PAIR) -> Table 
                 [
                     f"{k} NFE",
                     r["grid"],
-                    {"html": _ci_html(r["baseline"])},
-                    {"html": _ci_html(r["accelerated"])},
-                    {"html": _ci_html(d), "bold": cmp.classify(d) != 0},
+                    {"html": interval(r["baseline"], minus=MINUS, html=True)},
+                    {"html": interval(r["accelerated"], minus=MINUS, html=True)},
+                    {"html": interval(d, minus=MINUS, html=True), "bold": cmp.classify(d) != 0},
                     r["verdict"],
                 ]
             )
@@ -341,7 +208,7 @@ def map_table(results: dict, nfes=(5, 10), metric: str = "fd", *, number=None) -
                 tied = (g, s) in marks["tied"]
                 row.append(
                     {
-                        "html": _ci_html(c),
+                        "html": interval(c, minus=MINUS, html=True),
                         "bold": s in marks["grid_best"].get(g, ()),
                         "shade": tied,
                         "mark": "*" if tied else "",
@@ -452,8 +319,8 @@ def final_noise_table(results: dict, *, number=None) -> Table | None:
         [
             samplers.label(s),
             f"{r['final_noise_std']:.2f}",
-            {"html": _ci_html(r["fd_with"])},
-            {"html": _ci_html(r["fd_without"])},
+            {"html": interval(r["fd_with"], minus=MINUS, html=True)},
+            {"html": interval(r["fd_without"], minus=MINUS, html=True)},
         ]
         for s, r in fz.items()
     ]
@@ -521,9 +388,9 @@ def control_table(results: dict, *, number=None, pair=PAIR) -> Table | None:
                 [
                     g,
                     f"{k} NFE",
-                    {"html": _ci_html(by_name[b][k])},
-                    {"html": _ci_html(by_name[a][k])},
-                    {"html": _ci_html(d), "bold": cmp.classify(d) != 0},
+                    {"html": interval(by_name[b][k], minus=MINUS, html=True)},
+                    {"html": interval(by_name[a][k], minus=MINUS, html=True)},
+                    {"html": interval(d, minus=MINUS, html=True), "bold": cmp.classify(d) != 0},
                     num((_fd(results, g, b, k, "pf") or {}).get("value")),
                     num((_fd(results, g, a, k, "pf") or {}).get("value")),
                 ]
@@ -553,12 +420,18 @@ def hybrid_table(results: dict, *, number=None, pair=PAIR) -> Table | None:
     t1, t2 = h["first_two_t"]
     model = {s: _fd(results, h["grid"], s, h["nfe"]) for s in pair}
     cols = [f"exact at t = {t1}", f"exact at t = {t1}, {t2}", "model alone"]
-    rows = [[samplers.label(s), *({"html": _ci_html(c)} for c in (h[s], h["first_two"][s], model[s]))] for s in (b, a)]
+    rows = [
+        [
+            samplers.label(s),
+            *({"html": interval(c, minus=MINUS, html=True)} for c in (h[s], h["first_two"][s], model[s])),
+        ]
+        for s in (b, a)
+    ]
     rows.append(
         [
             f"{cmp.short_label(a)} {MINUS} {cmp.short_label(b)}",
             *(
-                {"html": _ci_html(h["paired"][v]), "bold": cmp.classify(h["paired"][v]) != 0}
+                {"html": interval(h["paired"][v], minus=MINUS, html=True), "bold": cmp.classify(h["paired"][v]) != 0}
                 for v in ("first", "first_two", "model")
             ),
         ]
@@ -579,16 +452,16 @@ def quality_table(q: dict, *, number=None) -> Table:
     """The model-quality measurement (``data/results/model_quality_fmnist.json``): per training checkpoint, its
     Fréchet distance, its ratio to the real-data floor and its paired change from the first checkpoint."""
     fl = q["real_data_floor"]
-    rows = [["real data", "\u2013", {"html": _ci_html(fl)}, "1", "\u2013"]]
+    rows = [["real data", "\u2013", {"html": interval(fl, minus=MINUS, html=True)}, "1", "\u2013"]]
     for c in q["checkpoints"]:
         d = c.get("change")
         rows.append(
             [
                 "model",
                 str(c["step"]) + (" (shipped)" if c["step"] == q.get("shipped_step") else ""),
-                {"html": _ci_html(c["fd"])},
+                {"html": interval(c["fd"], minus=MINUS, html=True)},
                 f"{c['fd']['value'] / fl['value']:.2f}",
-                {"html": _ci_html(d)} if d else "\u2013",
+                {"html": interval(d, minus=MINUS, html=True)} if d else "\u2013",
             ]
         )
     return html_table(

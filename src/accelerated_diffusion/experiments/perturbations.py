@@ -91,6 +91,7 @@ from ..targets import GaussianMixture
 from . import exact_1d
 from .comparison import GRIDS
 from .rates import LINEAR_SCHEDULE, flow_reference, rms_with_ci, two_d_mixture
+from .tables import interval, num
 
 __all__ = [
     "KINDS",
@@ -1070,10 +1071,6 @@ def size_rows(results: dict, target: str = "one_d") -> list[dict]:
     return rows
 
 
-def _num(v, fmt="{:.3g}") -> str:
-    return "-" if v is None else fmt.format(v)
-
-
 def format_exponents(results: dict, target: str = "one_d", kind: str = "smooth") -> str:
     """Text table (within the book's code column) of the exponents of one kind: rows ``grid nfe``, one column per
     sampler, ``value`` with the half-width of its interval where the target is sampled."""
@@ -1084,9 +1081,9 @@ def format_exponents(results: dict, target: str = "one_d", kind: str = "smooth")
     for r in exponent_rows(results, target):
         if r["kind"] != kind:
             continue
-        cell = _num(r["exponent"], "{:.2f}")
+        cell = num(r["exponent"], decimals=2, missing="-")
         if target != "one_d" and r["lo"] is not None:
-            cell += "+-" + _num(max(r["hi"] - r["exponent"], r["exponent"] - r["lo"]), "{:.2f}")
+            cell += "+-" + num(max(r["hi"] - r["exponent"], r["exponent"] - r["lo"]), decimals=2, missing="-")
         rows.setdefault(f"{r['grid']} {r['nfe']}", {})[r["sampler"]] = cell
     return format_table(
         [_short(m) for m in s["samplers"]], [(k, [v.get(m, "-") for m in s["samplers"]]) for k, v in rows.items()]
@@ -1106,9 +1103,8 @@ def format_amplification(results: dict, target: str = "one_d", nfe: int = 5, nam
         for r in amplification_rows(results, target):
             if r["nfe"] != int(nfe) or r["sampler"] not in names:
                 continue
-            cell = _num(r["ratio"], "{:.3g}" if not intervals or r["lo"] is None else "{:.2g}")
-            if intervals and r["lo"] is not None:
-                cell += f" [{_num(r['lo'], '{:.2g}')},{_num(r['hi'], '{:.2g}')}]"
+            ci = [r["lo"], r["hi"]] if intervals and r["lo"] is not None else None
+            cell = interval(r["ratio"], ci, digits=3 if ci is None else 2, missing="-")
             label = f"{_KIND_SHORT.get(r['kind'], r['kind'])} {r['grid']}"
             rows.setdefault(label, {})[r["sampler"]] = cell
         text = format_table([_short(m) for m in names], [(k, [v.get(m, "-") for m in names]) for k, v in rows.items()])

@@ -5,8 +5,9 @@ The chapter runs the experiments of :mod:`.rates` and :mod:`.exact_1d`; this mod
 * the results records it saves (``rates_gaussian.json``, ``rates_mixture2d.json``, ``rates_fashion_mnist.json``;
   schema in ``data/results/README.md``): :func:`gaussian_record`, :func:`dimension_sweep`,
   :func:`mixture2d_record`, :func:`fashion_mnist_record`;
-* HTML tables read from those records (:class:`Table`; intervals as ``"-1.01 [-1.05, -0.97]"``,
-  :func:`interval`): :func:`verdict_table`, :func:`slope_table`, :func:`mc_slope_table` and the smaller ones below;
+* HTML tables read from those records (:class:`.tables.Table`, re-exported here as ``Table``; intervals as
+  ``"-1.01 [-1.05, -0.97]"``, :func:`.tables.interval` with two decimals): :func:`verdict_table`,
+  :func:`slope_table`, :func:`mc_slope_table` and the smaller ones below;
 * its figures: :func:`summary_figure` (the chapter's main result), :func:`tv_figure`, :func:`mc_figure`, ...;
 * the numbers its text quotes (:func:`quoted_numbers`, pasted with ``{glue}``).
 
@@ -16,16 +17,15 @@ the registry appears in every table and figure.  matplotlib is imported inside t
 
 from __future__ import annotations
 
-import html
 import math
-import re
 
 import numpy as np
 import torch
 
 from .. import samplers, updates
-from . import orders, rates
+from . import orders, rates, tables
 from .report import CLAIM_SAMPLERS, _short
+from .tables import Table
 
 __all__ = [
     "PARAMETERS",
@@ -106,103 +106,9 @@ def _count(n: int) -> str:
 # Tables
 # ==============================================================================================================
 def interval(value: float, ci, digits: int = 2) -> str:
-    """``value [lo, hi]`` with ``digits`` decimals: the book's one format for a number with its interval."""
-    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
-_MINUS = re.compile(r"(?<![\w.])-(?=\d|\.\d)")
-
-
-class Table:
-    """A results table: ``columns`` (header strings) and ``rows`` (lists of cell strings, one per column).
-
-    Shown in a notebook as an HTML table (``_repr_html_``) in its own horizontally scrolling box, with its
-    ``caption`` above it; the first ``group`` columns are merged over consecutive equal cells (one cell per
-    sampler, say, over its targets); negative numbers get a typographic minus.  ``str(table)`` (and
-    ``text/plain``) is the same table as aligned text."""
-
-    def __init__(self, columns, rows, *, caption: str = "", group: int = 0, align=None):
-        self.columns = [str(c) for c in columns]
-        self.rows = [[str(c) for c in r] for r in rows]
-        for r in self.rows:
-            if len(r) != len(self.columns):
-                raise ValueError(f"row {r} has {len(r)} cells, the table has {len(self.columns)} columns")
-        if not 0 <= group <= len(self.columns):
-            raise ValueError(f"group must be between 0 and {len(self.columns)}, got {group}")
-        self.caption = caption
-        self.group = group
-        # text left, numbers right: a column is numeric when every non-empty cell starts like a number
-        self.align = list(align) if align is not None else [self._numeric(j) for j in range(len(self.columns))]
-
-    def _numeric(self, j: int) -> str:
-        cells = [r[j] for r in self.rows if r[j] not in ("", "–", "n/a")]
-        ok = cells and all(re.match(r"^[-+]?(\d|\.\d|\[)", c) for c in cells)
-        return "right" if ok else "left"
-
-    def column(self, name: str) -> list[str]:
-        """The cells of the column ``name``."""
-        return [r[self.columns.index(name)] for r in self.rows]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __str__(self) -> str:
-        w = [max([len(c)] + [len(r[j]) for r in self.rows]) for j, c in enumerate(self.columns)]
-
-        def line(cells):
-            return "  ".join(c.rjust(w[j]) if self.align[j] == "right" else c.ljust(w[j]) for j, c in enumerate(cells))
-
-        out = ([self.caption] if self.caption else []) + [line(self.columns).rstrip()]
-        out += [line(r).rstrip() for r in self.rows]
-        return "\n".join(out)
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def plain(self) -> str:
-        """The header and the rows, one line each, cells separated by ``" | "`` and not padded: the form the
-        chapters' checked cells print (nbval compares the text between numbers exactly, so a number that prints one
-        digit wider must not move the others)."""
-        return "\n".join(" | ".join(r) for r in [self.columns] + self.rows)
-
-    def _repr_html_(self) -> str:
-        def cell(tag, text, j, extra=""):
-            text = _MINUS.sub("\u2212", html.escape(text)).replace("\n", "<br>")
-            style = f"text-align: {self.align[j]}; white-space: nowrap; padding: 0.15em 0.6em"
-            return f'<{tag}{extra} style="{style}">{text}</{tag}>'
-
-        head = "".join(cell("th", c, j) for j, c in enumerate(self.columns))
-        # rowspans of the grouped columns
-        spans = [[1] * len(self.rows) for _ in range(self.group)]
-        for j in range(self.group):
-            i = 0
-            while i < len(self.rows):
-                k = i + 1
-                while k < len(self.rows) and self.rows[k][: j + 1] == self.rows[i][: j + 1]:
-                    spans[j][k] = 0
-                    k += 1
-                spans[j][i] = k - i
-                i = k
-        body = []
-        for i, r in enumerate(self.rows):
-            tds = []
-            for j, c in enumerate(r):
-                if j < self.group:
-                    if spans[j][i] == 0:
-                        continue
-                    extra = f' rowspan="{spans[j][i]}"' if spans[j][i] > 1 else ""
-                    tds.append(
-                        cell("td", c, j, extra + ' class="group"').replace('style="', 'style="vertical-align: top; ', 1)
-                    )
-                else:
-                    tds.append(cell("td", c, j))
-            body.append("<tr>" + "".join(tds) + "</tr>")
-        cap = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
-        return (
-            '<div class="results-table" style="overflow-x: auto; max-width: 100%">'
-            f'<table class="table results-table" style="width: auto; font-variant-numeric: tabular-nums">{cap}'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-        )
+    """``value [lo, hi]`` with ``digits`` decimals: :func:`.tables.interval` with ``decimals=digits``, the book's one
+    format for a number with its interval (this module's tables call that directly)."""
+    return tables.interval(value, ci, decimals=digits)
 
 
 def _claim_label(m: str, claimed: float) -> str:
@@ -274,7 +180,7 @@ def slope_table(results: dict, metric: str | None = None, *, schedules=SCHEDULES
     for m in methods:
         cells = [_fit(results[s][m], metric, logt) if m in results[s] else None for s, logt in keys]
         if any(cells):
-            rows.append([_label(m)] + [interval(*c) if c else "–" for c in cells])
+            rows.append([_label(m)] + [tables.interval(*c, decimals=2) if c else "–" for c in cells])
     return Table(cols, rows, caption=caption)
 
 
@@ -293,7 +199,8 @@ def mc_slope_table(block: dict, *, caption: str = "") -> Table:
     for m, r in block["results"].items():
         sl = r["slopes"]
         rows.append(
-            [_label(m)] + [interval(sl[k]["slope"], sl[k]["ci"]) if sl.get(k) else "–" for k, _, _ in MC_METRICS]
+            [_label(m)]
+            + [tables.interval(sl[k]["slope"], sl[k]["ci"], decimals=2) if sl.get(k) else "–" for k, _, _ in MC_METRICS]
         )
     return Table(["sampler"] + [name for _, name, _ in MC_METRICS], rows, caption=caption)
 

@@ -49,6 +49,7 @@ from . import comparison as cmp
 from . import features
 from .data import load_fashion_mnist
 from .paths import load_results, provenance, repository_root, save_results
+from .tables import interval
 
 __all__ = [
     "SCHEMA",
@@ -926,13 +927,6 @@ def load(name: str = "score_error", *, folder=None) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------------------------------
-def _ci(c: dict | None, digits: int = 3) -> str:
-    if not c or c.get("value") is None:
-        return "-"
-    f = [f"{v:.0f}" if abs(v) >= 100 else f"{v:.{digits}g}" for v in (c["value"], *c["ci"])]
-    return f"{f[0]} [{f[1]}, {f[2]}]"
-
-
 def profile_rows(result: dict, reference: str | None = None) -> list[dict]:
     """One row per reference and timestep of ``result["profile"]``: ``reference``, ``t``, ``alpha_bar`` and the
     value and interval of each quantity of :func:`score_error_profile` (``<q>`` and ``<q>_ci``).  A list of
@@ -958,7 +952,7 @@ def profile_text(result: dict, reference: str | None = None, *, timesteps=None) 
         (
             f"{r['reference']:7s} t={r['t']:3d}",
             [
-                f"{r['rms_total']:.3g} [{r['rms_total_ci'][0]:.3g}, {r['rms_total_ci'][1]:.3g}]",
+                interval(r["rms_total"], r["rms_total_ci"], missing="-"),
                 f"{r['rms_parallel']:.2g}",
                 f"{r['rms_perpendicular']:.2g}",
                 f"{r['relative']:.2g}",
@@ -1051,8 +1045,8 @@ def hybrid_text(result: dict, kind: str = "level", metric: str = "fd") -> str:
             (
                 f"{r['variant']:8s} {cmp.short_label(r['name'])}",
                 [
-                    _ci({"value": r["value"], "ci": r["ci"]}),
-                    "" if r["variant"] == "model" else _ci({"value": r["vs_model"], "ci": r["vs_model_ci"]}),
+                    interval(r["value"], r["ci"], missing="-"),
+                    "" if r["variant"] == "model" else interval(r["vs_model"], r["vs_model_ci"], missing="-"),
                 ],
             )
             for v in dict.fromkeys(r["variant"] for r in rows if r["grid"] == g)
@@ -1092,7 +1086,7 @@ def gap_text(result: dict, metric: str = "fd", variants=None) -> str:
     body = [
         (
             f"{r['grid']:9s} {r['variant']}",
-            [_ci({"value": r["gap"], "ci": r["gap_ci"]}), _ci({"value": r["share"], "ci": r["share_ci"]}, 2)],
+            [interval(r["gap"], r["gap_ci"], missing="-"), interval(r["share"], r["share_ci"], digits=2, missing="-")],
         )
         for r in gap_rows(result, metric)
         if variants is None or r["variant"] in variants

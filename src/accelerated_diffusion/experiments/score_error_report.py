@@ -4,16 +4,17 @@ The chapter's measurements come from :mod:`.score_error` (the learned model's sc
 weights it, the causal hybrids), :mod:`.perturbations` (controlled perturbations of exact scores) and
 :func:`.comparison.compare_samplers` (the safeguarded samplers on the learned model); the exact total variation
 of every sampler comes from the rates chapter's ``rates_exact_1d.json``.  Every function here takes those dicts;
-nothing here measures.  Tables are :class:`.comparison_report.Table` (HTML in the book), numbers are written by
-:func:`.comparison_report.interval`.
+nothing here measures.  Tables are :class:`.tables.Table` (HTML in the book, :func:`.tables.html_table`), numbers
+are written by :func:`.tables.num` and :func:`.tables.interval`.
 """
 
 from __future__ import annotations
 
 from .. import samplers, updates
 from . import comparison as cmp
-from .comparison_report import MINUS, html_table, interval, num, verdict_word
+from .comparison_report import verdict_word
 from .perturbations import amplification_rows, exponent_rows
+from .tables import MINUS, html_table, interval, num
 
 __all__ = [
     "SAFEGUARDED",
@@ -76,13 +77,8 @@ def amplification_table(perturb: dict, target: str, sampler: str = "accelerated_
         for g in sorted({r["grid"] for r in rows if r["kind"] == kind}, key=cmp.GRIDS.index):
             line = [kind.replace("_", " "), g]
             for k in nfes:
-                r = cell.get((kind, g, k))
-                if r is None or r["ratio"] is None:
-                    line.append("\u2013")
-                elif r["lo"] is None:
-                    line.append(num(r["ratio"]))
-                else:
-                    line.append(interval({"value": r["ratio"], "ci": [r["lo"], r["hi"]]}))
+                r = cell.get((kind, g, k)) or {"ratio": None}
+                line.append(interval(r["ratio"], None if r.get("lo") is None else [r["lo"], r["hi"]]))
             body.append(line)
     names = {"one_d": "1-D mixture (exact TV)", "two_d": "2-D mixture", "fashion_mnist": "Fashion-MNIST mixture"}
     return html_table(
@@ -108,13 +104,9 @@ def exponent_table(perturb: dict, target: str, grid: str = "uniform", kinds=("wh
         for n in dict.fromkeys(r["sampler"] for r in rows):
             line = [kind, samplers.spec(n).short_label]
             for k in nfes:
-                r = cell.get((kind, n, k))
-                if r is None or r["exponent"] is None:
-                    line.append("\u2013")
-                elif r["lo"] is None:
-                    line.append(f"{r['exponent']:.2f}".replace("-", MINUS))
-                else:
-                    line.append(f"{r['exponent']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]".replace("-", MINUS))
+                r = cell.get((kind, n, k)) or {"exponent": None}
+                ci = None if r.get("lo") is None else [r["lo"], r["hi"]]
+                line.append(interval(r["exponent"], ci, decimals=2, minus=MINUS))
             body.append(line)
     return html_table(
         ["kind", "sampler", *(f"NFE {k}" for k in nfes)],
@@ -236,7 +228,7 @@ def findings(result: dict, perturb: dict, compared: dict) -> dict[str, str]:
         for k in (5, 10):
             r = amp.get((kind, k))
             if r:
-                out[f"se-amp-{kind}-{k}"] = interval({"value": r["ratio"], "ci": [r["lo"], r["hi"]]})
+                out[f"se-amp-{kind}-{k}"] = interval(r["ratio"], [r["lo"], r["hi"]])
     for n in SAFEGUARDED:
         for g in ("uniform", "trailing", "logsnr"):
             if g in compared["paired"] and "5" in compared["paired"][g]:
