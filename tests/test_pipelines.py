@@ -13,8 +13,8 @@ from accelerated_diffusion.experiments.toy_pipelines import tiny_random_stable_d
 from accelerated_diffusion.models import eps_fn
 from conftest import random_unet
 
-CLASSES = list(ad.samplers.scheduler_classes().values())  # the registry's drop-in schedulers
-STOCHASTIC = tuple(c for n, c in ad.samplers.scheduler_classes().items() if ad.samplers.spec(n).stochastic)
+NAMES = list(ad.samplers.scheduler_classes())  # the samplers with a drop-in scheduler, from the registry
+STOCHASTIC = tuple(n for n in NAMES if ad.samplers.spec(n).stochastic)
 
 
 class CallRecorder:
@@ -49,10 +49,10 @@ def ddpm_pipe(pipeline_cls, unet, scheduler):
     return pipe
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_ddpm_pipeline_one_line_swap(unet, cls):
+@pytest.mark.parametrize("name", NAMES)
+def test_ddpm_pipeline_one_line_swap(unet, name):
     pipe = ddpm_pipe(DDPMPipeline, unet, DDPMScheduler(clip_sample=True))
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.scheduler = ad.samplers.scheduler_for(name, pipe.scheduler.config)
     rec = CallRecorder(pipe.unet)
     try:
         img = pipe(
@@ -83,20 +83,22 @@ def test_ddpm_pipeline_ignores_init_noise_sigma_ours_honours_it(unet):
         torch.testing.assert_close(rec.inputs[0], expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_ddim_pipeline_one_line_swap(unet, cls):
+@pytest.mark.parametrize("name", NAMES)
+def test_ddim_pipeline_one_line_swap(unet, name):
     """DDIMPipeline passes ``eta`` and ``use_clipped_model_output`` to ``step``: after the one-line swap it runs,
     and gives what the scheduler gives when driven directly from the same start (``init_noise_sigma = 1`` here,
     the accelerated DDPM scheduler excepted, whose start DDIMPipeline does not scale)."""
     pipe = ddpm_pipe(DDIMPipeline, unet, DDIMScheduler())
-    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.scheduler = ad.samplers.scheduler_for(name, pipe.scheduler.config)
     img = pipe(
         batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="pt", eta=0.0
     ).images
     assert img.shape == (2, 3, 8, 8) and bool(((img >= 0) & (img <= 1)).all())
     gen = torch.Generator().manual_seed(0)
     noise = randn_tensor((2, 3, 8, 8), generator=gen) / pipe.scheduler.init_noise_sigma
-    ref = ad.sample_with_scheduler(eps_fn(unet), noise, cls.from_config(pipe.scheduler.config), 3, generator=gen)
+    ref = ad.sample_with_scheduler(
+        eps_fn(unet), noise, ad.samplers.scheduler_for(name, pipe.scheduler.config), 3, generator=gen
+    )
     torch.testing.assert_close(img, (ref / 2 + 0.5).clamp(0, 1), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="eta=0.5"):
         pipe(batch_size=1, num_inference_steps=2, eta=0.5)
@@ -140,9 +142,9 @@ def run_sd(pipe, seed=0, **kwargs):
     return out.images, rec.inputs
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_stable_diffusion_one_line_swap(sd_pipe, cls):
-    sd_pipe.scheduler = cls.from_config(sd_pipe.scheduler.config)
+@pytest.mark.parametrize("name", NAMES)
+def test_stable_diffusion_one_line_swap(sd_pipe, name):
+    sd_pipe.scheduler = ad.samplers.scheduler_for(name, sd_pipe.scheduler.config)
     img, inputs = run_sd(sd_pipe)
     assert img.shape == (1, 32, 32, 3) and bool(torch.isfinite(torch.from_numpy(img)).all())
     # classifier-free guidance: one UNet call per timestep on a doubled batch (2 network evaluations each)
@@ -152,11 +154,11 @@ def test_stable_diffusion_one_line_swap(sd_pipe, cls):
     sigma = sd_pipe.scheduler.init_noise_sigma
     z = randn_tensor((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(inputs[0][:1], z * sigma, rtol=0, atol=0)
-    assert (sigma > 1.1) == (cls is ad.AcceleratedDDPMScheduler)
+    assert (sigma > 1.1) == (name == "accelerated_sde")
     # The same start passed as latents: the generator is then not consumed by the start, so the stochastic
     # schedulers (which draw from the pipeline's generator) give another sample, the deterministic ones the same.
     same_start, _ = run_sd(sd_pipe, latents=z)
-    assert (same_start == img).all() == (cls not in STOCHASTIC)
+    assert (same_start == img).all() == (name not in STOCHASTIC)
 
 
 def test_stable_diffusion_custom_timesteps_and_no_guidance(sd_pipe):

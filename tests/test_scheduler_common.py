@@ -20,7 +20,7 @@ from diffusers.utils.dummy_pt_objects import DummyObject
 
 import accelerated_diffusion as ad
 
-CLASSES = list(ad.samplers.scheduler_classes().values())  # the registry's drop-in schedulers
+CLASSES = list(dict.fromkeys(ad.samplers.scheduler_classes().values()))  # the registry's drop-in schedulers, once each
 NUM_INFERENCE_STEPS = 10
 
 

@@ -31,6 +31,8 @@ from accelerated_diffusion.schedulers import (
 )
 
 SCHEDULERS = ad.samplers.scheduler_classes()  # {sampler name: drop-in scheduler class}, from the registry
+CONFIG = {n: ad.samplers.scheduler_config(n) for n in SCHEDULERS}  # the config keys that choose each sampler's rule
+CLASSES = list(dict.fromkeys(SCHEDULERS.values()))  # each class once
 STOCHASTIC = {n for n in SCHEDULERS if ad.samplers.spec(n).stochastic}
 # the paper's formulas: noise at the last step too (the core sample() default; the schedulers' is False)
 PAPER = {n: {"final_noise": True} if n in STOCHASTIC else {} for n in SCHEDULERS}
@@ -67,6 +69,11 @@ def run(scheduler, model, x, generator=None, n=None, timesteps=None, **step_kwar
         x = res.prev_sample
         x0s.append(res.pred_original_sample)
     return x, x0s, nfe
+
+
+def make(method, **kwargs):
+    """The drop-in scheduler of sampler ``method`` with the config ``kwargs``."""
+    return SCHEDULERS[method](**kwargs, **CONFIG[method])
 
 
 def _start(shape, seed, dtype=torch.float32):
@@ -132,7 +139,7 @@ def test_linspace_steps_to_the_next_listed_timestep_unlike_diffusers_ddim():
     [("leading", 10, True), ("linspace", 7, False), ("trailing", 4, True), ("logsnr", 8, True)],
 )
 def test_equals_core_sample(method, spacing, n, alpha_to_one):
-    s = SCHEDULERS[method](clip_sample=False, timestep_spacing=spacing, set_alpha_to_one=alpha_to_one, **PAPER[method])
+    s = make(method, clip_sample=False, timestep_spacing=spacing, set_alpha_to_one=alpha_to_one, **PAPER[method])
     s.set_timesteps(n)
     ts = s.timesteps.tolist()
     if alpha_to_one:
@@ -176,7 +183,7 @@ def _target_model(s):
 
 @pytest.mark.parametrize("method", ["accelerated_ode", "ddim_type"])
 def test_gaussian_deterministic_law_is_closed_form(method):
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     s.set_timesteps(8)
     levels = [float(a) for a in schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)]
     A, b = metrics.affine_map(lambda x: run(s, _target_model(s), x, n=8)[0], 3)
@@ -191,7 +198,7 @@ def test_gaussian_deterministic_law_is_closed_form(method):
 @pytest.mark.parametrize("method", ["accelerated_sde", "ddpm_type"])
 def test_gaussian_stochastic_law_is_closed_form(method):
     n = 100_000
-    s = SCHEDULERS[method](clip_sample=False, final_noise=True)  # the oracle adds noise at every step
+    s = make(method, clip_sample=False, final_noise=True)  # the oracle adds noise at every step
     s.set_timesteps(8)
     levels = [float(a) for a in schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)]
     m_or, S_or = (torch.from_numpy(v) for v in oracles.stochastic_law(method, levels, MEAN, torch.diag(VAR)))
@@ -215,7 +222,7 @@ def test_gaussian_stochastic_law_is_closed_form(method):
 def test_timesteps_equal_diffusers(spacing, n, offset):
     ref = DDIMScheduler(timestep_spacing=spacing, steps_offset=offset)
     ref.set_timesteps(n)
-    for cls in SCHEDULERS.values():
+    for cls in CLASSES:
         s = cls.from_config(ref.config)
         s.set_timesteps(n)
         assert torch.equal(s.timesteps, ref.timesteps)
@@ -236,7 +243,7 @@ def test_custom_timesteps_and_nfe():
 def test_from_church_config():
     """The google/ddpm-church-256 scheduler config (DDPMScheduler, clip_sample true) loads into every scheduler."""
     cfg = DDPMScheduler.from_config(DDPMScheduler.load_config(CHURCH)).config
-    for cls in SCHEDULERS.values():
+    for cls in CLASSES:
         s = cls.from_config(cfg)
         assert s.config.clip_sample is True and s.config.num_train_timesteps == 1000
         assert s.config.beta_schedule == "linear" and s.config.prediction_type == "epsilon"
@@ -272,7 +279,7 @@ def test_set_alpha_to_one_false_ends_with_identity_step():
 
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
 def test_state_does_not_leak_between_runs(method):
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
     first, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
     run(s, model, x * 3, torch.Generator().manual_seed(9), n=9)  # a different run in between
@@ -292,7 +299,7 @@ def test_state_does_not_leak_between_runs(method):
 
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
 def test_only_stochastic_schedulers_use_the_generator(method):
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
     a, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=5)
     b, _, _ = run(s, model, x, torch.Generator().manual_seed(1), n=5)
@@ -302,7 +309,7 @@ def test_only_stochastic_schedulers_use_the_generator(method):
 # --------------------------------------------------------------------------------------------------------------
 # 5. Errors, dtypes, non-finite values
 # --------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls", list(SCHEDULERS.values()), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_bad_input_raises_clearly(cls):
     s = cls()
     x = torch.zeros(1, 1, 4, 4)
@@ -339,7 +346,7 @@ def test_bad_input_raises_clearly(cls):
 
 
 def test_out_of_order_steps_raise():
-    for cls in SCHEDULERS.values():
+    for cls in CLASSES:
         s = cls()
         s.set_timesteps(5)
         x = torch.zeros(1, 1, 4, 4)
@@ -351,7 +358,7 @@ def test_out_of_order_steps_raise():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
 def test_low_precision_returns_its_dtype_computed_in_float32(method, dtype):
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     model = toy_model(s.alphas_cumprod)
     x = _start((2, 1, 4, 4), 6)
     y32, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=5)
@@ -367,7 +374,7 @@ def test_low_precision_returns_its_dtype_computed_in_float32(method, dtype):
 
 
 def test_nan_in_model_output_raises_naming_the_step():
-    for cls in SCHEDULERS.values():
+    for cls in CLASSES:
         s = cls()
         s.set_timesteps(4)
         x = torch.zeros(1, 1, 2, 2)
@@ -429,13 +436,13 @@ def test_no_host_device_synchronisation_per_step(method):
     device value on the host (no per-step synchronisation on an accelerator): none at all with host timesteps and
     ``check_finite=False``; with device timesteps the timestep and finite-check flags are read once, at the last
     step."""
-    s = SCHEDULERS[method](check_finite=False, thresholding=True)
+    s = make(method, check_finite=False, thresholding=True)
     s.set_timesteps(5)
     x = torch.empty(2, 3, 4, 4, device="meta")
     for t in s.timesteps.tolist():
         x = s.step(torch.empty_like(x), t, x, generator=torch.Generator().manual_seed(0)).prev_sample
     assert x.device.type == "meta" and x.shape == (2, 3, 4, 4)
-    s = SCHEDULERS[method]()
+    s = make(method)
     s.set_timesteps(5, device="meta")
     x = torch.empty(2, 3, 4, 4, device="meta")
     for t in s.timesteps[:-1]:
@@ -453,7 +460,7 @@ def test_aborted_run_then_fresh_run_on_the_meta_device(method):
     at its second step and ``set_timesteps``, a fresh run starts at position 0 and its last step is the one that
     reads the flags (reading a meta tensor raises, so that read shows where the run ends); without
     ``set_timesteps`` the run goes on from position 2 and reads them two steps earlier."""
-    s = SCHEDULERS[method]()
+    s = make(method)
     s.set_timesteps(5, device="meta")
     x = torch.empty(2, 3, 4, 4, device="meta")
     for t in s.timesteps[:2]:  # aborted run
@@ -490,7 +497,7 @@ def test_aborted_run_then_fresh_run(method, device, monkeypatch):
         from accelerated_diffusion import schedulers
 
         monkeypatch.setattr(schedulers, "_host_readable", lambda t: False)
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
     ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
 
@@ -517,7 +524,7 @@ def test_aborted_run_then_fresh_run(method, device, monkeypatch):
 def test_device_copies_of_timesteps_are_verified(method, as_on_an_accelerator):
     """A copy of a timestep (not an element of ``scheduler.timesteps``) is taken to follow the previous step and
     compared on the device: right in a run started by set_timesteps, a clear error after an aborted run."""
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
     ref, _, _ = run(s, model, x, torch.Generator().manual_seed(0), n=6)
     s.set_timesteps(6)
@@ -533,7 +540,7 @@ def test_device_copies_of_timesteps_are_verified(method, as_on_an_accelerator):
             s.step(model(x, t), t.clone(), x)
 
 
-@pytest.mark.parametrize("cls", list(SCHEDULERS.values()), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_timesteps_and_model_outputs_of_the_wrong_type_are_refused(cls):
     s = cls(clip_sample=False)
     s.set_timesteps(10)  # 900, 800, ...
@@ -554,7 +561,7 @@ def test_timesteps_and_model_outputs_of_the_wrong_type_are_refused(cls):
     s.step(x, 900, x)  # integers pass
 
 
-@pytest.mark.parametrize("cls", list(SCHEDULERS.values()), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_ddim_pipeline_keywords(cls):
     """``eta`` and ``use_clipped_model_output``, which DDIMPipeline passes, are accepted where they mean what the
     scheduler does, and refused otherwise."""
@@ -579,7 +586,7 @@ def test_ddim_pipeline_keywords(cls):
 def test_a_run_from_begin_index(method):
     """img2img pipelines start at ``begin_index``: a run starts there (afresh: the accelerated ODE's first step is
     plain DDIM), and so does the next run after its last step; the counter follows."""
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     model, x = toy_model(s.alphas_cumprod), _start((2, 1, 4, 4), 4)
 
     def from_position_2(steps):
@@ -641,7 +648,7 @@ def test_from_config_of_variance_preserving_schedulers(source):
     """The configs of diffusers' DDPM, DDIM, PNDM, DPM-Solver, UniPC and Euler schedulers load (their solvers'
     own keys dropped), with the same training levels."""
     ref = source(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction")
-    for cls in SCHEDULERS.values():
+    for cls in CLASSES:
         s = cls.from_config(ref.config)
         assert s.config.prediction_type == "v_prediction" and s.config.use_karras_sigmas is False
         torch.testing.assert_close(s.alphas_cumprod, ref.alphas_cumprod, rtol=0, atol=0)
@@ -682,7 +689,7 @@ def test_from_config_refuses_what_it_cannot_run(source, kwargs, match):
         source_scheduler.save_config(folder)
         loaded = type(source_scheduler).load_config(folder)
     for cfg in (source_scheduler.config, loaded):
-        for cls in SCHEDULERS.values():
+        for cls in CLASSES:
             with pytest.raises(ValueError, match=match):
                 cls.from_config(cfg)
     with pytest.raises(ValueError, match="shift=3.0"):  # a refused value given as a keyword
@@ -697,7 +704,7 @@ def test_every_config_key_of_a_compatible_scheduler_is_classified():
     import diffusers
     from accelerated_diffusion import schedulers
 
-    ours = set().union(*(inspect.signature(c.__init__).parameters for c in SCHEDULERS.values()))
+    ours = set().union(*(inspect.signature(c.__init__).parameters for c in CLASSES))
     known = ours | schedulers.IGNORED_CONFIG_KEYS | set(schedulers.REFUSED_CONFIG) | set(schedulers.OTHER_PROCESS_KEYS)
     known.add("self")
     classes = [c for c in AcceleratedDDIMScheduler().compatibles if c.__name__ in dir(diffusers)]
@@ -721,7 +728,7 @@ def test_karras_timesteps_equal_dpm_solver(cfg, n):
 
     ref = DPMSolverMultistepScheduler(use_karras_sigmas=True, **cfg)
     ref.set_timesteps(n)
-    for cls in SCHEDULERS.values():
+    for cls in CLASSES:
         s = cls.from_config(ref.config)
         assert s.config.use_karras_sigmas is True
         if len(set(ref.timesteps.tolist())) < n:  # repeated timesteps (cosine: its capped last betas)
@@ -736,7 +743,7 @@ def test_karras_timesteps_equal_dpm_solver(cfg, n):
 
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
 def test_karras_sigmas_run_end_to_end(method):
-    s = SCHEDULERS[method](clip_sample=False, use_karras_sigmas=True, **PAPER[method])
+    s = make(method, clip_sample=False, use_karras_sigmas=True, **PAPER[method])
     s.set_timesteps(6)
     path = schedules.sampling_path(s.alphas_cumprod, s.timesteps, 1.0)
     model = toy_model(s.alphas_cumprod)
@@ -761,7 +768,7 @@ def test_karras_sigmas_run_end_to_end(method):
 
 
 def test_logsnr_timesteps_are_the_schedules():
-    for cls in SCHEDULERS.values():
+    for cls in CLASSES:
         s = cls(timestep_spacing="logsnr")
         s.set_timesteps(8)
         assert s.timesteps.tolist() == schedules.logsnr_timesteps(s.alphas_cumprod, 8).tolist()
@@ -772,7 +779,7 @@ def test_logsnr_timesteps_are_the_schedules():
 def test_scheduler_loop_equals_run_sampler(method):
     """With the defaults (no noise on the last step: run_sampler's final_noise=False), a scheduler loop and
     run_sampler give the same sample for the same generator; final_noise=True gives another."""
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     s.set_timesteps(6)
     a = s.alphas_cumprod.double()
     schedule = ad.DiscreteSchedule(torch.cat([1 - a[:1], 1 - a[1:] / a[:-1]]))  # the scheduler's levels in float64
@@ -790,13 +797,13 @@ def test_scheduler_loop_equals_run_sampler(method):
 
     torch.testing.assert_close(scheduler_loop(s), ref, rtol=1e-12, atol=1e-12)
     if method in STOCHASTIC:
-        other = scheduler_loop(SCHEDULERS[method](clip_sample=False, final_noise=True))
+        other = scheduler_loop(make(method, clip_sample=False, final_noise=True))
         assert (other - ref).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("method", sorted(SCHEDULERS))
 def test_step_index_and_begin_index(method):
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
     x = _start((1, 1, 2, 2), 0)
     with pytest.raises(ValueError, match="set_timesteps"):
         s.set_begin_index(1)
@@ -824,7 +831,7 @@ def test_compiled_loop_compiles_at_most_twice(method):
     break of PyTorch's)."""
     from torch._dynamo.utils import counters
 
-    s = SCHEDULERS[method](clip_sample=False)
+    s = make(method, clip_sample=False)
 
     def one_step(x, t):
         return s.step(0.1 * x + 0.05 * torch.tanh(3 * x), t, x).prev_sample
@@ -847,3 +854,179 @@ def test_compiled_loop_compiles_at_most_twice(method):
     with pytest.raises(RuntimeError, match="timestep other than"):
         compiled(_start((2, 3, 4, 4), 0), s.timesteps[1])
     torch._dynamo.reset()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 9. The book's safeguarded variants: AcceleratedDDIMScheduler(extrapolation="lambda" / "capped")
+# --------------------------------------------------------------------------------------------------------------
+SAFEGUARDED = ("accelerated_ode_lambda", "accelerated_ode_capped")
+CUSTOM = {5: [999, 700, 350, 120, 15], 10: [999, 950, 800, 640, 500, 333, 200, 90, 40, 7]}  # uneven strides
+
+
+def _exact_eps(s, dtype):
+    """The Gaussian target's exact eps at the scheduler's level of the integer timestep, in ``dtype``."""
+    return lambda x, t: TARGET.eps(x.double(), float(s.alphas_cumprod[int(t)])).to(dtype)
+
+
+def _float64_schedule(s):
+    a = s.alphas_cumprod.double()
+    return ad.DiscreteSchedule(torch.cat([1 - a[:1], 1 - a[1:] / a[:-1]]))  # the scheduler's levels in float64
+
+
+def _max_extrapolation_ratio(s):
+    """The largest ``(abar_{t-1} - abar_t) / (abar_t - abar_{t+1})`` of a correction on the scheduler's path."""
+    p = [float(a) for a in schedules.sampling_path(s.alphas_cumprod.double(), s.timesteps, 1.0)]
+    return max((p[i + 1] - p[i]) / (p[i] - p[i - 1]) for i in range(1, len(p) - 1))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)], ids=["float32", "float64"])
+@pytest.mark.parametrize("n", [5, 10])
+@pytest.mark.parametrize("grid", ["leading", "trailing", "custom"])
+@pytest.mark.parametrize("method", SAFEGUARDED)
+def test_safeguarded_scheduler_equals_run_sampler(method, grid, n, dtype, tol):
+    """The scheduler of each safeguarded variant (its registry config) gives run_sampler's sample of that variant,
+    on leading, trailing and custom grids, and is not the paper's sampler (each grid has an extrapolation ratio
+    above the default max_ratio = 2, where the capped one differs from it too)."""
+    s = make(method, clip_sample=False, timestep_spacing="trailing" if grid == "trailing" else "leading")
+    paper = make("accelerated_ode", clip_sample=False, timestep_spacing=s.config.timestep_spacing)
+    if grid == "custom":
+        s.set_timesteps(timesteps=CUSTOM[n])
+    else:
+        s.set_timesteps(n)
+    ts = s.timesteps.tolist()
+    model, y_T = _exact_eps(s, dtype), _start((4, 3), 12, dtype)
+    ref = ad.run_sampler(model, y_T, method, _float64_schedule(s), ts)
+    y, _, nfe = run(s, model, y_T, timesteps=ts)
+    assert nfe == n and y.dtype == dtype
+    torch.testing.assert_close(y, ref, rtol=tol, atol=tol)
+    y_paper, _, _ = run(paper, model, y_T, timesteps=ts)
+    assert _max_extrapolation_ratio(s) > s.config.max_ratio
+    assert (y - y_paper).abs().max() > 1e3 * tol
+
+
+@pytest.mark.parametrize("max_ratio", [0.5, 1, 5.0, 50.0, math.inf])
+def test_capped_scheduler_follows_max_ratio_as_the_sampler_option(max_ratio):
+    s = ad.samplers.scheduler_for("accelerated_ode_capped", clip_sample=False, options={"max_ratio": max_ratio})
+    assert s.config.extrapolation == "capped" and s.config.max_ratio == max_ratio
+    s.set_timesteps(timesteps=CUSTOM[5])
+    model, y_T = _exact_eps(s, torch.float64), _start((4, 3), 13, torch.float64)
+    ref = ad.run_sampler(
+        model, y_T, "accelerated_ode_capped", _float64_schedule(s), CUSTOM[5], options={"max_ratio": max_ratio}
+    )
+    y, _, _ = run(s, model, y_T, timesteps=CUSTOM[5])
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    default, _, _ = run(make("accelerated_ode_capped", clip_sample=False), model, y_T, timesteps=CUSTOM[5])
+    assert (y - default).abs().max() > 1e-6  # the ratios of this grid: 40.5, 2.07, 0.25, 0.03
+    # no cap acts where max_ratio is above every ratio: then it is the paper's sampler bit for bit
+    paper, _, _ = run(make("accelerated_ode", clip_sample=False), model, y_T, timesteps=CUSTOM[5])
+    assert torch.equal(y, paper) == (max_ratio >= _max_extrapolation_ratio(s))
+
+
+def _accelerated_ode_step_loop(s, model, x, n, use_correction):
+    """The loop of ``updates.accelerated_ode_step`` with its default (the paper's) coefficient on the scheduler's
+    path: plain DDIM first, then the correction from the previous eps (none at all without ``use_correction``)."""
+    s.set_timesteps(n)
+    levels = [float(a) for a in schedules.sampling_path(s.alphas_cumprod.double(), s.timesteps, 1.0)]
+    eps_next = None
+    for i, t in enumerate(s.timesteps.tolist()):
+        eps = model(x, t)
+        a_next = levels[i - 1] if eps_next is not None else None
+        x = ad.updates.accelerated_ode_step(x, eps, levels[i], levels[i + 1], eps_next, a_next)
+        eps_next = eps if use_correction else None
+    return x
+
+
+def test_alpha_bar_extrapolation_is_the_default_and_unchanged():
+    """``extrapolation="alpha_bar"`` is the default and gives, bit for bit, the loop of
+    ``updates.accelerated_ode_step`` with its default (the paper's) coefficient (``max_ratio`` ignored); so does
+    ``"capped"`` with no cap (``max_ratio=inf``); with the correction off every extrapolation is exact DDIM, as is
+    ``"capped"`` with ``max_ratio=0``."""
+    default = AcceleratedDDIMScheduler()
+    assert (default.config.extrapolation, default.config.max_ratio) == ("alpha_bar", 2.0)
+    model, x = toy_model(default.alphas_cumprod), _start((2, 1, 4, 4), 14)
+    paper = [{}, dict(extrapolation="alpha_bar"), dict(max_ratio=0.5), dict(extrapolation="capped", max_ratio=math.inf)]
+    no_correction = [dict(use_correction=False, extrapolation=e) for e in ("alpha_bar", "lambda", "capped")]
+    for spacing in ("leading", "trailing"):
+        for use_correction, cases in (
+            (True, paper),
+            (False, [*no_correction, dict(extrapolation="capped", max_ratio=0)]),
+        ):
+            ref = _accelerated_ode_step_loop(
+                AcceleratedDDIMScheduler(timestep_spacing=spacing), model, x, 10, use_correction
+            )
+            for kw in cases:
+                y, _, _ = run(
+                    AcceleratedDDIMScheduler(clip_sample=False, timestep_spacing=spacing, **kw), model, x, n=10
+                )
+                assert torch.equal(y, ref), (spacing, kw)
+
+
+BAD_EXTRAPOLATION = [
+    (
+        dict(extrapolation="linear"),
+        ValueError,
+        r"extrapolation 'linear'; expected one of \('alpha_bar', 'lambda', 'capped'\)",
+    ),
+    (dict(extrapolation=None), ValueError, "unknown extrapolation None"),
+    (dict(extrapolation="Lambda"), ValueError, "unknown extrapolation 'Lambda'"),
+    (dict(extrapolation="capped", max_ratio=-1.0), ValueError, r"max_ratio must be >= 0 \(inf: no cap\), got -1.0"),
+    (dict(extrapolation="capped", max_ratio=math.nan), ValueError, "max_ratio must be >= 0"),
+    (dict(max_ratio=-0.5), ValueError, "max_ratio must be >= 0"),
+    (dict(extrapolation="capped", max_ratio="2"), TypeError, "max_ratio must be a real number >= 0, got str"),
+    (dict(extrapolation="capped", max_ratio=True), TypeError, "max_ratio must be a real number >= 0, got bool"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,match", BAD_EXTRAPOLATION, ids=[str(k) for k, _, _ in BAD_EXTRAPOLATION])
+def test_bad_extrapolation_config_raises_before_any_work(kwargs, error, match, monkeypatch):
+    def built(self):
+        raise AssertionError("the schedule was built before the extrapolation config was checked")
+
+    monkeypatch.setattr(AcceleratedDDIMScheduler, "_build", built)
+    with pytest.raises(error, match=match):
+        AcceleratedDDIMScheduler(**kwargs)
+    with pytest.raises(error, match=match):
+        AcceleratedDDIMScheduler.from_config(DDPMScheduler().config, **kwargs)
+
+
+def test_the_registry_gives_the_safeguarded_variants_their_scheduler():
+    """Each safeguarded sampler has the drop-in scheduler whose config selects its rule; the config survives
+    save / from_pretrained; ``scheduler_for`` builds it from a pipeline's config with the rule's keys set by the
+    sampler (and its options), and refuses to be given them."""
+    import inspect
+
+    from accelerated_diffusion import schedulers
+
+    safeguarded = {n for n in ad.samplers.LIBRARY_SAMPLERS if ad.samplers.spec(n).role == "safeguarded"}
+    assert safeguarded == set(SAFEGUARDED) and set(SAFEGUARDED) <= set(SCHEDULERS)
+    for extrapolation, name in schedulers.EXTRAPOLATIONS.items():
+        assert SCHEDULERS[name] is AcceleratedDDIMScheduler and CONFIG[name]["extrapolation"] == extrapolation
+    assert CONFIG["accelerated_ode_capped"] == {"extrapolation": "capped", "max_ratio": 2.0}
+    for name, cls in SCHEDULERS.items():  # the config keys of every sampler are keywords of its class
+        assert set(CONFIG[name]) <= set(inspect.signature(cls.__init__).parameters), name
+    capped = AcceleratedDDIMScheduler(extrapolation="capped", max_ratio=3.0, clip_sample=False)
+    with tempfile.TemporaryDirectory() as folder:
+        capped.save_config(folder)
+        loaded = AcceleratedDDIMScheduler.from_pretrained(folder)
+    assert (loaded.config.extrapolation, loaded.config.max_ratio) == ("capped", 3.0)
+    pipe_config = capped.config  # a pipeline that runs the capped variant swaps in another one
+    for name in ("accelerated_ode", *SAFEGUARDED):
+        s = ad.samplers.scheduler_for(name, pipe_config, clip_sample=True)
+        assert type(s) is AcceleratedDDIMScheduler and s.config.clip_sample is True
+        assert s.config.extrapolation == CONFIG[name]["extrapolation"]
+    assert ad.samplers.scheduler_for("accelerated_ode_capped", pipe_config).config.max_ratio == 2.0
+    with pytest.raises(ValueError, match=r"\['extrapolation'\] are set by sampler 'accelerated_ode_lambda'"):
+        ad.samplers.scheduler_for("accelerated_ode_lambda", extrapolation="capped")
+    with pytest.raises(ValueError, match=r"\['max_ratio'\] are set by sampler 'accelerated_ode_capped'"):
+        ad.samplers.scheduler_for("accelerated_ode_capped", max_ratio=3.0)
+    with pytest.raises(ValueError, match=r"has no option\(s\) \['max_ratio'\]"):
+        ad.samplers.scheduler_for("accelerated_ode_lambda", options={"max_ratio": 3.0})
+    for name in ("ddim", "dpm_solver_pp_2m", "diffusers_unipc_bh2"):
+        with pytest.raises(ValueError, match="no drop-in scheduler of this package"):
+            ad.samplers.scheduler_config(name)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        ad.samplers.scheduler_config("accelerated_ode_cap")
+    with pytest.raises(ValueError, match="scheduler_config given without a scheduler"):
+        ad.samplers.SamplerSpec(
+            "x", "X", False, "", "safeguarded", "o", loop=lambda s: None, scheduler_config={"extrapolation": "lambda"}
+        )

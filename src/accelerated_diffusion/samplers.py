@@ -53,6 +53,8 @@ __all__ = [
     "table_order",
     "scheduler_class",
     "scheduler_classes",
+    "scheduler_config",
+    "scheduler_for",
     "ModelOutputError",
 ]
 
@@ -281,7 +283,9 @@ class SamplerSpec:
     (:mod:`.peers`), run by :func:`run_sampler` through :func:`sample_with_scheduler`.  ``options`` are the loop's
     keyword options with their defaults (set through ``sample(..., options=...)`` / ``run_sampler``);
     ``scheduler`` names the drop-in diffusers scheduler class of this package (or of diffusers) that implements
-    the same rule (:func:`scheduler_class`); ``same_rule_as`` names, for diffusers' own schedulers, the library
+    the same rule (:func:`scheduler_class`), with the config keys ``scheduler_config`` that select this rule (the
+    loop's ``options`` are config keys of the same names: :func:`scheduler_config`, :func:`scheduler_for`);
+    ``same_rule_as`` names, for diffusers' own schedulers, the library
     sampler that computes the same rule.
     """
 
@@ -296,6 +300,7 @@ class SamplerSpec:
     factory: Callable | None = None
     options: Mapping[str, object] = field(default_factory=dict)
     scheduler: str | None = None
+    scheduler_config: Mapping[str, object] = field(default_factory=dict)
     same_rule_as: str | None = None
     short_label: str | None = None
 
@@ -309,7 +314,10 @@ class SamplerSpec:
             raise ValueError(f"sampler {self.name!r}: a library sampler is stochastic exactly when it has transitions")
         if self.short_label is None:
             object.__setattr__(self, "short_label", self.label)
+        if self.scheduler_config and self.scheduler is None:
+            raise ValueError(f"sampler {self.name!r}: scheduler_config given without a scheduler")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "scheduler_config", MappingProxyType(dict(self.scheduler_config)))
 
     @property
     def runs_on_any_path(self) -> bool:
@@ -373,6 +381,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "^",
             loop=_accelerated_ode_loop,
             scheduler="AcceleratedDDIMScheduler",
+            scheduler_config={"extrapolation": "alpha_bar"},
             short_label="acc. ODE",
         ),
         SamplerSpec(
@@ -408,6 +417,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "safeguarded",
             "h",
             loop=_accelerated_ode_lambda_loop,
+            scheduler="AcceleratedDDIMScheduler",
+            scheduler_config={"extrapolation": "lambda"},
             short_label="acc. ODE-λ",
         ),
         SamplerSpec(
@@ -419,6 +430,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
             "*",
             loop=_accelerated_ode_capped_loop,
             options={"max_ratio": 2.0},
+            scheduler="AcceleratedDDIMScheduler",
+            scheduler_config={"extrapolation": "capped"},
             short_label="acc. ODE-cap",
         ),
         SamplerSpec(
@@ -486,7 +499,9 @@ def scheduler_class(name: str) -> type | None:
 
 def scheduler_classes() -> dict[str, type]:
     """``{sampler name: scheduler class}`` for the samplers with a drop-in scheduler of this package
-    (:mod:`.schedulers`), in registry order: the one list the scheduler tests iterate over."""
+    (:mod:`.schedulers`), in registry order: the one list the scheduler tests iterate over.  A class can serve
+    several samplers (``AcceleratedDDIMScheduler``: ``accelerated_ode`` and its safeguarded variants): build the
+    scheduler of a sampler with :func:`scheduler_for`, or pass :func:`scheduler_config` to the class."""
     from . import schedulers
 
     return {
@@ -494,6 +509,36 @@ def scheduler_classes() -> dict[str, type]:
         for n, s in SAMPLERS.items()
         if s.scheduler is not None and hasattr(schedulers, s.scheduler)
     }
+
+
+def scheduler_config(name: str, options=None) -> dict:
+    """The config keys that make sampler ``name``'s drop-in scheduler of this package (:func:`scheduler_classes`)
+    run its rule: the registry's ``scheduler_config`` (``{"extrapolation": "lambda"}`` for
+    ``accelerated_ode_lambda``) and the sampler's options, its defaults updated with ``options`` (checked as by
+    :func:`sample`; ``max_ratio`` of ``accelerated_ode_capped``).  ``ValueError`` for a sampler without one."""
+    s = spec(name)
+    if name not in scheduler_classes():
+        raise ValueError(
+            f"sampler {name!r} has no drop-in scheduler of this package; those that have one: {list(scheduler_classes())}"
+        )
+    return {**s.scheduler_config, **s.check_options(options)}
+
+
+def scheduler_for(name: str, config=None, options=None, **kwargs):
+    """The drop-in diffusers scheduler of sampler ``name``, ``cls.from_config(config, **kwargs,
+    **scheduler_config(name, options))``: from a pipeline's scheduler config (``pipe.scheduler.config``; default
+    the class's defaults) with the keys of ``kwargs`` (``clip_sample=False``, ...) changed, running that sampler's
+    rule, e.g. ``pipe.scheduler = scheduler_for("accelerated_ode_lambda", pipe.scheduler.config)``.  The keys that
+    choose the rule are set by the sampler and its ``options``: ``ValueError`` if ``kwargs`` gives one."""
+    cfg = scheduler_config(name, options)
+    clash = sorted(set(kwargs) & set(cfg))
+    if clash:
+        raise ValueError(
+            f"{clash} are set by sampler {name!r} ({ {k: cfg[k] for k in clash} }): choose the sampler of the rule "
+            f"you want, and give its options as options= (its options: {dict(spec(name).options) or 'none'})"
+        )
+    cls = scheduler_classes()[name]
+    return cls.from_config({} if config is None else config, **kwargs, **cfg)
 
 
 def label(name: str) -> str:

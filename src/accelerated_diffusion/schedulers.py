@@ -7,7 +7,8 @@ Try the accelerated samplers on any epsilon-, v- or x0-prediction diffusers mode
 The schedulers and the update function(s) of :mod:`.updates` each ``step`` calls:
 
 * :class:`AcceleratedDDIMScheduler` -- :func:`~.updates.accelerated_ode_step` (exact DDIM plus the arcsin
-  correction from the previous model output); ``init_noise_sigma = 1``;
+  correction from the previous model output); ``init_noise_sigma = 1``; with ``extrapolation="lambda"`` or
+  ``"capped"`` the book's safeguarded variants (samplers ``accelerated_ode_lambda``, ``accelerated_ode_capped``);
 * :class:`AcceleratedDDPMScheduler` -- the Gaussian half-steps of :func:`~.updates.accelerated_sde_transitions`
   cut at the model evaluation: ``Psi_t`` (:func:`~.updates.accelerated_sde_step`), then ``Phi_{t-1}`` of the next
   step (:func:`~.updates.accelerated_sde_perturb`); ``init_noise_sigma = sqrt(1 + (1 - alpha_T)/2)``;
@@ -103,6 +104,7 @@ accumulated on the device, one synchronisation per run).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -126,6 +128,7 @@ from .schedules import (
 
 __all__ = [
     "PREDICTION_TYPES",
+    "EXTRAPOLATIONS",
     "IGNORED_CONFIG_KEYS",
     "REFUSED_CONFIG",
     "OTHER_PROCESS_KEYS",
@@ -143,6 +146,13 @@ __all__ = [
 ]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: The extrapolations of ``eps`` behind :class:`AcceleratedDDIMScheduler`'s correction (its ``extrapolation``
+#: config key): ``{value: the sampler of that rule}``.
+EXTRAPOLATIONS = {
+    "alpha_bar": "accelerated_ode",
+    "lambda": "accelerated_ode_lambda",
+    "capped": "accelerated_ode_capped",
+}
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 # --------------------------------------------------------------------------------------------------------------
@@ -374,10 +384,11 @@ _WRONG_TIMESTEP = (
 
 class _PlannedStep:
     """One step of the current schedule: its position ``index``, ``timestep`` (also as a tensor), the levels
-    ``a_t -> a_prev`` (and ``a_next``, the level of the step before, for the accelerated ODE correction), whether it
-    is the ``first`` / ``last`` step of a run or an ``identity`` step, the gate of the noise drawn from the model
-    evaluation on (``final_noise`` at the last step), the levels and gate of the following step's perturbation
-    (accelerated SDE), and the step that ``follows`` it (the run's first step after its last).
+    ``a_t -> a_prev`` (and ``a_next``, the level of the step before, and ``coefficient``, the accelerated ODE
+    correction's coefficient from these three levels), whether it is the ``first`` / ``last`` step of a run or an
+    ``identity`` step, the gate of the noise drawn from the model evaluation on (``final_noise`` at the last step),
+    the levels and gate of the following step's perturbation (accelerated SDE), and the step that ``follows`` it
+    (the run's first step after its last).
 
     The chain is the step counter in the form ``torch.compile`` traces without one graph per step: ``step`` reads
     floats (symbolic after one recompilation), bools that change only at the first step, and tensors, never an
@@ -390,6 +401,7 @@ class _PlannedStep:
         "a_t",
         "a_prev",
         "a_next",
+        "coefficient",
         "first",
         "last",
         "identity",
@@ -403,6 +415,7 @@ class _PlannedStep:
         self.index, self.timestep, self.timestep_t = index, timestep, torch.tensor(timestep)
         self.a_t, self.a_prev = levels[index], levels[index + 1]
         self.a_next = levels[index - 1] if index > 0 else 0.0  # unused at the first step of a run
+        self.coefficient = 0.0  # set by AcceleratedDDIMScheduler._install
         self.identity = self.a_prev == self.a_t
         self.last = index == len(levels) - 2
         self.first = False
@@ -831,8 +844,27 @@ class AcceleratedDDIMScheduler(_PathScheduler):
     model output of the previous step.  The first step of a run is plain DDIM.  With ``use_correction=False``
     every step is exact DDIM (eta = 0), equal to diffusers' ``DDIMScheduler`` on the same path.
 
+    ``extrapolation`` chooses how ``eps`` is extrapolated through ``(abar_{t+1}, eps_{t+1})`` and
+    ``(abar_t, eps_t)`` over the step, i.e. the ``coefficient`` passed to ``accelerated_ode_step``
+    (:data:`EXTRAPOLATIONS`):
+
+    * ``"alpha_bar"`` (default): linear in ``alpha_bar``, the paper's sampler (sampler ``accelerated_ode``);
+    * ``"lambda"``: linear in the half log-SNR, the book's safeguarded variant ``accelerated_ode_lambda``
+      (:func:`~accelerated_diffusion.updates.accelerated_ode_lambda_coefficient`, multistep DPM-Solver-2 in
+      ``eps`` form);
+    * ``"capped"``: the paper's, held constant beyond ``max_ratio`` times the last interval in ``alpha_bar``, the
+      book's safeguarded variant ``accelerated_ode_capped``
+      (:func:`~accelerated_diffusion.updates.accelerated_ode_capped_coefficient`; ``max_ratio`` a number
+      ``>= 0``, ``inf`` for no cap, default 2.0 as the sampler's; the other extrapolations ignore it).
+
+    ``AcceleratedDDIMScheduler.from_config(pipe.scheduler.config, extrapolation="lambda")`` swaps a safeguarded
+    variant into a pipeline (or :func:`accelerated_diffusion.samplers.scheduler_for` with the sampler's name).
+    ``set_timesteps`` evaluates the coefficient function once per step (float64, on the host, from the step's
+    three levels); ``step`` reads that float, so every extrapolation compiles to the same two graphs.
+
     Config: the ``DDIMScheduler`` keys (see the module docstring for ``timestep_spacing``, ``clip_sample``,
-    ``thresholding``), ``use_karras_sigmas``, ``check_finite`` and ``use_correction``.
+    ``thresholding``), ``use_karras_sigmas``, ``check_finite``, ``use_correction``, ``extrapolation`` and
+    ``max_ratio`` (the last two checked before anything else is built).
     """
 
     @register_to_config
@@ -856,18 +888,44 @@ class AcceleratedDDIMScheduler(_PathScheduler):
         use_karras_sigmas: bool = False,
         check_finite: bool = True,
         use_correction: bool = True,
+        extrapolation: str = "alpha_bar",
+        max_ratio: float = 2.0,
     ):
+        if not isinstance(extrapolation, str) or extrapolation not in EXTRAPOLATIONS:
+            raise ValueError(f"unknown extrapolation {extrapolation!r}; expected one of {tuple(EXTRAPOLATIONS)}")
+        self._max_ratio = updates.check_max_ratio(max_ratio)  # TypeError / ValueError as the sampler's option
         self._build()
 
     def _link(self, begin: int) -> None:
         super()._link(begin)
         self._eps_next = None  # eps_{t+1}: the model output of the previous (noisier) step
 
+    def _install(self, timesteps: np.ndarray, device, plan: bool = True) -> None:
+        super()._install(timesteps, device, plan)
+        # The correction's coefficient of every step from its three levels, on the host when the timesteps are set:
+        # then a step only reads a float (the log1p / expm1 of the lambda coefficient and the cap's comparison would
+        # specialise torch.compile's graph to each step's levels).
+        coefficient = self._coefficient_function()
+        for p in self._steps:
+            if p.index > 0 and not p.identity:
+                p.coefficient = coefficient(p.a_next, p.a_t, p.a_prev)
+
+    def _coefficient_function(self):
+        """The coefficient function of the configured ``extrapolation`` (one of :mod:`.updates`), called with
+        ``(abar_{t+1}, abar_t, abar_{t-1})``."""
+        extrapolation = self.config.extrapolation
+        if extrapolation == "lambda":
+            return updates.accelerated_ode_lambda_coefficient
+        if extrapolation == "capped":
+            return functools.partial(updates.accelerated_ode_capped_coefficient, max_ratio=self._max_ratio)
+        return updates.accelerated_ode_coefficient
+
     def _update(self, p, x, eps, generator):
         first = p.first or not self.config.use_correction  # the first step of a run is plain DDIM
-        a_next = float(p.a_next)  # read at every step: symbolic from the second step on under torch.compile
+        # read at every step: symbolic from the second step on under torch.compile
+        a_next, c = float(p.a_next), float(p.coefficient)
         eps_next, a_next = (None, None) if first else (self._eps_next, a_next)
-        prev = updates.accelerated_ode_step(x, eps, p.a_t, p.a_prev, eps_next, a_next)
+        prev = updates.accelerated_ode_step(x, eps, p.a_t, p.a_prev, eps_next, a_next, lambda *levels: c)
         self._eps_next = eps
         return prev
 
