@@ -260,6 +260,8 @@ def test_advice_numbers_quote_the_cells_and_paired_verdicts_of_the_results():
             comp, k, "fd", grids=res["grids"], names=list(res["samplers"]), paired=res["paired_map"][str(k)]
         )
         assert out[f"ws-best{k}"].endswith(rep.interval(best["best"]))
+        assert out[f"ws-rec{k}"] == rep.recommendation_sentence(res, k)
+        assert out[f"ws-rec{k}"].startswith(out[f"ws-best{k}"].split(",")[0])
         assert out[f"ws-best{k}"].startswith(f"{cmp.samplers.label(best['best']['sampler'])} on {best['best']['grid']}")
     assert out["ws-sto-diff5"].endswith(", higher")
     lo, hi = out["ws-ddpm-range"].split(" to ")

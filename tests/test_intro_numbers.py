@@ -70,8 +70,13 @@ def test_rate_slopes_are_the_current_ones(glance):
     )
 
 
+#: The learned-model verdicts come from the full-size run of learned_scores (chapters/params/fmnist-full.yaml).
+FULL = "learned_fmnist_full.json"
+
+
 def test_five_nfe_distances_are_the_current_ones(glance):
-    C = _results("learned_fmnist.json")["comparison"]
+    C = _results(FULL)["comparison"]
+    assert "1,000 samples" in glance and _results(FULL)["fd_num_samples"] == 1000
     expected = [_fd(C["uniform"]["ddim"]["5"]), _fd(C["uniform"]["accelerated_ode"]["5"])]
     expected += [
         f"{C[g][m]['5']['fd']['value']:.0f}"
@@ -79,7 +84,7 @@ def test_five_nfe_distances_are_the_current_ones(glance):
         for m in ("ddim", "accelerated_ode")
     ]
     missing = [e for e in expected if e not in glance]
-    assert not missing, f"the intro quotes other numbers than learned_fmnist.json: {missing}"
+    assert not missing, f"the intro quotes other numbers than {FULL}: {missing}"
 
 
 def _diff(d):
@@ -87,13 +92,25 @@ def _diff(d):
 
 
 def test_paired_differences_are_the_current_ones(glance):
-    """The accelerated-minus-DDIM differences the intro quotes: paired over the same noises, from the results."""
-    P = _results("learned_fmnist.json")["paired"]
+    """The accelerated-minus-DDIM differences the intro quotes: paired over the same noises, from the results, and
+    the verdicts its rows state (lower at 10 NFE on three grids, higher on log-SNR; the exact first prediction
+    turns the `trailing` verdict)."""
+    R = _results(FULL)
+    P, H = R["paired"], R["hybrid_first_step"]["paired"]
     expected = [_diff(P["uniform"]["5"]["accelerated_ode-ddim"])]
-    expected += [_diff(P[g]["10"]["accelerated_ode-ddim"]) for g in ("uniform", "quadratic", "trailing")]
+    expected += [_diff(P[g]["10"]["accelerated_ode-ddim"]) for g in ("uniform", "quadratic", "trailing", "logsnr")]
+    expected += [_diff(H["first"]), _diff(H["model"])]
     missing = [e for e in expected if e not in glance]
-    assert not missing, f"the intro quotes other paired differences than learned_fmnist.json: {missing}"
+    assert not missing, f"the intro quotes other paired differences than {FULL}: {missing}"
     assert all(P[g]["10"]["accelerated_ode-ddim"]["ci"][1] < 0 for g in ("uniform", "quadratic", "trailing"))
+    assert P["logsnr"]["10"]["accelerated_ode-ddim"]["ci"][0] > 0
+    assert H["model"]["ci"][0] > 0 > H["first"]["ci"][1]
+    # "on each of the first three grids the accelerated ODE sampler has the lowest FD or is not separated from it"
+    from accelerated_diffusion.experiments.comparison_report import map_marks
+
+    grid_best = map_marks(R, 10)["grid_best"]
+    assert all("accelerated_ode" in grid_best[g] for g in ("uniform", "quadratic", "trailing"))
+    assert "accelerated_ode" not in grid_best["logsnr"]
 
 
 def _ci1(c):

@@ -720,7 +720,8 @@ ADVICE_CELLS = (
 def advice_numbers(results: dict, cells=ADVICE_CELLS) -> dict[str, str]:
     """The numbers the page *Which sampler should I use?* quotes, as ``{glue key: text}``: ``ws-n`` (samples per
     value), ``ws-floor`` (the real-data score at that size), per NFE ``k`` the lowest cell of the map
-    (``ws-best{k}``, ties decided by the paired differences of ``paired_map``), the lowest stochastic cell
+    (``ws-best{k}``, ties decided by the paired differences of ``paired_map``), the same with the cells not
+    separated from it (``ws-rec{k}``, :func:`recommendation_sentence`), the lowest stochastic cell
     (``ws-sto-best{k}``) and its paired difference from the lowest cell with its verdict (``ws-sto-diff{k}``),
     the DDPM-type range (``ws-ddpm-range``) and each cell of ``cells`` (``ws-{sampler}-{grid}-{k}``)."""
     comp, grids = results["comparison"], results["grids"]
@@ -733,6 +734,7 @@ def advice_numbers(results: dict, cells=ADVICE_CELLS) -> dict[str, str]:
     for k in nfes:
         best = cmp.recommend(comp, k, "fd", grids=grids, names=names, paired=pmap.get(str(k)))["best"]
         out[f"ws-best{k}"] = f"{samplers.label(best['sampler'])} on {best['grid']}, {fd(best)}"
+        out[f"ws-rec{k}"] = recommendation_sentence(results, k)
         sto = cmp.recommend(comp, k, "fd", grids=grids, names=stochastic)["best"]
         out[f"ws-sto-best{k}"] = f"{samplers.label(sto['sampler'])} on {sto['grid']}, {fd(sto)}"
         diff = pmap[str(k)]["diff"][sto["grid"]][sto["sampler"]]
