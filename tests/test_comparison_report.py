@@ -157,6 +157,13 @@ def test_every_table_renders_from_the_shipped_results_and_nothing_breaks_without
     fd = SHIPPED["comparison"]["logsnr"]["accelerated_ode"]["5"]["fd"]
     assert rep.interval(fd, minus=rep.MINUS).replace(", ", ",&nbsp;").split(" ")[0] in str(tables[1])
     assert "e+0" not in "".join(str(t) for t in tables)  # no exponent form in any table
+    # the last-step noise table names its NFE: the results' figure-2 NFE, or the one passed (the chapter's
+    # results before they are complete hold no figure2 entry)
+    assert f"{SHIPPED['figure2']['nfe']} NFE" in str(tables[5])
+    partial = {k: v for k, v in SHIPPED.items() if k != "figure2"}
+    assert "7 NFE" in str(rep.final_noise_table(partial, nfe=7))
+    with pytest.raises(ValueError, match="needs nfe"):
+        rep.final_noise_table(partial)
     if QUALITY.exists():
         assert "training step" in str(rep.quality_table(json.loads(QUALITY.read_text())))
     # a run that measured nothing (the paper-checkpoint path): every function answers, nothing raises

@@ -309,12 +309,15 @@ def noise_std_table(stds: dict, nfe, *, number=None) -> Table:
     )
 
 
-def final_noise_table(results: dict, *, number=None) -> Table | None:
-    """The stochastic samplers with and without the paper-form last-step noise (``results["final_noise"]``)."""
+def final_noise_table(results: dict, *, nfe=None, number=None) -> Table | None:
+    """The stochastic samplers with and without the paper-form last-step noise (``results["final_noise"]``) at
+    ``nfe`` (default: the results file's ``figure2`` NFE, the one the chapter measures them at)."""
     fz = results.get("final_noise")
     if not fz:
         return None
-    f2 = results.get("figure2") or {}
+    nfe = nfe if nfe is not None else (results.get("figure2") or {}).get("nfe")
+    if nfe is None:
+        raise ValueError("final_noise_table needs nfe: the results hold no figure2 NFE")
     rows = [
         [
             samplers.label(s),
@@ -329,7 +332,7 @@ def final_noise_table(results: dict, *, number=None) -> Table | None:
         rows,
         caption=_caption(
             number,
-            f"Fréchet distance with and without the paper's last-step noise, {f2.get('nfe')} NFE, "
+            f"Fréchet distance with and without the paper's last-step noise, {nfe} NFE, "
             f"{results.get('fd_num_samples')} samples, same noises and noise stream; 95% intervals.",
         ),
     )
