@@ -590,10 +590,6 @@ def _ratio_interval(num, den, level: float) -> dict:
     return {"value": value, "ci": features.bootstrap_interval(value, reps, level, lower_bound=None)}
 
 
-def _diff(a, b, level: float) -> dict:
-    return features.difference_interval(a, b, level)
-
-
 def hybrid_metrics(
     hybrids: dict,
     *,
@@ -649,9 +645,9 @@ def hybrid_metrics(
                 c = alias[g, nm, v]
                 cells.setdefault(g, {}).setdefault(nm, {})[v] = {
                     "fd": {"value": boot[c][0], "ci": features.bootstrap_interval(*boot[c], level)},
-                    "fd_vs_model": _diff(boot[c], boot[base], level),
+                    "fd_vs_model": features.difference_interval(boot[c], boot[base], level),
                     "yardstick": {"value": yard[c][0], "ci": _interval(yard[c][1], level)},
-                    "yardstick_vs_model": _diff(yard[c], yard[base], level),
+                    "yardstick_vs_model": features.difference_interval(yard[c], yard[base], level),
                 }
         if pair[0] in names and pair[1] in names:
             for v in variants:
@@ -666,8 +662,8 @@ def hybrid_metrics(
                     "yardstick": (yard[m1][0] - yard[m0][0], yard[m1][1] - yard[m0][1]),
                 }
                 gap.setdefault(g, {})[v] = {
-                    "fd": _diff(boot[a], boot[b], level),
-                    "yardstick": _diff(yard[a], yard[b], level),
+                    "fd": features.difference_interval(boot[a], boot[b], level),
+                    "yardstick": features.difference_interval(yard[a], yard[b], level),
                 }
                 share.setdefault(g, {})[v] = {m: _ratio_interval(gv[m], gm[m], level) for m in ("fd", "yardstick")}
     return {
