@@ -999,6 +999,7 @@ def test_the_registry_gives_the_safeguarded_variants_their_scheduler():
 
     safeguarded = {n for n in ad.samplers.LIBRARY_SAMPLERS if ad.samplers.spec(n).role == "safeguarded"}
     assert safeguarded == set(SAFEGUARDED) and set(SAFEGUARDED) <= set(SCHEDULERS)
+    assert tuple(schedulers.EXTRAPOLATIONS) == ad.updates.EXTRAPOLATIONS  # one list of the rules
     for extrapolation, name in schedulers.EXTRAPOLATIONS.items():
         assert SCHEDULERS[name] is AcceleratedDDIMScheduler and CONFIG[name]["extrapolation"] == extrapolation
     assert CONFIG["accelerated_ode_capped"] == {"extrapolation": "capped", "max_ratio": 2.0}

@@ -349,3 +349,19 @@ def test_accelerated_ode_step_takes_the_coefficient_function(gen):
         updates.accelerated_ode_step(x, eps, 0.3, 0.7, eps_next, 0.1),
         updates.accelerated_ode_step(x, eps, 0.3, 0.7, eps_next, 0.1, updates.accelerated_ode_coefficient),
     )
+
+
+def test_each_extrapolation_is_bound_to_its_coefficient_function_in_one_place():
+    """extrapolation_coefficient: the paper's and the lambda coefficient as they are, the capped one with its
+    max_ratio (checked when the function is made, before any step); an unknown name is an error."""
+    assert updates.extrapolation_coefficient() is updates.accelerated_ode_coefficient
+    assert updates.extrapolation_coefficient("lambda") is updates.accelerated_ode_lambda_coefficient
+    levels = (0.2, 0.3, 0.9)  # ratio 6: the cap acts for max_ratio 2 and 5, not for 10
+    for rho in (0.0, 2, 5.0, 10.0, math.inf):
+        got = updates.extrapolation_coefficient("capped", rho)(*levels)
+        assert got == updates.accelerated_ode_capped_coefficient(*levels, rho)
+    assert updates.extrapolation_coefficient("capped")(*levels) == updates.accelerated_ode_capped_coefficient(*levels)
+    with pytest.raises(ValueError, match="max_ratio must be >= 0"):
+        updates.extrapolation_coefficient("capped", -1.0)
+    with pytest.raises(ValueError, match=r"unknown extrapolation 'alphabar'; expected one of \('alpha_bar'"):
+        updates.extrapolation_coefficient("alphabar")

@@ -208,16 +208,13 @@ def _accelerated_ode_loop(s: _Stepper, coefficient=None) -> torch.Tensor:
 def _accelerated_ode_lambda_loop(s: _Stepper) -> torch.Tensor:
     """The accelerated ODE with ``eps`` extrapolated linearly in the half log-SNR
     (:func:`updates.accelerated_ode_lambda_coefficient`: multistep DPM-Solver-2 in eps form)."""
-    return _accelerated_ode_loop(s, updates.accelerated_ode_lambda_coefficient)
+    return _accelerated_ode_loop(s, updates.extrapolation_coefficient("lambda"))
 
 
 def _accelerated_ode_capped_loop(s: _Stepper, max_ratio: float = 2.0) -> torch.Tensor:
     """The accelerated ODE with the paper's extrapolation saturated after ``max_ratio`` times the last interval
     (:func:`updates.accelerated_ode_capped_coefficient`); ``max_ratio`` is checked before the first model call."""
-    rho = updates.check_max_ratio(max_ratio)
-    return _accelerated_ode_loop(
-        s, lambda a_next, a_t, a_prev: updates.accelerated_ode_capped_coefficient(a_next, a_t, a_prev, rho)
-    )
+    return _accelerated_ode_loop(s, updates.extrapolation_coefficient("capped", max_ratio))
 
 
 def _dpm_solver_pp_2m_loop(s: _Stepper, lower_order_final: bool = True) -> torch.Tensor:

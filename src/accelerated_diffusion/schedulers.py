@@ -104,7 +104,6 @@ accumulated on the device, one synchronisation per run).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -147,7 +146,8 @@ __all__ = [
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: The extrapolations of ``eps`` behind :class:`AcceleratedDDIMScheduler`'s correction (its ``extrapolation``
-#: config key): ``{value: the sampler of that rule}``.
+#: config key, :data:`.updates.EXTRAPOLATIONS`, each bound to its coefficient function by
+#: :func:`.updates.extrapolation_coefficient`): ``{value: the sampler of that rule}``.
 EXTRAPOLATIONS = {
     "alpha_bar": "accelerated_ode",
     "lambda": "accelerated_ode_lambda",
@@ -905,20 +905,10 @@ class AcceleratedDDIMScheduler(_PathScheduler):
         # The correction's coefficient of every step from its three levels, on the host when the timesteps are set:
         # then a step only reads a float (the log1p / expm1 of the lambda coefficient and the cap's comparison would
         # specialise torch.compile's graph to each step's levels).
-        coefficient = self._coefficient_function()
+        coefficient = updates.extrapolation_coefficient(self.config.extrapolation, self._max_ratio)
         for p in self._steps:
             if p.index > 0 and not p.identity:
                 p.coefficient = coefficient(p.a_next, p.a_t, p.a_prev)
-
-    def _coefficient_function(self):
-        """The coefficient function of the configured ``extrapolation`` (one of :mod:`.updates`), called with
-        ``(abar_{t+1}, abar_t, abar_{t-1})``."""
-        extrapolation = self.config.extrapolation
-        if extrapolation == "lambda":
-            return updates.accelerated_ode_lambda_coefficient
-        if extrapolation == "capped":
-            return functools.partial(updates.accelerated_ode_capped_coefficient, max_ratio=self._max_ratio)
-        return updates.accelerated_ode_coefficient
 
     def _update(self, p, x, eps, generator):
         first = p.first or not self.config.use_correction  # the first step of a run is plain DDIM

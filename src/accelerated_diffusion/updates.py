@@ -53,6 +53,8 @@ __all__ = [
     "accelerated_ode_lambda_coefficient",
     "accelerated_ode_capped_coefficient",
     "check_max_ratio",
+    "EXTRAPOLATIONS",
+    "extrapolation_coefficient",
     "accelerated_ode_step",
     "accelerated_sde_noise_scale",
     "accelerated_sde_perturb",
@@ -340,6 +342,30 @@ def accelerated_ode_capped_coefficient(alpha_bar_next, alpha_bar_t, alpha_bar_pr
     rho = check_max_ratio(max_ratio)
     a_end = a_prev if a_prev - a_t <= rho * (a_t - a_next) else a_t + rho * (a_t - a_next)
     return _arcsin_correction(a_next, a_t, a_prev, a_end)
+
+
+#: How ``eps`` is extrapolated over a step of the accelerated ODE sampler, each with its coefficient function:
+#: ``"alpha_bar"`` the paper's (:func:`accelerated_ode_coefficient`), ``"lambda"`` linear in the half log-SNR
+#: (:func:`accelerated_ode_lambda_coefficient`), ``"capped"`` the paper's held beyond ``max_ratio`` times the last
+#: interval (:func:`accelerated_ode_capped_coefficient`).
+EXTRAPOLATIONS = ("alpha_bar", "lambda", "capped")
+
+
+def extrapolation_coefficient(
+    extrapolation: str = "alpha_bar", max_ratio=2.0
+) -> Callable[[float, float, float], float]:
+    """The coefficient function ``c(abar_{t+1}, abar_t, abar_{t-1})`` of the extrapolation ``extrapolation`` (one of
+    :data:`EXTRAPOLATIONS`), for :func:`accelerated_ode_step`: the one place that binds each rule to its function,
+    used by the sampler loops and by ``AcceleratedDDIMScheduler``.  ``max_ratio`` (``"capped"`` only) is checked
+    here (:func:`check_max_ratio`), before any step; ``ValueError`` for an unknown extrapolation."""
+    if extrapolation == "alpha_bar":
+        return accelerated_ode_coefficient
+    if extrapolation == "lambda":
+        return accelerated_ode_lambda_coefficient
+    if extrapolation == "capped":
+        rho = check_max_ratio(max_ratio)
+        return lambda a_next, a_t, a_prev: accelerated_ode_capped_coefficient(a_next, a_t, a_prev, rho)
+    raise ValueError(f"unknown extrapolation {extrapolation!r}; expected one of {EXTRAPOLATIONS}")
 
 
 # fmt: off
